@@ -1,0 +1,1 @@
+"""Event data: readers, Tonic datasets, the embedded ndigits set, frames, caching."""

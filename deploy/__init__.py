@@ -1,0 +1,1 @@
+"""Strip heads, fold BatchNorm, quantize, export (NIR, netx), simulate, verify, energy."""

@@ -1,0 +1,1 @@
+"""SLAYER-compatible CUBA-LIF blocks, spiking ResNets, shortcut heads and training."""
