@@ -1,0 +1,226 @@
+"""CUBA-LIF dynamics: the one source of truth for training, export and simulation.
+
+Bit-exact with lava-dl 0.6.0 SLAYER (``neuron/cuba.py``, ``neuron/dynamics/leaky_integrator.py``,
+``spike/spike.py``) and with Loihi's fixed-point CUBA neuron.  States are integers scaled by
+``s_scale = scale * 64 = 4096``; decays are 12-bit integers::
+
+    x_int[t] = trunc(4096 * x[t])                                   (cast toward zero)
+    u[t]     = rshift0(u[t-1] * (4096 - iDecay), 12) + x_int[t]
+    v[t]     = rshift0(v[t-1] * (4096 - vDecay), 12) + trunc(4096 * u[t]/4096) + bias_int
+    s[t]     = v[t]/4096 >= theta + eps,   eps = 0.01 / 4096        (Loihi's strict v > theta)
+    v[t]     <- 0 where s[t]                                         (u is never reset)
+
+``rshift0`` rounds toward zero.  ``theta`` is the threshold quantized to the weight grid
+(``int(threshold * 64) / 64``), ``iDecay = round(4096 * current_decay)``.  ``bias`` is Loihi's
+per-neuron bias, added to the voltage every step (lava-dl SLAYER has none; we use it to fold the
+shift of a BatchNorm, see ``blocks.py``).  It must lie on the 1/64 grid to be exact on Loihi.
+
+Every tensor here is time-first, ``[T, ...]``: one step is one contiguous slice.
+
+Gradient (lava-dl's): the spike's surrogate is
+``dS/dv = scale_rho / (2 tau_rho) * exp(-|v - theta'| / tau_rho)`` with
+``tau_rho = 100 * tau_grad * theta`` and ``scale_rho = 0.1 * scale_grad``; both integrators
+are differentiated as the linear leaky integrators they are below threshold (reset ignored):
+``g_in[t] = g_out[t] + (1 - decay/4096) * g_in[t+1]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+P_SCALE = 1 << 12  # decays are 12-bit fractions
+TAU_RHO_MULT = 100.0  # lava-dl neuron/cuba.py
+SCALE_RHO_MULT = 0.1
+
+
+@dataclass(frozen=True)
+class CubaParams:
+    """Parameters of a CUBA-LIF population, as lava-dl's ``cuba.Neuron`` takes them.
+
+    ``current_decay`` and ``voltage_decay`` are fractions lost per step (``alpha`` in
+    ``u[t] = (1 - alpha) u[t-1] + x[t]``); ``scale`` is the weight scale (64 on Loihi).
+    """
+
+    threshold: float = 1.25
+    current_decay: float = 0.25
+    voltage_decay: float = 0.03
+    tau_grad: float = 0.03
+    scale_grad: float = 3.0
+    scale: int = 64
+
+    def __post_init__(self):
+        if not self.threshold > 0:
+            raise ValueError(f"CubaParams.threshold must be > 0, got {self.threshold}")
+        for name in ("current_decay", "voltage_decay"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"CubaParams.{name} must lie in [0, 1], got {value}")
+        if self.scale <= 0 or self.scale & (self.scale - 1):
+            raise ValueError(f"CubaParams.scale must be a power of two, got {self.scale}")
+
+    @property
+    def s_scale(self) -> int:
+        """Integer scale of the states (4096 for scale 64)."""
+        return self.scale * 64
+
+    @property
+    def i_decay(self) -> int:
+        """12-bit current decay, rounded as lava-dl's ``quantize`` does (float32, half-even)."""
+        return _decay_int(self.current_decay)
+
+    @property
+    def v_decay(self) -> int:
+        return _decay_int(self.voltage_decay)
+
+    @property
+    def theta(self) -> float:
+        """Threshold on the weight grid: ``int(threshold * scale) / scale``."""
+        return int(self.threshold * self.scale) / self.scale
+
+    @property
+    def v_th_mant(self) -> int:
+        """Loihi's threshold mantissa (``vThMant``)."""
+        return int(self.theta * self.scale)
+
+    @property
+    def threshold_eps(self) -> float:
+        return 0.01 / self.s_scale
+
+    @property
+    def tau_rho(self) -> float:
+        return self.tau_grad * self.theta * TAU_RHO_MULT
+
+    @property
+    def scale_rho(self) -> float:
+        return self.scale_grad * SCALE_RHO_MULT
+
+    def device_params(self) -> dict:
+        """The ``neuron/`` group of a netx HDF5 layer."""
+        return {
+            "type": "CUBA",
+            "iDecay": self.i_decay,
+            "vDecay": self.v_decay,
+            "vThMant": self.v_th_mant,
+            "refDelay": 1,
+            "gradedSpike": False,
+        }
+
+
+def _decay_int(fraction: float) -> int:
+    value = np.float32(P_SCALE * fraction)  # lava-dl stores p_scale * decay as float32
+    return int(np.clip(np.round(value), 0, P_SCALE))
+
+
+def _integrate(x: torch.Tensor, decay: int, s_scale: int, state: torch.Tensor):
+    """One leaky-integrator step on int64 states; ``x`` is float32 as lava-dl feeds it."""
+    x_int = (s_scale * x).to(torch.int64)
+    return torch.div(state * (P_SCALE - decay), P_SCALE, rounding_mode="trunc") + x_int
+
+
+def cuba_forward(
+    x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None, spiking: bool = True
+):
+    """Run the fixed-point dynamics over ``x`` of shape ``[T, ...]`` (no autograd).
+
+    ``bias`` (optional) broadcasts against one step ``x[t]``.  Returns ``(spikes, voltage)``,
+    both float32 ``[T, ...]``; ``voltage`` is the pre-reset value (what the surrogate reads).
+    With ``spiking=False`` the neuron never resets and ``spikes`` is None (Affine readout).
+    """
+    x = x.detach().to(torch.float32)
+    s = p.s_scale
+    u = torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device)
+    v = torch.zeros_like(u)
+    bias_int = None if bias is None else (s * bias.detach().to(torch.float32)).to(torch.int64)
+    voltage = torch.empty_like(x)
+    spikes = torch.empty_like(x) if spiking else None
+    reset_at = float(np.float32((p.theta + p.threshold_eps) * s))  # int64 >= float -> float32
+    spike_at = p.theta + p.threshold_eps
+    for t in range(x.shape[0]):
+        u = _integrate(x[t], p.i_decay, s, u)
+        current = (u / s).to(torch.float32)  # lava-dl hands the voltage integrator this float
+        v = _integrate(current, p.v_decay, s, v)
+        if bias_int is not None:
+            v = v + bias_int
+        voltage[t] = v / s
+        if spiking:
+            spikes[t] = voltage[t] >= spike_at
+            v = v.masked_fill(v.to(torch.float32) >= reset_at, 0)
+    return spikes, voltage
+
+
+def _leaky_backward(grad: torch.Tensor, decay: int) -> torch.Tensor:
+    """Adjoint of the linear leaky integrator: ``g[t] += (1 - decay/4096) g[t+1]``."""
+    keep = 1.0 - decay / P_SCALE
+    out = torch.empty_like(grad)
+    acc = torch.zeros_like(grad[0])
+    for t in range(grad.shape[0] - 1, -1, -1):
+        acc = grad[t] + keep * acc
+        out[t] = acc
+    return out
+
+
+def surrogate(voltage: torch.Tensor, p: CubaParams) -> torch.Tensor:
+    """lava-dl's spike-function derivative ``dS/dv`` at the pre-reset voltage."""
+    theta = torch.tensor(p.theta + p.threshold_eps, dtype=voltage.dtype)
+    return p.scale_rho / 2 / p.tau_rho * torch.exp(-torch.abs(voltage - theta) / p.tau_rho)
+
+
+class _CubaSpike(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias, p):
+        spikes, voltage = cuba_forward(x, p, bias)
+        ctx.p = p
+        ctx.bias_shape = None if bias is None else bias.shape
+        ctx.save_for_backward(voltage)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (voltage,) = ctx.saved_tensors
+        p = ctx.p
+        grad_v = _leaky_backward(grad_spikes * surrogate(voltage, p), p.v_decay)
+        grad_bias = None
+        if ctx.needs_input_grad[1]:  # the bias enters v every step, like u does
+            grad_bias = _sum_to(grad_v.sum(0), ctx.bias_shape)
+        grad_x = _leaky_backward(grad_v, p.i_decay)
+        return grad_x, grad_bias, None
+
+
+class _CubaVoltage(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        ctx.p = p
+        return cuba_forward(x, p, spiking=False)[1]
+
+    @staticmethod
+    def backward(ctx, grad_v):
+        p = ctx.p
+        return _leaky_backward(_leaky_backward(grad_v, p.v_decay), p.i_decay), None
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient back to ``shape`` (leading and size-1 dims summed)."""
+    while grad.dim() > len(shape):
+        grad = grad.sum(0)
+    for dim, size in enumerate(shape):
+        if size == 1 and grad.shape[dim] != 1:
+            grad = grad.sum(dim, keepdim=True)
+    return grad
+
+
+def cuba_spikes(x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None):
+    """Spikes ``[T, ...]`` of a CUBA-LIF population driven by ``x`` ``[T, ...]``, differentiable
+    with lava-dl's surrogate gradient."""
+    return _CubaSpike.apply(x, bias, p)
+
+
+def cuba_voltage(x: torch.Tensor, p: CubaParams) -> torch.Tensor:
+    """Voltage ``[T, ...]`` of a non-spiking CUBA population (lava-dl's Affine readout)."""
+    return _CubaVoltage.apply(x, p)
+
+
+def delay_shift(spikes: torch.Tensor) -> torch.Tensor:
+    """One-step axonal delay (lava-dl's ``delay_shift=True``): ``out[t] = in[t-1]``, ``out[0] = 0``."""
+    return torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])
