@@ -74,41 +74,37 @@ class BiasNorm(nn.Module):
         return scale.detach(), (self.shift - scale * self.running_mean).detach()
 
 
-class _SpikingBlock(nn.Module):
-    """Synapse -> (BiasNorm) -> CUBA-LIF -> (delay shift).  Subclasses define ``synapse``."""
+class _Synapse(nn.Module):
+    """Weights -> synaptic input ``z``, then the optional BiasNorm or voltage bias.
 
-    def __init__(self, neuron: CubaParams, out_channels: int, norm: bool, bias: bool,
-                 delay_shift: bool):
+    ``forward`` returns ``(z, bias)``; ``bias`` (or None) is added to the voltage each step.
+    """
+
+    def __init__(self, out_channels: int, norm: bool, bias: bool, scale: int):
         super().__init__()
-        self.neuron = neuron
-        self.delay_shift = delay_shift
+        self.scale = scale
         self.norm = BiasNorm(out_channels) if norm else None
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def synapse(self, x: torch.Tensor) -> torch.Tensor:
+    def weighted(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _bias_view(self, like: torch.Tensor) -> torch.Tensor:
-        return quantize_bias(self.bias, self.neuron.scale).view([-1] + [1] * (like.dim() - 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.synapse(x)
-        bias = None
+    def forward(self, x: torch.Tensor):
+        z = self.weighted(x)
         if self.norm is not None:
-            z, bias = self.norm(z)
-        elif self.bias is not None:
-            bias = self._bias_view(z)
-        s = cuba_spikes(z, self.neuron, bias)
-        return delay_shift(s) if self.delay_shift else s
+            return self.norm(z)
+        if self.bias is None:
+            return z, None
+        return z, quantize_bias(self.bias, self.scale).view([-1] + [1] * (z.dim() - 3))
 
 
-class Conv(_SpikingBlock):
-    """lava-dl ``block.cuba.Conv``: 2-D convolution (no synaptic bias) + CUBA-LIF."""
+class ConvSynapse(_Synapse):
+    """2-D convolution without synaptic bias (lava-dl's ``synapse.Conv``), weights quantized."""
 
-    def __init__(self, neuron: CubaParams, in_features: int, out_features: int, kernel_size,
-                 stride=1, padding=0, dilation=1, groups: int = 1, weight_scale: float = 1,
-                 norm: bool = False, bias: bool = False, delay_shift: bool = True):
-        super().__init__(neuron, out_features, norm, bias, delay_shift)
+    def __init__(self, in_features: int, out_features: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, weight_scale: float = 1, norm: bool = False,
+                 bias: bool = False, scale: int = 64):
+        super().__init__(out_features, norm, bias, scale)
         self.in_features, self.out_features, self.groups = in_features, out_features, groups
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
         self.padding, self.dilation = _pair(padding), _pair(dilation)
@@ -117,51 +113,112 @@ class Conv(_SpikingBlock):
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.weight = nn.Parameter(weight_scale * weight)
 
-    def synapse(self, x):
-        w = quantize_weight(self.weight, self.neuron.scale)
+    def weighted(self, x):
+        w = quantize_weight(self.weight, self.scale)
         z = F.conv2d(x.flatten(0, 1), w, None, self.stride, self.padding, self.dilation,
                      self.groups)
         return z.unflatten(0, x.shape[:2])
 
 
-class Dense(_SpikingBlock):
-    """lava-dl ``block.cuba.Dense``: fully connected (no synaptic bias) + CUBA-LIF."""
+class DenseSynapse(_Synapse):
+    """Fully connected without synaptic bias (lava-dl's ``synapse.Dense``), weights quantized."""
 
-    def __init__(self, neuron: CubaParams, in_neurons: int, out_neurons: int,
-                 weight_scale: float = 1, norm: bool = False, bias: bool = False,
-                 delay_shift: bool = True):
-        super().__init__(neuron, out_neurons, norm, bias, delay_shift)
+    def __init__(self, in_neurons: int, out_neurons: int, weight_scale: float = 1,
+                 norm: bool = False, bias: bool = False, scale: int = 64):
+        super().__init__(out_neurons, norm, bias, scale)
         self.in_features, self.out_features = in_neurons, out_neurons
         weight = torch.empty(out_neurons, in_neurons)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.weight = nn.Parameter(weight_scale * weight)
 
-    def synapse(self, x):
-        return F.linear(x, quantize_weight(self.weight, self.neuron.scale))
+    def weighted(self, x):
+        return F.linear(x, quantize_weight(self.weight, self.scale))
 
 
-class Pool(_SpikingBlock):
-    """lava-dl ``block.cuba.Pool``: sum pooling (weight ``weight_scale``) + CUBA-LIF.
+class PoolSynapse(_Synapse):
+    """Sum pooling with one weight (lava-dl's ``synapse.Pool``).
 
     Like lava-dl, a size not divisible by the kernel is padded at the bottom/right with
     ``size % kernel`` zeros.
     """
 
-    def __init__(self, neuron: CubaParams, kernel_size, stride=None, padding=0,
-                 weight_scale: float = 1, delay_shift: bool = True):
-        super().__init__(neuron, 1, False, False, delay_shift)
+    def __init__(self, kernel_size, stride=None, padding=0, weight_scale: float = 1,
+                 scale: int = 64):
+        super().__init__(1, False, False, scale)
         self.kernel_size = _pair(kernel_size)
         self.stride = self.kernel_size if stride is None else _pair(stride)
         self.padding = _pair(padding)
         self.weight = nn.Parameter(torch.tensor(float(weight_scale)), requires_grad=False)
 
-    def synapse(self, x):
+    def weighted(self, x):
         kh, kw = self.kernel_size
         h, w = x.shape[-2:]
         x = F.pad(x, (0, w % kw, 0, h % kh))
         summed = F.avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride, self.padding,
                               divisor_override=1)
-        return summed.unflatten(0, x.shape[:2]) * quantize_weight(self.weight, self.neuron.scale)
+        return summed.unflatten(0, x.shape[:2]) * quantize_weight(self.weight, self.scale)
+
+
+class LIF(nn.Module):
+    """A CUBA-LIF population: ``(z, bias) -> spikes``, then the optional one-step delay."""
+
+    def __init__(self, neuron: CubaParams, delay_shift: bool = True):
+        super().__init__()
+        self.neuron, self.delay_shift = neuron, delay_shift
+
+    def forward(self, z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        s = cuba_spikes(z, self.neuron, bias)
+        return delay_shift(s) if self.delay_shift else s
+
+
+class _SpikingBlock(nn.Module):
+    """lava-dl's block: synapse -> CUBA-LIF -> (delay shift)."""
+
+    def __init__(self, synapse: _Synapse, neuron: CubaParams, delay_shift: bool):
+        super().__init__()
+        self.synapse = synapse
+        self.lif = LIF(neuron, delay_shift)
+
+    @property
+    def neuron(self) -> CubaParams:
+        return self.lif.neuron
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.synapse.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif(*self.synapse(x))
+
+
+class Conv(_SpikingBlock):
+    """lava-dl ``block.cuba.Conv``: 2-D convolution + CUBA-LIF."""
+
+    def __init__(self, neuron: CubaParams, in_features: int, out_features: int, kernel_size,
+                 stride=1, padding=0, dilation=1, groups: int = 1, weight_scale: float = 1,
+                 norm: bool = False, bias: bool = False, delay_shift: bool = True):
+        synapse = ConvSynapse(in_features, out_features, kernel_size, stride, padding, dilation,
+                              groups, weight_scale, norm, bias, neuron.scale)
+        super().__init__(synapse, neuron, delay_shift)
+
+
+class Dense(_SpikingBlock):
+    """lava-dl ``block.cuba.Dense``: fully connected + CUBA-LIF."""
+
+    def __init__(self, neuron: CubaParams, in_neurons: int, out_neurons: int,
+                 weight_scale: float = 1, norm: bool = False, bias: bool = False,
+                 delay_shift: bool = True):
+        synapse = DenseSynapse(in_neurons, out_neurons, weight_scale, norm, bias, neuron.scale)
+        super().__init__(synapse, neuron, delay_shift)
+
+
+class Pool(_SpikingBlock):
+    """lava-dl ``block.cuba.Pool``: sum pooling + CUBA-LIF."""
+
+    def __init__(self, neuron: CubaParams, kernel_size, stride=None, padding=0,
+                 weight_scale: float = 1, delay_shift: bool = True):
+        synapse = PoolSynapse(kernel_size, stride, padding, weight_scale, neuron.scale)
+        super().__init__(synapse, neuron, delay_shift)
 
 
 class Flatten(nn.Module):
@@ -178,14 +235,14 @@ class Affine(nn.Module):
                  weight_scale: float = 1):
         super().__init__()
         self.neuron = neuron
-        self.in_features, self.out_features = in_neurons, out_neurons
-        weight = torch.empty(out_neurons, in_neurons)
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        self.weight = nn.Parameter(weight_scale * weight)
+        self.synapse = DenseSynapse(in_neurons, out_neurons, weight_scale, scale=neuron.scale)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.synapse.weight
 
     def forward(self, x):
-        return cuba_voltage(F.linear(x, quantize_weight(self.weight, self.neuron.scale)),
-                            self.neuron)
+        return cuba_voltage(self.synapse(x)[0], self.neuron)
 
 
 class Dropout(nn.Dropout):

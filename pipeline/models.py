@@ -1,0 +1,245 @@
+"""Spiking networks built from ``blocks.py``: a small CNN, VGG-11, Spiking and SEW ResNets.
+
+Every model is a ``SpikingNet``: an encoder for the frames, a list of ``stages`` (the "blocks"
+b_1..b_n of the shortcut-heads paper: each returns spikes ``[T, N, C, H, W]``, so a head can
+attach after any of them) and a non-spiking ``readout`` giving the logits (mean voltage over
+time of an Affine CUBA population).
+
+Residuals:
+- Spiking ResNet (``resnet*``): ``o = SN(F(x) + shortcut(x))``, the residual is added *before*
+  the neuron, so every stage outputs binary spikes: the deployable form.
+- SEW ResNet (``sew_resnet*``): ``o = g(SN(F(x)), x)`` with g = ADD (``a + x``: integer counts,
+  **not binary**, so the next layer does MACs rather than ACs), AND (``a * x``) or IAND
+  (``(1 - a) * x``, binary).
+- ``rezero=True`` gates each residual branch by a scalar initialised at 0 (ReZero).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool
+from .neuron import CubaParams
+
+ENCODINGS = ("binary", "counts")
+
+
+class SpikingNet(nn.Module):
+    """Encoder -> stages -> readout.  ``forward(x [N, T, C, H, W]) -> logits [N, classes]``."""
+
+    def __init__(self, stages: list[nn.Module], readout: nn.Module, encoding: str,
+                 stage_channels: list[int]):
+        super().__init__()
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.encoding = encoding
+        self.stages = nn.ModuleList(stages)
+        self.readout = readout
+        self.stage_channels = stage_channels
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, T, C, H, W]`` frames of event counts -> time-first network input."""
+        x = x.transpose(0, 1)
+        return x.clamp(max=1.0) if self.encoding == "binary" else x
+
+    def forward_stages(self, x: torch.Tensor):
+        """Returns ``(stage outputs [T, N, ...] each, logits [N, classes])``."""
+        h = self.encode(x)
+        outputs = []
+        for stage in self.stages:
+            h = stage(h)
+            outputs.append(h)
+        return outputs, self.readout(h).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encode(x)
+        for stage in self.stages:
+            h = stage(h)
+        return self.readout(h).mean(0)
+
+
+class GlobalReadout(nn.Module):
+    """Global average pool over space, then an Affine CUBA readout: ``[T, N, C, H, W] -> [T, N, K]``."""
+
+    def __init__(self, neuron: CubaParams, channels: int, num_classes: int):
+        super().__init__()
+        self.affine = Affine(neuron, channels, num_classes)
+
+    def forward(self, x):
+        return self.affine(x.mean((-2, -1)))
+
+
+class FlatReadout(nn.Sequential):
+    """Flatten, then an Affine CUBA readout (netx-friendly: one dense layer)."""
+
+    def __init__(self, neuron: CubaParams, features: int, num_classes: int):
+        super().__init__(Flatten(), Affine(neuron, features, num_classes))
+
+
+# --- small CNN and VGG ----------------------------------------------------------------------
+
+def _conv(neuron, cin, cout, k=3, stride=1, norm=True, delay_shift=False):
+    return Conv(neuron, cin, cout, k, stride=stride, padding=k // 2, norm=norm,
+                delay_shift=delay_shift)
+
+
+def cnn(*, in_channels, num_classes, input_size, neuron, encoding, width=16, **_):
+    """Sequential net for small sensors (ndigits 34x34): lava-dl style, netx-exportable.
+
+    conv3x3(w) -> sumpool2 | conv3x3(2w) -> sumpool2 | dense(128) | affine readout.
+    Keeps lava-dl's one-step delay per layer so that it runs on Loihi (netx) unchanged.
+    """
+    h, w = input_size
+    for _ in range(2):  # sum pooling with lava-dl's padding of odd sizes
+        h, w = (h + h % 2) // 2, (w + w % 2) // 2
+    stages = [
+        nn.Sequential(_conv(neuron, in_channels, width, norm=False, delay_shift=True),
+                      Pool(neuron, 2)),
+        nn.Sequential(_conv(neuron, width, 2 * width, norm=False, delay_shift=True),
+                      Pool(neuron, 2)),
+        nn.Sequential(Flatten(), Dense(neuron, 2 * width * h * w, 128)),
+    ]
+    return SpikingNet(stages, Affine(neuron, 128, num_classes), encoding,
+                      [width, 2 * width, 128])
+
+
+VGG11 = [[64], [128], [256, 256], [512, 512], [512, 512]]
+
+
+def vgg11(*, in_channels, num_classes, input_size, neuron, encoding, width=64, **_):
+    """VGG-11 with BatchNorm (folded into weights and voltage bias at export) and sum pooling.
+
+    One stage per resolution; each ends in a spiking 2x2 sum pool.
+    """
+    stages, cin = [], in_channels
+    for widths in VGG11:
+        layers = []
+        for c in widths:
+            c = c * width // 64
+            layers.append(_conv(neuron, cin, c))
+            cin = c
+        layers.append(Pool(neuron, 2, delay_shift=False))
+        stages.append(nn.Sequential(*layers))
+    channels = [widths[-1] * width // 64 for widths in VGG11]
+    return SpikingNet(stages, GlobalReadout(neuron, cin, num_classes), encoding, channels)
+
+
+# --- residual networks ----------------------------------------------------------------------
+
+class ResidualBlock(nn.Module):
+    """Basic residual block; ``kind`` picks Spiking ResNet (``spiking``) or SEW (``ADD`` ...).
+
+    Spiking:  ``s1 = SN(BN(conv1 x))``, ``o = SN(g * BN(conv2 s1) + shortcut(x))``
+    SEW:      ``a = SN(g * BN(conv2 s1))``, ``o = connect(a, shortcut(x))``
+    ``g`` is 1, or a learnable scalar initialised at 0 with ``rezero``.  The shortcut is the
+    identity, or conv1x1 + BN (+ SN for SEW, whose shortcut must carry spikes) when the shape
+    changes.
+    """
+
+    def __init__(self, neuron: CubaParams, cin: int, cout: int, stride: int, kind: str,
+                 rezero: bool):
+        super().__init__()
+        self.kind = kind
+        self.conv1 = ConvSynapse(cin, cout, 3, stride, 1, norm=True, scale=neuron.scale)
+        self.lif1 = LIF(neuron, delay_shift=False)
+        self.conv2 = ConvSynapse(cout, cout, 3, 1, 1, norm=True, scale=neuron.scale)
+        self.lif2 = LIF(neuron, delay_shift=False)
+        self.gate = nn.Parameter(torch.zeros(())) if rezero else None
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = ConvSynapse(cin, cout, 1, stride, 0, norm=True, scale=neuron.scale)
+            self.down_lif = LIF(neuron, delay_shift=False) if kind != "spiking" else None
+
+    def _branch(self, x):
+        z, bias = self.conv2(self.lif1(*self.conv1(x)))
+        if self.gate is not None:
+            z, bias = self.gate * z, self.gate * bias
+        return z, bias
+
+    def forward(self, x):
+        z, bias = self._branch(x)
+        if self.kind == "spiking":
+            if self.down is None:
+                return self.lif2(z + x, bias)
+            zd, bias_d = self.down(x)
+            return self.lif2(z + zd, bias + bias_d)
+        a = self.lif2(z, bias)
+        shortcut = x if self.down is None else self.down_lif(*self.down(x))
+        if self.kind == "ADD":
+            return a + shortcut
+        if self.kind == "AND":
+            return a * shortcut
+        return (1 - a) * shortcut  # IAND
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    stem: int
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    strides: tuple[int, ...]
+
+
+RESNETS = {
+    "resnet18": ResNetSpec(64, (64, 128, 256, 512), (2, 2, 2, 2), (1, 2, 2, 2)),
+    "resnet34": ResNetSpec(64, (64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2)),
+    "resnet19": ResNetSpec(128, (128, 256, 512), (3, 3, 2), (1, 2, 2)),  # tdBN's ResNet-19
+    "resnet20": ResNetSpec(16, (16, 32, 64), (3, 3, 3), (1, 2, 2)),  # He et al. CIFAR ResNet-20
+}
+
+
+def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, neuron, encoding,
+           width=64, rezero=False, depths=None, **_):
+    """Stem conv3x3 + BN + SN, then one stage per width; ``width`` scales channels (64 = paper)."""
+    scaled = [c * width // 64 for c in spec.widths]
+    depths = spec.depths if depths is None else tuple(depths)
+    stem = nn.Sequential(_conv(neuron, in_channels, spec.stem * width // 64))
+    cin, stages = spec.stem * width // 64, []
+    for i, (cout, depth, stride) in enumerate(zip(scaled, depths, spec.strides)):
+        layers = [stem] if i == 0 else []
+        for j in range(depth):
+            layers.append(ResidualBlock(neuron, cin, cout, stride if j == 0 else 1, kind, rezero))
+            cin = cout
+        stages.append(nn.Sequential(*layers))
+    return SpikingNet(stages, GlobalReadout(neuron, cin, num_classes), encoding, scaled)
+
+
+def _resnet(name: str, kind: str) -> Callable[..., SpikingNet]:
+    def build(connect=None, **kw):
+        return resnet(RESNETS[name], kind if kind == "spiking" else connect or kind, **kw)
+
+    build.__doc__ = f"{name} ({'Spiking ResNet' if kind == 'spiking' else 'SEW ResNet'})"
+    return build
+
+
+MODELS: dict[str, Callable[..., SpikingNet]] = {
+    "cnn": cnn,
+    "vgg11": vgg11,
+    "resnet18": _resnet("resnet18", "spiking"),
+    "resnet19": _resnet("resnet19", "spiking"),
+    "resnet20": _resnet("resnet20", "spiking"),
+    "resnet34": _resnet("resnet34", "spiking"),
+    "sew_resnet18": _resnet("resnet18", "ADD"),
+    "sew_resnet34": _resnet("resnet34", "ADD"),
+}
+
+# A deployable default: the paper's CUBA-LIF settings of lava-dl's examples.
+DEFAULT_NEURON = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03,
+                            tau_grad=0.03, scale_grad=3.0)
+
+
+def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
+                input_size: tuple[int, int] = (34, 34), neuron: CubaParams | None = None,
+                encoding: str = "binary", rezero: bool = False, **options) -> SpikingNet:
+    """Build a registered model.  ``options``: ``width`` (channel scale; 64 = paper widths for
+    ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND)."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if options.get("connect", "ADD") not in ("ADD", "AND", "IAND"):
+        raise ValueError(f"connect must be ADD, AND or IAND, got {options['connect']!r}")
+    return MODELS[name](in_channels=in_channels, num_classes=num_classes,
+                        input_size=tuple(input_size), neuron=neuron or DEFAULT_NEURON,
+                        encoding=encoding, rezero=rezero, **options)
