@@ -13,7 +13,7 @@ import sys
 from spikeline.errors import SpikelineError
 
 # Subcommand modules, in the order `spikeline --help` lists them.
-_MODULES = ["data"]
+_MODULES = ["data", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
