@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool
@@ -69,14 +70,9 @@ class GlobalReadout(nn.Module):
         self.affine = Affine(neuron, channels, num_classes)
 
     def forward(self, x):
-        return self.affine(x.mean((-2, -1)))
-
-
-class FlatReadout(nn.Sequential):
-    """Flatten, then an Affine CUBA readout (netx-friendly: one dense layer)."""
-
-    def __init__(self, neuron: CubaParams, features: int, num_classes: int):
-        super().__init__(Flatten(), Affine(neuron, features, num_classes))
+        # avg_pool2d over the whole map, as the exported AvgPool2d node computes it
+        pooled = F.avg_pool2d(x.flatten(0, 1), x.shape[-2:]).flatten(1)
+        return self.affine(pooled.unflatten(0, x.shape[:2]))
 
 
 # --- small CNN and VGG ----------------------------------------------------------------------
@@ -87,20 +83,22 @@ def _conv(neuron, cin, cout, k=3, stride=1, norm=True, delay_shift=False):
 
 
 def cnn(*, in_channels, num_classes, input_size, neuron, encoding, width=16, **_):
-    """Sequential net for small sensors (ndigits 34x34): lava-dl style, netx-exportable.
+    """Sequential net for small sensors (ndigits 34x34), netx-exportable.
 
-    conv3x3(w) -> sumpool2 | conv3x3(2w) -> sumpool2 | dense(128) | affine readout.
-    Keeps lava-dl's one-step delay per layer so that it runs on Loihi (netx) unchanged.
+    conv3x3(w) -> sumpool2 | conv3x3(2w) -> sumpool2 | dense(128) | affine readout.  The first
+    conv drops its padding when that keeps both pooled sizes even (34 -> 32 -> 16 -> 8):
+    Loihi/NIR have no counterpart of lava-dl's one-sided padding of odd sizes.
     """
     h, w = input_size
-    for _ in range(2):  # sum pooling with lava-dl's padding of odd sizes
+    pad = 1 if h % 4 == 0 and w % 4 == 0 else 0
+    h, w = (h - 2 + 2 * pad, w - 2 + 2 * pad)
+    for _ in range(2):  # sum pooling, with lava-dl's padding of odd sizes
         h, w = (h + h % 2) // 2, (w + w % 2) // 2
     stages = [
-        nn.Sequential(_conv(neuron, in_channels, width, norm=False, delay_shift=True),
-                      Pool(neuron, 2)),
-        nn.Sequential(_conv(neuron, width, 2 * width, norm=False, delay_shift=True),
-                      Pool(neuron, 2)),
-        nn.Sequential(Flatten(), Dense(neuron, 2 * width * h * w, 128)),
+        nn.Sequential(Conv(neuron, in_channels, width, 3, padding=pad, delay_shift=False),
+                      Pool(neuron, 2, delay_shift=False)),
+        nn.Sequential(_conv(neuron, width, 2 * width, norm=False), Pool(neuron, 2, delay_shift=False)),
+        nn.Sequential(Flatten(), Dense(neuron, 2 * width * h * w, 128, delay_shift=False)),
     ]
     return SpikingNet(stages, Affine(neuron, 128, num_classes), encoding,
                       [width, 2 * width, 128])
@@ -112,16 +110,18 @@ VGG11 = [[64], [128], [256, 256], [512, 512], [512, 512]]
 def vgg11(*, in_channels, num_classes, input_size, neuron, encoding, width=64, **_):
     """VGG-11 with BatchNorm (folded into weights and voltage bias at export) and sum pooling.
 
-    One stage per resolution; each ends in a spiking 2x2 sum pool.
+    One stage per resolution; each but the last (the global readout follows it) ends in a
+    spiking 2x2 sum pool: 48x48 -> 3x3, 32x32 -> 2x2.
     """
     stages, cin = [], in_channels
-    for widths in VGG11:
+    for i, widths in enumerate(VGG11):
         layers = []
         for c in widths:
             c = c * width // 64
             layers.append(_conv(neuron, cin, c))
             cin = c
-        layers.append(Pool(neuron, 2, delay_shift=False))
+        if i < len(VGG11) - 1:
+            layers.append(Pool(neuron, 2, delay_shift=False))
         stages.append(nn.Sequential(*layers))
     channels = [widths[-1] * width // 64 for widths in VGG11]
     return SpikingNet(stages, GlobalReadout(neuron, cin, num_classes), encoding, channels)

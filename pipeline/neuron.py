@@ -119,6 +119,31 @@ def _integrate(x: torch.Tensor, decay: int, s_scale: int, state: torch.Tensor):
     return torch.div(state * (P_SCALE - decay), P_SCALE, rounding_mode="trunc") + x_int
 
 
+def cuba_step(x: torch.Tensor, p: CubaParams, u: torch.Tensor, v: torch.Tensor,
+              bias_int: torch.Tensor | None = None, spiking: bool = True):
+    """One time step.  ``u``, ``v``: int64 states (4096-scaled); ``x``: float32 input.
+
+    Returns ``(spike or None, voltage, u, v)``: float32 spike and pre-reset voltage, new states.
+    """
+    s = p.s_scale
+    u = _integrate(x, p.i_decay, s, u)
+    v = _integrate(u / s, p.v_decay, s, v)  # lava-dl hands the voltage integrator u as float32
+    if bias_int is not None:
+        v = v + bias_int
+    voltage = v / s
+    if not spiking:
+        return None, voltage, u, v
+    spike = (voltage >= p.theta + p.threshold_eps).to(voltage.dtype)
+    # lava-dl's reset test compares the int64 state with a float threshold: both go to float32
+    reset_at = float(np.float32((p.theta + p.threshold_eps) * s))
+    return spike, voltage, u, v.masked_fill(v.to(torch.float32) >= reset_at, 0)
+
+
+def bias_to_int(bias: torch.Tensor | None, p: CubaParams) -> torch.Tensor | None:
+    """Voltage bias in the 4096-scaled integer units of the states."""
+    return None if bias is None else (p.s_scale * bias.detach().to(torch.float32)).to(torch.int64)
+
+
 def cuba_forward(
     x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None, spiking: bool = True
 ):
@@ -129,24 +154,15 @@ def cuba_forward(
     With ``spiking=False`` the neuron never resets and ``spikes`` is None (Affine readout).
     """
     x = x.detach().to(torch.float32)
-    s = p.s_scale
     u = torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device)
     v = torch.zeros_like(u)
-    bias_int = None if bias is None else (s * bias.detach().to(torch.float32)).to(torch.int64)
+    bias_int = bias_to_int(bias, p)
     voltage = torch.empty_like(x)
     spikes = torch.empty_like(x) if spiking else None
-    reset_at = float(np.float32((p.theta + p.threshold_eps) * s))  # int64 >= float -> float32
-    spike_at = p.theta + p.threshold_eps
     for t in range(x.shape[0]):
-        u = _integrate(x[t], p.i_decay, s, u)
-        current = (u / s).to(torch.float32)  # lava-dl hands the voltage integrator this float
-        v = _integrate(current, p.v_decay, s, v)
-        if bias_int is not None:
-            v = v + bias_int
-        voltage[t] = v / s
+        spike, voltage[t], u, v = cuba_step(x[t], p, u, v, bias_int, spiking)
         if spiking:
-            spikes[t] = voltage[t] >= spike_at
-            v = v.masked_fill(v.to(torch.float32) >= reset_at, 0)
+            spikes[t] = spike
     return spikes, voltage
 
 
