@@ -1,0 +1,152 @@
+"""Training checkpoints: atomic writes, ``weights_only`` loads, RNG state, model rebuild.
+
+A checkpoint is a plain dict of tensors and primitive containers, so that
+``torch.load(path, weights_only=True)`` reads it without unpickling any code::
+
+    format            "spikeline-train/1"
+    config            the full training config (plain dict, see ``train.TrainConfig``)
+    model_spec        keyword arguments of ``models.build_model`` (name, in_channels, ...)
+    epoch             epochs completed
+    iteration         optimizer steps done so far (i of the lambda schedule)
+    total_iterations  I, the steps of the whole run (lambda(i) = lam * (1 - i / I))
+    model             state_dict of the training module (network + shortcut heads)
+    model_stripped    state_dict of the main network alone (what export/deploy load)
+    optimizer         optimizer.state_dict()
+    scheduler         lr_scheduler.state_dict()
+    rng               torch / numpy / python (/ cuda) RNG states and the data position
+    history           the metrics.jsonl records so far (list of dicts)
+    best              {"test_acc", "epoch"} of the best epoch so far
+
+``save_checkpoint`` writes a temporary file in the same directory and ``os.replace``s it, so a
+crash mid-write never leaves a truncated ``last.pt``/``best.pt``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spikeline.errors import SpikelineError
+
+FORMAT = "spikeline-train/1"
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or foreign file is a
+    ``SpikelineError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpikelineError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle errors, truncated files, non-weights content
+        raise SpikelineError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise SpikelineError(f"{path} is not a spikeline training checkpoint "
+                             f"(expected format {FORMAT!r})")
+    return ckpt
+
+
+def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Path:
+    """``best``/``last`` -> ``RUN_DIR/best.pt``/``last.pt``; anything else is a path."""
+    run_dir = Path(run_dir)
+    if which in ("best", "last"):
+        path = run_dir / f"{which}.pt"
+        if not path.is_file():
+            raise SpikelineError(f"{run_dir} holds no {which}.pt: is it a `spikeline train` "
+                                 "run directory?")
+        return path
+    return Path(which)
+
+
+# --- RNG state as tensors and primitive containers -----------------------------------------
+
+def rng_state(loader_generator: torch.Generator | None = None) -> dict:
+    """Every RNG a training step may touch, in a ``weights_only``-loadable form."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {"version": int(py_version), "internal": [int(v) for v in py_internal],
+                   "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    if loader_generator is not None:
+        state["loader"] = loader_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, loader_generator: torch.Generator | None = None) -> None:
+    """Inverse of ``rng_state``."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if loader_generator is not None and "loader" in state:
+        loader_generator.set_state(state["loader"])
+
+
+# --- rebuilding the deployable network -----------------------------------------------------
+
+def build_from_spec(spec: dict):
+    """``models.build_model`` from a checkpoint's ``model_spec`` (untrained weights)."""
+    from spikeline.pipeline.models import build_model
+
+    kwargs = dict(spec)
+    name = kwargs.pop("name")
+    for key in ("input_size", "depths"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    neuron = kwargs.get("neuron")
+    if isinstance(neuron, dict):
+        from spikeline.pipeline.neuron import CubaParams
+
+        kwargs["neuron"] = CubaParams(**neuron)
+    return build_model(name, **kwargs)
+
+
+def load_run_model(run_dir: str | os.PathLike, which: str = "best", map_location="cpu"):
+    """The trained main network (heads stripped) of a run directory, in eval mode.
+
+    Returns ``(model, checkpoint)``.  This is all export/deploy code needs: the checkpoint's
+    ``model_spec`` rebuilds the architecture and ``model_stripped`` fills in the weights.
+    """
+    ckpt = load_checkpoint(resolve_checkpoint(run_dir, which), map_location=map_location)
+    model = build_from_spec(ckpt["model_spec"])
+    model.load_state_dict(ckpt["model_stripped"])
+    model.eval()
+    return model, ckpt

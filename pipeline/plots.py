@@ -1,0 +1,100 @@
+"""PNG figures of training runs and gradient diagnostics (matplotlib, Agg backend, atomic)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _figure(nrows=1, ncols=1, figsize=(6, 4)):
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Loss (left) and train/test accuracy (right) per epoch from metrics records."""
+    fig, axes = _figure(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in history]
+    ax = axes[0][0]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax = axes[0][1]
+    ax.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    ax.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_grad_norms(per_mode: dict[str, list[dict]], path: str | os.PathLike,
+                    title: str = "") -> Path:
+    """Gradient norm per weight tensor against depth (log scale), one line per heads mode."""
+    fig, axes = _figure(1, 1, figsize=(8, 4.5))
+    ax = axes[0][0]
+    for mode, layers in per_mode.items():
+        ax.plot([row["depth"] for row in layers], [row["grad_norm"] for row in layers],
+                "o-", ms=3, label=mode)
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (weight tensor index, input -> output)")
+    ax.set_ylabel("gradient L2 norm")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="heads")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_ablation(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Grouped bars: accuracy (left) and first-layer gradient norm (right) per model/mode."""
+    fig, axes = _figure(1, 2, figsize=(11, 4))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    modes = list(dict.fromkeys(r["heads"] for r in rows))
+    width = 0.8 / max(len(modes), 1)
+    for k, mode in enumerate(modes):
+        xs, acc, grad = [], [], []
+        for m, model in enumerate(models):
+            for r in rows:
+                if r["model"] == model and r["heads"] == mode:
+                    xs.append(m + k * width)
+                    acc.append(100 * r["test_acc"])
+                    grad.append(r["first_layer_grad_norm"])
+        axes[0][0].bar(xs, acc, width, label=mode)
+        axes[0][1].bar(xs, grad, width, label=mode)
+    for ax, label in ((axes[0][0], "best test accuracy (%)"),
+                      (axes[0][1], "first-layer gradient norm")):
+        ax.set_xticks([m + width * (len(modes) - 1) / 2 for m in range(len(models))])
+        ax.set_xticklabels(models)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(title="heads")
+    axes[0][1].set_yscale("log")
+    return _save(fig, path)
