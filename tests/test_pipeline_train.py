@@ -1,0 +1,229 @@
+"""`spikeline train` / `evaluate`: resume bit-exactness, NaN stop, checkpoints, metrics, schedules.
+
+Tiny runs: the embedded ndigits set, the `cnn` model, T=4, 48 training samples, batch 16.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from spikeline.cli import main
+from spikeline.errors import SpikelineError
+from spikeline.pipeline import checkpoint as ckpt_mod
+from spikeline.pipeline.checkpoint import load_checkpoint, load_run_model, save_checkpoint
+from spikeline.pipeline.heads import ShortcutHeads, evolutionary_lambda
+
+TINY = ["--dataset", "ndigits", "--model", "cnn", "--T", "4", "--batch-size", "16",
+        "--limit-train", "48", "--limit-test", "32", "--device", "cpu", "--no-progress"]
+STEPS = 3  # 48 / 16 optimizer steps per epoch
+
+
+def run_cli(*argv):
+    return main([str(a) for a in argv])
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """An uninterrupted 2-epoch evolutionary run (the reference of several tests)."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    assert run_cli("train", *TINY, "--heads", "evolutionary", "--epochs", 2, "--out", out) == 0
+    return out
+
+
+def test_resume_reproduces_uninterrupted_run_bit_for_bit(straight_run, tmp_path):
+    out = tmp_path / "interrupted"
+    assert run_cli("train", *TINY, "--heads", "evolutionary", "--epochs", 2,
+                   "--stop-after", 1, "--out", out) == 0
+    first = load_checkpoint(out / "last.pt")
+    assert first["epoch"] == 1 and first["iteration"] == STEPS
+    assert first["total_iterations"] == 2 * STEPS
+    assert json.loads((out / "summary.json").read_text())["finished"] is False
+
+    assert run_cli("train", "--out", out, "--resume", "--no-progress") == 0
+    resumed = load_checkpoint(out / "last.pt")
+    straight = load_checkpoint(straight_run / "last.pt")
+    assert resumed["epoch"] == straight["epoch"] == 2
+    assert resumed["iteration"] == straight["iteration"] == 2 * STEPS
+    # the second epoch really changed the weights, and identically in both runs
+    assert not states_equal(first["model"], straight["model"])
+    assert states_equal(resumed["model"], straight["model"])
+    assert states_equal(resumed["model_stripped"], straight["model_stripped"])
+    opt_r, opt_s = resumed["optimizer"]["state"], straight["optimizer"]["state"]
+    assert opt_r.keys() == opt_s.keys()
+    for k in opt_r:
+        assert states_equal(opt_r[k], opt_s[k])
+    assert resumed["scheduler"] == straight["scheduler"]
+    # the metrics file holds each epoch once, with the same numbers (time aside)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r, s in zip(rows, ref):
+        r.pop("seconds"), s.pop("seconds")
+        assert r == s
+
+
+def test_resume_rejects_conflicting_options_and_fresh_run_refuses_existing_dir(
+        straight_run, capsys):
+    assert run_cli("train", "--out", straight_run, "--resume", "--model", "resnet18",
+                   "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert "model" in err and "resnet18" in err
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", straight_run) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert run_cli("train", "--out", tmp_path / "nothing", "--resume") == 2
+    assert "last.pt" in capsys.readouterr().err
+
+
+def test_metrics_jsonl_and_curves(straight_run):
+    rows = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"epoch", "train_loss", "train_acc", "test_acc", "lr", "lambda",
+                "seconds"} <= r.keys()
+        assert math.isfinite(r["train_loss"]) and r["train_loss"] > 0
+        assert 0.0 <= r["train_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
+        assert r["seconds"] > 0
+    # cosine per iteration: lr used at the last step of each epoch
+    for r in rows:
+        i = r["epoch"] * STEPS - 1
+        assert r["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * i / (2 * STEPS))))
+        assert r["lambda"] == pytest.approx(0.25 * (1 - i / (2 * STEPS)))
+    png = (straight_run / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    best = load_checkpoint(straight_run / "best.pt")
+    assert best["best"]["test_acc"] == max(r["test_acc"] for r in rows)
+    assert best["epoch"] == best["best"]["epoch"]
+
+
+def test_lambda_schedule_progress_is_i_over_I(tmp_path, monkeypatch):
+    """ShortcutHeads.loss gets progress i/I for i = 0..I-1, I = epochs x steps per epoch."""
+    seen = []
+    original = ShortcutHeads.loss
+
+    def spy(self, x, y, progress=0.0):
+        seen.append(progress)
+        return original(self, x, y, progress)
+
+    monkeypatch.setattr(ShortcutHeads, "loss", spy)
+    assert run_cli("train", *TINY, "--heads", "evolutionary", "--epochs", 2,
+                   "--out", tmp_path / "run") == 0
+    total = 2 * STEPS
+    assert seen == pytest.approx([i / total for i in range(total)])
+    lams = [evolutionary_lambda(0.25, p) for p in seen]
+    assert lams[0] == 0.25 and lams[-1] == pytest.approx(0.25 / total)
+    steps = [a - b for a, b in zip(lams, lams[1:])]
+    assert steps == pytest.approx([0.25 / total] * (total - 1))  # linear decay to 0 at i = I
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    ref = tmp_path / "ref"
+    assert run_cli("train", *TINY, "--epochs", 3, "--stop-after", 1, "--out", ref) == 0
+
+    calls = {"n": 0}
+    original = ShortcutHeads.loss
+
+    def poisoned(self, x, y, progress=0.0):
+        loss, logits = original(self, x, y, progress)
+        calls["n"] += 1
+        if calls["n"] == STEPS + 2:  # second step of epoch 2
+            loss = loss * float("nan")
+        return loss, logits
+
+    monkeypatch.setattr(ShortcutHeads, "loss", poisoned)
+    out = tmp_path / "diverged"
+    assert run_cli("train", *TINY, "--epochs", 3, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "nan" in err.lower() and "epoch 2" in err and "last.pt" in err
+    last = load_checkpoint(out / "last.pt")
+    good = load_checkpoint(ref / "last.pt")
+    assert last["epoch"] == 1 and last["iteration"] == STEPS
+    assert states_equal(last["model"], good["model"])  # epoch 1's weights, untouched
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    # and the run can be resumed from there
+    monkeypatch.setattr(ShortcutHeads, "loss", original)
+    assert run_cli("train", "--out", out, "--resume", "--no-progress") == 0
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3
+
+
+def test_checkpoint_is_weights_only_and_complete(straight_run):
+    raw = torch.load(straight_run / "last.pt", weights_only=True)
+    for key in ("config", "model_spec", "model", "model_stripped", "optimizer", "scheduler",
+                "rng", "iteration", "total_iterations", "epoch", "history", "best"):
+        assert key in raw
+    assert {"torch", "numpy", "python"} <= raw["rng"].keys()
+    assert raw["config"]["model"] == "cnn" and raw["config"]["heads"] == "evolutionary"
+    assert raw["config"]["T"] == 4 and raw["config"]["lr"] == 1e-3
+    # the stripped network has no head parameters; the full one has them
+    assert not any(k.startswith("heads.") for k in raw["model_stripped"])
+    assert any(k.startswith("heads.") for k in raw["model"])
+    model, _ = load_run_model(straight_run, "last")
+    assert states_equal(model.state_dict(), raw["model_stripped"])
+
+
+def test_rng_state_roundtrip():
+    import random
+
+    import numpy as np
+
+    state = ckpt_mod.rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt_mod.set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": ckpt_mod.FORMAT, "epoch": 1})
+
+    def broken_save(obj, fh, *args, **kwargs):
+        fh.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"format": ckpt_mod.FORMAT, "epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1  # the old file survives intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+class NotAWeight:
+    """Any class instance: weights_only loading must refuse to unpickle it."""
+
+
+def test_load_refuses_pickled_code_and_foreign_files(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": ckpt_mod.FORMAT, "obj": NotAWeight()}, evil)
+    with pytest.raises(SpikelineError, match="evil.pt"):
+        load_checkpoint(evil)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(SpikelineError, match="not a spikeline"):
+        load_checkpoint(foreign)
+
+
+def test_evaluate_cli(straight_run, capsys):
+    assert run_cli("evaluate", straight_run, "--json", "--device", "cpu") == 0
+    res = json.loads(capsys.readouterr().out)
+    best = load_checkpoint(straight_run / "best.pt")
+    assert res["checkpoint"] == "best" and res["num_test"] == 32
+    assert res["epoch"] == best["epoch"]
+    assert res["test_acc"] == pytest.approx(best["best"]["test_acc"])
+    assert run_cli("evaluate", straight_run, "--checkpoint", "last", "--json") == 0
+    res_last = json.loads(capsys.readouterr().out)
+    last_rows = (straight_run / "metrics.jsonl").read_text().splitlines()
+    assert res_last["epoch"] == 2
+    assert res_last["test_acc"] == pytest.approx(json.loads(last_rows[-1])["test_acc"])
+    assert run_cli("evaluate", straight_run) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert run_cli("evaluate", straight_run / "missing") == 2
