@@ -572,8 +572,10 @@ class HardwareModel:
         return c.joules if c is not None else 0.0
 
     @property
-    def pre_silicon(self) -> bool:
-        return any(c.pre_silicon for c in self.constants.values())
+    def pre_silicon(self) -> bool | None:
+        """True if any priced constant is pre-silicon; None if no constant says."""
+        flags = [c.pre_silicon for c in self.constants.values() if c.pre_silicon is not None]
+        return any(flags) if flags else None
 
 
 def _parse_constant(raw, where: str) -> Constant:
