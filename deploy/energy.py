@@ -9,7 +9,8 @@ Synaptic nodes ("layers"): ``Conv2d``, ``Conv1d``, ``Linear``, ``Affine`` and th
 ``SumPool2d`` / ``AvgPool2d`` (a pooling node is a grouped convolution with a ones kernel: every
 input event is added into each window it falls in, which is synaptic work on any chip, so pooling
 counts as synaptic here; NeuroBench does not count pooling).  The input of a layer is the sum of
-its predecessors' outputs (NIR: several incoming edges add up, e.g. SEW ADD residuals).
+its predecessors' outputs (NIR: several incoming edges add up, e.g. SEW ADD residuals); an edge
+that closes a cycle delivers its source's output of the previous step, as in the simulator.
 
 For a layer with input ``x_t`` (one sample, one step) and fan-out map ``F`` (``F_j`` = number of
 synapses leaving input ``j``: ``out_features`` for Linear, the exact per-position count for
@@ -37,7 +38,8 @@ Neurons: every neuron node (CubaLIF, LIF, IF, Threshold spike; CubaLI, LI, I do 
 once per step: ``neuron_updates = neurons * T``; ``active_neuron_updates`` counts the updates
 in which the neuron received nonzero input; ``spikes`` = nonzero outputs of spiking neurons.
 Each neuron node is attributed to the first synaptic node found upstream of it (through
-Flatten / Scale / Delay); totals always include every neuron node.
+Flatten / Scale / Delay / Identity); totals always include every neuron node.  Layers and neuron
+nodes are listed in topological order (depth-first from the Input, as the simulator runs them).
 
 Pricing (:func:`price`) uses a :class:`HardwareModel` from ``hardware.toml``
 (:func:`load_hardware_models`); the formulas are in :func:`price`'s docstring.
@@ -350,46 +352,92 @@ def _layer_geometry(name: str, node, in_shape: tuple[int, ...], fanout: str):
     return fan.reshape(in_shape), out_shape, dense_per_out * c_out * h_out * w_out, kind
 
 
-def _predecessors(graph: nir.NIRGraph) -> dict[str, list[str]]:
-    order = {name: i for i, name in enumerate(graph.nodes)}
-    preds: dict[str, list[str]] = {name: [] for name in graph.nodes}
-
+def _edges(graph: nir.NIRGraph) -> list[tuple[str, str]]:
     def base(name: str) -> str:
         if name in graph.nodes:
             return name
         head = name.split(".", 1)[0]
         if head in graph.nodes:
             return head
-        raise SpikelineError(f"graph edge names unknown node {name!r}")
+        raise SpikelineError(f"graph edge names {name!r}, which is not a node of the graph")
 
-    for src, dst in graph.edges:
-        preds[base(dst)].append(base(src))
+    return [(base(src), base(dst)) for src, dst in graph.edges]
+
+
+def _walk(graph: nir.NIRGraph, edges: list[tuple[str, str]]):
+    """(topological order, back edges).  Back edges close a cycle, found by a depth-first walk from the Input nodes (then from
+    nodes without predecessors), following edges in graph order, as the reference simulator
+    does: such a recurrent edge delivers its source's output of the previous step."""
+    succ = {name: [] for name in graph.nodes}
+    for src, dst in edges:
+        succ[src].append(dst)
+    has_pred = {dst for _, dst in edges}
+    starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    starts += [n for n in graph.nodes if n not in has_pred and n not in starts]
+    state, back, post = {}, set(), []
+    for start in starts:
+        if start in state:
+            continue
+        stack = [(start, iter(succ[start]))]
+        state[start] = "open"
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = "done"
+                post.append(node)
+                stack.pop()
+            elif state.get(child) == "open":
+                back.add((node, child))
+            elif child not in state:
+                state[child] = "open"
+                stack.append((child, iter(succ[child])))
+    return post[::-1], back
+
+
+def _predecessors(graph: nir.NIRGraph) -> tuple[list[str], dict[str, list[tuple[str, bool]]]]:
+    """(topological order, node -> [(predecessor, is_back_edge)] in that order)."""
+    edges = _edges(graph)
+    topo, back = _walk(graph, edges)
+    order = {name: i for i, name in enumerate(topo)}
+    preds: dict[str, list[tuple[str, bool]]] = {name: [] for name in graph.nodes}
+    for src, dst in edges:
+        preds[dst].append((src, (src, dst) in back))
     for name in preds:
-        preds[name].sort(key=order.__getitem__)
-    return preds
+        preds[name].sort(key=lambda p: order.get(p[0], len(order)))
+    return topo, preds
 
 
-def _node_input(name: str, preds: list[str], outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _node_input(name: str, preds: list[tuple[str, bool]],
+                outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the predecessors' outputs; a recurrent (back) edge delivers step t-1."""
     if not preds:
         raise SpikelineError(f"node {name!r} has no incoming edge")
-    total = None
-    for pred in preds:
+    terms = []
+    for pred, is_back in preds:
         if pred not in outputs:
             raise SpikelineError(f"the simulation has no output for node {pred!r} (input of "
                                  f"{name!r})")
         value = torch.as_tensor(outputs[pred]).detach()
-        if total is not None and value.shape != total.shape:
-            raise SpikelineError(f"node {name!r}: incoming outputs have different shapes "
-                                 f"{list(total.shape)} and {list(value.shape)} ({pred!r})")
-        total = value if total is None else total + value
-    if total.ndim < 3:
-        raise SpikelineError(f"node {name!r}: input must be [T, N, ...], got {list(total.shape)}")
-    return total
+        if value.ndim < 3:
+            raise SpikelineError(f"output of node {pred!r} must be [T, N, ...], got "
+                                 f"{list(value.shape)}")
+        if is_back:
+            value = torch.cat([torch.zeros_like(value[:1]), value[:-1]])
+        terms.append(value)
+    if len(terms) == 1:
+        return terms[0]
+    try:
+        return torch.stack(torch.broadcast_tensors(*terms)).sum(0)
+    except RuntimeError:
+        shapes = [list(t.shape) for t in terms]
+        raise SpikelineError(f"node {name!r}: incoming outputs have shapes {shapes}, which do "
+                             f"not add up") from None
 
 
 def _owner_layer(name: str, graph: nir.NIRGraph, preds: dict[str, list[str]]) -> str | None:
     """First synaptic node upstream of neuron node ``name`` (through pass-through nodes)."""
-    frontier, seen = list(preds[name]), set()
+    frontier, seen = [p for p, _ in preds[name]], set()
     while frontier:
         nxt = []
         for pred in frontier:
@@ -400,7 +448,7 @@ def _owner_layer(name: str, graph: nir.NIRGraph, preds: dict[str, list[str]]) ->
             if isinstance(node, SYNAPTIC_NODES):
                 return pred
             if isinstance(node, (nir.Flatten, nir.Scale, nir.Delay, nir.Identity)):
-                nxt.extend(preds[pred])
+                nxt.extend(p for p, _ in preds[pred])
         frontier = nxt
     return None
 
@@ -423,7 +471,10 @@ def count_operations(graph: nir.NIRGraph, sim: Any, *, fanout: str = "structural
         if isinstance(node, nir.NIRGraph):
             raise SpikelineError(f"node {name!r} is a nested NIRGraph; energy counting needs a "
                                  f"flat graph")
-    preds = _predecessors(graph)
+    topo, preds = _predecessors(graph)
+    unreachable = sorted(set(graph.nodes) - set(topo))
+    if unreachable:
+        raise SpikelineError(f"nodes {unreachable} cannot be reached from the graph input")
 
     T = N = None
 
@@ -438,12 +489,13 @@ def count_operations(graph: nir.NIRGraph, sim: Any, *, fanout: str = "structural
             raise SpikelineError(f"node {name!r}: activity has T={T}, N={N}; need >= 1 each")
 
     layers, owners = [], {}
-    for name, node in graph.nodes.items():
+    nodes = [(name, graph.nodes[name]) for name in topo]
+    for name, node in nodes:
         if isinstance(node, NEURON_NODES):
             owners[name] = _owner_layer(name, graph, preds)
 
     neuron_counts = []
-    for name, node in graph.nodes.items():
+    for name, node in nodes:
         if not isinstance(node, NEURON_NODES):
             continue
         x = _node_input(name, preds[name], outputs)
@@ -472,7 +524,7 @@ def count_operations(graph: nir.NIRGraph, sim: Any, *, fanout: str = "structural
         if nc.layer is not None:
             by_layer.setdefault(nc.layer, []).append(nc)
 
-    for name, node in graph.nodes.items():
+    for name, node in nodes:
         if not isinstance(node, SYNAPTIC_NODES):
             continue
         x = _node_input(name, preds[name], outputs)
