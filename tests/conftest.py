@@ -1,0 +1,99 @@
+"""Shared fixtures: the real recordings in ../shared/data/events and writers of genuine-format
+event files (AEDAT4, N-MNIST .bin, DVS Gesture .npy) for tests that need many or broken ones."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_EVENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
+
+
+@pytest.fixture
+def real_file():
+    """Path of a real recording in ../shared/data/events; skips the test when it is absent."""
+    def get(name: str) -> Path:
+        path = REAL_EVENTS / name
+        if not path.is_file():
+            pytest.skip(f"{path} not present")
+        return path
+    return get
+
+
+def write_aedat4(path: Path, t, x, y, p, width: int = 128, height: int = 128) -> Path:
+    """An uncompressed AEDAT4 file with one event stream, as DV writes it.
+
+    Layout: magic, uint32 length + IOHeader flatbuffer (identifier IOHE; compression None and
+    file_data_position -1 left at their defaults; the XML description of the stream), then one
+    packet: uint32 stream id, uint32 length, size-prefixed EventPacket flatbuffer (identifier
+    EVTS) whose vector holds 16-byte Event structs (int64 t, int16 x, int16 y, bool on).
+    """
+    description = (
+        '<dv version="2.0"><node name="outInfo" path="/mainloop/Recorder/outInfo/">'
+        '<node name="0" path="/mainloop/Recorder/outInfo/0/">'
+        '<attr key="compression" type="string">NONE</attr>'
+        '<attr key="typeIdentifier" type="string">EVTS</attr>'
+        '<node name="info" path="/mainloop/Recorder/outInfo/0/info/">'
+        f'<attr key="sizeX" type="int">{width}</attr>'
+        f'<attr key="sizeY" type="int">{height}</attr>'
+        '</node></node></node></dv>').encode()
+    # IOHeader: root offset, "IOHE", vtable (3 fields, only description set), table, string.
+    vtable = struct.pack("<HHHHH", 10, 8, 0, 0, 4) + b"\0\0"
+    table_at = 8 + len(vtable)
+    string_at = table_at + 8
+    header = (struct.pack("<I", table_at) + b"IOHE" + vtable
+              + struct.pack("<iI", table_at - 8, string_at - (table_at + 4))
+              + struct.pack("<I", len(description)) + description + b"\0")
+    header += b"\0" * (-len(header) % 4)
+    events = np.zeros(len(t), dtype=np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"),
+                                              ("on", "?"), ("pad", "V3")]))
+    events["t"], events["x"], events["y"], events["on"] = t, x, y, p
+    # EventPacket after its size prefix: root offset, "EVTS", vtable, table, padding so that the
+    # 8-byte structs are 8-aligned in the buffer, vector length, structs.
+    packet = (struct.pack("<I", 16) + b"EVTS" + struct.pack("<HHH", 6, 8, 4) + b"\0\0"
+              + struct.pack("<iI", 8, 8) + b"\0" * 4 + struct.pack("<I", len(events))
+              + events.tobytes())
+    packet = struct.pack("<I", len(packet)) + packet
+    with open(path, "wb") as file:
+        file.write(b"#!AER-DAT4.0\r\n" + struct.pack("<I", len(header)) + header)
+        file.write(struct.pack("<II", 0, len(packet)) + packet)
+    return path
+
+
+def write_nmnist_bin(path: Path, t, x, y, p) -> Path:
+    """N-MNIST 40-bit events: x, y, then p (bit 23) and t (23 bits) big-endian; a y = 240
+    marker adds 2**13 µs to every later timestamp, so large times are written as markers."""
+    words = []
+    offset = 0
+    for ti, xi, yi, pi in zip(t, x, y, p):
+        while ti - offset >= 2**23:
+            words.append(bytes([0, 240, 0, 0, 0]))
+            offset += 2**13
+        stamp = int(ti - offset) | (int(pi) << 23)
+        words.append(bytes([int(xi), int(yi), stamp >> 16, (stamp >> 8) & 255, stamp & 255]))
+    Path(path).write_bytes(b"".join(words))
+    return path
+
+
+def write_dvsgesture_npy(path: Path, t_ms, x, y, p) -> Path:
+    """Tonic's DVS Gesture release: an int [N, 4] array of (x, y, p, t ms)."""
+    np.save(path, np.stack([x, y, p, t_ms], axis=1).astype(np.int64))
+    return path
+
+
+def random_events(n: int, width: int, height: int, seed: int = 0, duration_us: int = 100_000):
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, duration_us, n))
+    return t, rng.integers(0, width, n), rng.integers(0, height, n), rng.integers(0, 2, n)
+
+
+@pytest.fixture(scope="session")
+def ndigits_cache(tmp_path_factory) -> Path:
+    """A cache folder with the ndigits events generated once per test session."""
+    from spikeline.datasets import ndigits
+
+    cache_dir = tmp_path_factory.mktemp("spikeline-cache")
+    ndigits.load_events(cache_dir)
+    return cache_dir
