@@ -47,7 +47,7 @@ Pricing (:func:`price`) uses a :class:`HardwareModel` from ``hardware.toml``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -823,3 +823,41 @@ def price(counts: EnergyCounts, model: HardwareModel) -> EnergyEstimate:
                           layers={k: (v[0], v[1]) for k, v in per_layer.items()},
                           breakdown={"synaptic": totals_syn, "neuron": e_neuron,
                                      "spike": e_spike})
+
+
+def combine_counts(parts: list[EnergyCounts]) -> EnergyCounts:
+    """Merge counts of disjoint sample batches of the same graph, T and fan-out mode.
+
+    Per-inference quantities are averages, so each is the sample-weighted mean
+    ``sum_b n_b q_b / sum_b n_b``; structural ones (shapes, connections, dense ops, neurons) must
+    agree.  Because the binary rule is applied per sample and step, counting a run in batches
+    and combining gives the same numbers as counting it at once.
+    """
+    if not parts:
+        raise ValueError("combine_counts needs at least one EnergyCounts")
+    first = parts[0]
+    for part in parts[1:]:
+        if (part.T, part.fanout) != (first.T, first.fanout) or \
+                [l.name for l in part.layers] != [l.name for l in first.layers] or \
+                [n.name for n in part.neuron_nodes] != [n.name for n in first.neuron_nodes]:
+            raise ValueError("combine_counts: parts differ in T, fan-out mode, layers or neurons")
+    total = sum(p.samples for p in parts)
+
+    def mean(getter):
+        return sum(getter(p) * p.samples for p in parts) / total
+
+    layers = []
+    for i, layer in enumerate(first.layers):
+        avg = {key: mean(lambda p, k=key: getattr(p.layers[i], k))
+               for key in ("input_events", "firing_rate", "synops", "macs", "binary_fraction",
+                           "neuron_updates", "active_neuron_updates", "spikes")}
+        layers.append(replace(layer, **avg))
+    neurons = []
+    for i, node in enumerate(first.neuron_nodes):
+        avg = {key: mean(lambda p, k=key: getattr(p.neuron_nodes[i], k))
+               for key in ("updates", "active_updates", "spikes")}
+        neurons.append(replace(node, **avg))
+    return EnergyCounts(layers=tuple(layers), neuron_nodes=tuple(neurons), T=first.T,
+                        samples=total,
+                        network_input_events=mean(lambda p: p.network_input_events),
+                        fanout=first.fanout)

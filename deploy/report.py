@@ -41,6 +41,8 @@ CONVENTIONS = (
     "dense ANN ops are counted once per inference (FLOPs_conv = k^2 H_out W_out C_in/groups "
     "C_out, FLOPs_fc = in*out; pooling adds priced as ACs).",
     "CMOS estimates price arithmetic only (no memory or data movement), which favours the SNN.",
+    "Neuromorphic estimates include neuron updates and spikes, but their ANN column is the "
+    "arithmetic-only CMOS baseline (ann_baseline), so that ratio is not like for like.",
 )
 
 
