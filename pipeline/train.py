@@ -150,6 +150,15 @@ def subset(dataset, limit: int | None):
     return torch.utils.data.Subset(dataset, sorted(perm[:limit].tolist()))
 
 
+def _reseed_augmentation(dataset, epoch_seed: int) -> None:
+    """Give the dataset under any ``Subset`` wrappers this epoch's augmentation seed (the
+    registry's loader only reseeds a dataset it holds directly)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    if hasattr(dataset, "reseed"):
+        dataset.reseed(epoch_seed)
+
+
 def lambda_at(lam: float, iteration: int, total: int) -> float:
     """The evolutionary schedule ``lambda(i) = lam * (1 - i / I)``."""
     return lam * (1.0 - iteration / max(total, 1))
@@ -427,6 +436,7 @@ def train(config: TrainConfig | None, runtime: Runtime, overrides: dict | None =
             sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
                                          seed=config.seed, drop_last=False)
             sampler.set_epoch(epoch)
+            _reseed_augmentation(train_ds, derive_seed(config.seed, epoch, 2))
             loader = make_loader(torch.utils.data.Subset(train_ds, list(sampler)),
                                  config.batch_size, shuffle=False, workers=runtime.workers,
                                  seed=derive_seed(config.seed, epoch, rank, 1))
