@@ -188,7 +188,7 @@ def _make_runner(name, node, mode, dt):
     return runner
 
 
-def _order(graph: nir.NIRGraph):
+def topological_order(graph: nir.NIRGraph):
     """Depth-first topological order from the inputs; edges that close a cycle are 'back'."""
     succ = {name: [] for name in graph.nodes}
     for src, dst in graph.edges:
@@ -246,7 +246,7 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
     if mode not in MODES:
         raise SpikelineError(f"simulation mode must be one of {MODES}, got {mode!r}")
     dt = graph_dt(graph) if dt is None else dt
-    order, back = _order(graph)
+    order, back = topological_order(graph)
     inputs = [n for n in order if isinstance(graph.nodes[n], nir.Input)]
     outputs = [n for n in order if isinstance(graph.nodes[n], nir.Output)]
     if len(inputs) != 1 or len(outputs) != 1:

@@ -1,0 +1,101 @@
+"""Run a netx HDF5 network in Lava (``Loihi2SimCfg(select_tag='fixed_pt')``), in a subprocess.
+
+A failing Lava run hangs in ``stop()`` and leaves child processes behind (REFERENCE §3), so
+``run_netx`` starts ``python -m spikeline.deploy.lava_run`` in its own process group with a
+timeout and kills the whole group when it expires.
+
+Lava's layers each add one step of synaptic delay (layer i's step t is Lava's step t + i + 1),
+so the run is ``T + layers`` steps long on a zero-padded input; ``run_netx`` returns every layer's spikes (and the readout's voltage)
+re-aligned to the trained model's time axis, ``[T, C, H, W]`` per layer.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from spikeline.errors import SpikelineError
+
+S_SCALE = 4096  # Lava states are 4096 x SLAYER's
+
+
+def run_netx(net_path, x: np.ndarray, timeout: float = 300.0) -> dict[str, np.ndarray]:
+    """``x``: binary input ``[T, C, H, W]``.  Returns ``{'layer<i>': spikes [T, *shape],
+    'readout': voltage [T, K]}`` aligned with the trained model (our step t)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "input.npy", Path(tmp) / "out.npz"
+        np.save(inp, np.asarray(x, dtype=np.float32))
+        cmd = [sys.executable, "-m", "spikeline.deploy.lava_run", str(net_path), str(inp),
+               str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+        try:
+            log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise SpikelineError(f"Lava run of {net_path} did not finish in {timeout:.0f} s "
+                                 "(killed)") from None
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode != 0 or not out.exists():
+            raise SpikelineError(f"Lava run of {net_path} failed:\n{log[-3000:]}")
+        with np.load(out) as data:
+            return {key: data[key] for key in data.files}
+
+
+def _whc_to_chw(a: np.ndarray, shape) -> np.ndarray:
+    """Lava's [steps, W, H, C] (or [steps, N]) -> [steps, C, H, W]."""
+    if len(shape) == 3:
+        return a.reshape(a.shape[0], *shape[::-1]).transpose(0, 3, 2, 1)
+    return a.reshape(a.shape[0], *shape)
+
+
+def _main(net_path: str, input_path: str, out_path: str) -> None:
+    from lava.lib.dl import netx
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc import io
+    from lava.proc.monitor.process import Monitor
+
+    x = np.load(input_path)  # [T, C, H, W]
+    steps, (c, h, w) = x.shape[0], x.shape[1:]
+    net = netx.hdf5.Network(net_config=net_path, input_shape=(w, h, c))
+    depth = len(net.layers)
+    total = steps + depth
+    padded = np.zeros((total, c, h, w), dtype=np.float32)
+    padded[:steps] = x
+    source = io.source.RingBuffer(data=padded.transpose(3, 2, 1, 0))  # W, H, C, T
+    source.s_out.connect(net.inp)
+    monitors = []
+    for i, layer in enumerate(net.layers):
+        var = layer.neuron.v if i == depth - 1 else layer.neuron.s_out
+        monitor = Monitor()
+        monitor.probe(var, total)
+        monitors.append((monitor, var))
+    try:
+        net.run(condition=RunSteps(num_steps=total),
+                run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        result = {}
+        for i, ((monitor, var), layer) in enumerate(zip(monitors, net.layers)):
+            data = monitor.get_data()[var.process.name][var.name]
+            shape = tuple(int(v) for v in layer.shape)[::-1]  # Lava: W, H, C -> C, H, W
+            # layer i's state of our step t is Lava's at step t + i + 1 (one delay per layer)
+            aligned = _whc_to_chw(data, shape)[i + 1:i + 1 + steps]
+            if i == depth - 1:
+                result["readout"] = aligned / S_SCALE
+            else:
+                result[f"layer{i}"] = aligned
+    finally:
+        net.stop()
+    np.savez(out_path, **result)
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:4])

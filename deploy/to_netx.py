@@ -1,0 +1,155 @@
+"""Folded sequential ``SpikingNet`` -> lava-dl netx HDF5 (Loihi through Lava).
+
+Schema as lava-dl 0.6.0's ``export_hdf5`` writes it (REFERENCE §3): ``layer/<i>`` groups with
+``type``, ``shape`` (C, H, W), weights x64 as floats, and a ``neuron/`` group (``CUBA``,
+``iDecay``, ``vDecay``, ``vThMant``, ``refDelay``, ``gradedSpike``).  What netx cannot load is
+lowered exactly:
+
+- sum pooling (netx raises NotImplementedError for ``pool``) -> a grouped, strided conv whose
+  weights are the pool weight (64 = 1.0);
+- the Affine readout -> ``dense`` with ``vThMant = 262143``: it never spikes, its voltage is
+  the readout;
+- a voltage bias -> ``bias`` mantissas (``bias * 64``, applied by Lava as ``bias_mant << 6``).
+
+Residual networks have no netx form (no add layer): they get an error naming the edge.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import h5py
+import numpy as np
+from torch import nn
+
+from spikeline.errors import SpikelineError
+from spikeline.pipeline.blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
+from spikeline.pipeline.models import GlobalReadout, ResidualBlock, SpikingNet
+from spikeline.pipeline.neuron import CubaParams
+from spikeline.pipeline.quantize import weight_mantissa
+
+NEVER_SPIKES = 262143  # the largest vThMant: an Affine readout exported as dense
+
+
+def _layers(model: SpikingNet) -> list[nn.Module]:
+    flat = []
+
+    def walk(m):
+        if isinstance(m, nn.Sequential):
+            for child in m:
+                walk(child)
+        elif isinstance(m, Dropout):
+            return
+        elif isinstance(m, ResidualBlock):
+            raise SpikelineError(
+                "netx export: a residual block's shortcut edge (block input -> its second "
+                "neuron) has no netx layer type (netx nets are sequential); export NIR instead")
+        elif isinstance(m, GlobalReadout):
+            raise SpikelineError(
+                "netx export: global average pooling has no exact 8-bit netx form; use a model "
+                "with a Flatten + Affine readout (e.g. cnn) or export NIR")
+        else:
+            flat.append(m)
+
+    for stage in model.stages:
+        walk(stage)
+    walk(model.readout)
+    return flat
+
+
+def _neuron(group: h5py.Group, p: CubaParams, never_spikes: bool = False) -> None:
+    neuron = group.create_group("neuron")
+    for key, value in p.device_params().items():
+        if key == "type":
+            neuron.create_dataset("type", data=np.bytes_(value))
+        else:
+            neuron.create_dataset(key, data=value)
+    if never_spikes:
+        del neuron["vThMant"]
+        neuron.create_dataset("vThMant", data=NEVER_SPIKES)
+
+
+def _type(group: h5py.Group, name: str) -> None:
+    group.create_dataset("type", data=np.array([name.encode()], dtype="S10"))
+
+
+def _bias(group: h5py.Group, syn) -> None:
+    if syn.norm is not None:
+        raise SpikelineError("netx export needs a folded model (BatchNorm still present)")
+    if syn.bias is not None:
+        group.create_dataset("bias", data=np.round(syn.bias.detach().numpy() * 64))
+
+
+def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> list[str]:
+    """Write ``model`` (folded, sequential) to ``path`` atomically; returns the layer types."""
+    if model.encoding != "binary":
+        raise SpikelineError("netx export: Loihi input layers take binary spikes; train with "
+                             "--encoding binary")
+    shape = tuple(input_shape)
+    layers = _layers(model)
+    tmp = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)),
+                                      suffix=".tmp", delete=False)
+    tmp.close()
+    kinds = []
+    try:
+        with h5py.File(tmp.name, "w") as f:
+            root = f.create_group("layer")
+            for i, m in enumerate(layers):
+                g = root.create_group(str(i))
+                shape = _write_layer(g, m, shape)
+                kinds.append(g["type"][0].decode())
+        os.replace(tmp.name, path)
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+    return kinds
+
+
+def _write_layer(g: h5py.Group, m: nn.Module, shape):
+    if isinstance(m, (Conv, Pool)):
+        c, h, w = shape
+        syn = m.synapse
+        if isinstance(m, Conv):
+            weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
+            cout, groups = weight.shape[0], syn.groups
+            dilation = syn.dilation
+            _bias(g, syn)
+        else:
+            if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
+                raise SpikelineError(f"netx export: sum pooling of a {h}x{w} map needs "
+                                     "lava-dl's one-sided padding, which netx cannot express")
+            mant = float(weight_mantissa(syn.weight, syn.scale))
+            weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
+            cout, groups, dilation = c, c, (1, 1)
+        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+               zip((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)]
+        _type(g, "conv")
+        for key, value in (("inChannels", c), ("outChannels", cout), ("groups", groups)):
+            g.create_dataset(key, data=value)
+        for key, value in (("kernelSize", syn.kernel_size), ("stride", syn.stride),
+                           ("padding", syn.padding), ("dilation", dilation)):
+            g.create_dataset(key, data=np.array(value))
+        g.create_dataset("weight", data=weight)
+        g.create_dataset("shape", data=np.array([cout, *out]))
+        _neuron(g, m.neuron)
+        return (cout, *out)
+    if isinstance(m, Flatten):
+        _type(g, "flatten")
+        g.create_dataset("shape", data=np.array([int(np.prod(shape)), 1, 1]))
+        return (int(np.prod(shape)),)
+    if isinstance(m, (Dense, Affine)):
+        syn = m.synapse
+        weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
+        if weight.shape[1] != int(np.prod(shape)):
+            raise SpikelineError(f"netx export: dense layer expects {weight.shape[1]} inputs, "
+                                 f"the previous layer gives {shape}")
+        _type(g, "dense")
+        g.create_dataset("inFeatures", data=weight.shape[1])
+        g.create_dataset("outFeatures", data=weight.shape[0])
+        g.create_dataset("weight", data=weight)
+        g.create_dataset("shape", data=np.array([weight.shape[0]]))
+        _bias(g, syn)
+        _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
+        return (weight.shape[0],)
+    raise SpikelineError(f"netx export: unsupported layer {type(m).__name__}; supported: Conv, "
+                         "Pool, Flatten, Dense, Affine")
