@@ -1,0 +1,111 @@
+"""``spikeline events FILE``, ``spikeline data show`` and ``spikeline data prepare``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from spikeline.datasets import events as event_files
+from spikeline.datasets.registry import DATASETS, SPLITS, load_dataset
+from spikeline.errors import SpikelineError
+
+
+def register(subparsers) -> None:
+    events = subparsers.add_parser(
+        "events", help="count the events of a recording (AEDAT4, N-MNIST .bin, DVS Gesture "
+                       ".npy, Prophesee .raw/.dat)")
+    events.add_argument("file")
+    events.add_argument("--json", action="store_true",
+                        help='print {"events", "sensor_size", "duration_us"} as JSON')
+    events.set_defaults(handler=_events)
+
+    data = subparsers.add_parser("data", help="look at datasets and build their frame cache")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    show = actions.add_parser("show", help="draw one sample's frames to a PNG")
+    _add_dataset_options(show)
+    show.add_argument("--index", type=int, default=0, help="sample index in the split")
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.add_argument("--split", choices=SPLITS, default="train")
+    show.set_defaults(handler=_show)
+
+    prepare = actions.add_parser("prepare", help="bin every sample of both splits into the "
+                                                 "frame cache")
+    _add_dataset_options(prepare)
+    prepare.add_argument("--size", type=_frame_size, help="frame size: H or HxW")
+    prepare.set_defaults(handler=_prepare)
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=sorted(DATASETS))
+    parser.add_argument("--T", type=int, help="time bins (default: the dataset's)")
+    parser.add_argument("--data-dir", help="folder with downloaded datasets "
+                                           "(default $SPIKELINE_DATA or ~/data)")
+    parser.add_argument("--cache-dir", help="frame cache and generated data "
+                                            "(default $SPIKELINE_CACHE or ~/.cache/spikeline)")
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected H or HxW (positive integers), got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def _events(args) -> int:
+    stream = event_files.read_events(args.file)
+    summary = {"events": len(stream), "sensor_size": list(stream.sensor_size),
+               "duration_us": stream.duration_us}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        width, height, polarities = stream.sensor_size
+        print(f"{args.file}: {len(stream):,} events, sensor {width}x{height}x{polarities}, "
+              f"{stream.duration_us:,} µs")
+    return 0
+
+
+def _show(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    dataset = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.T,
+                           cache_dir=args.cache_dir)
+    if not 0 <= args.index < len(dataset):
+        raise SpikelineError(f"--index {args.index}: {args.dataset} {args.split} has samples "
+                             f"0 to {len(dataset) - 1}")
+    frames, label = dataset[args.index]
+    frames = frames.numpy()
+    scale = max(float(frames.max()), 1e-9)  # one scale for all bins: brightness comparable
+    n_bins = len(frames)
+    figure, axes = plt.subplots(1, n_bins, figsize=(1.6 * n_bins, 2.0), squeeze=False)
+    for k, axis in enumerate(axes[0]):
+        off, on = frames[k] / scale
+        axis.imshow(np.stack([on, np.zeros_like(on), off], axis=-1).clip(0, 1))
+        axis.set_title(f"bin {k}", fontsize=8)
+        axis.axis("off")
+    figure.suptitle(f"{args.dataset} {args.split} #{args.index}: label {label} "
+                    f"(ON red, OFF blue)", fontsize=10)
+    figure.savefig(args.out, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _prepare(args) -> int:
+    from tqdm import tqdm
+
+    total = 0
+    for split in SPLITS:
+        dataset = load_dataset(args.dataset, split, data_dir=args.data_dir, T=args.T,
+                               size=args.size, cache_dir=args.cache_dir)
+        for index in tqdm(range(len(dataset)), desc=f"{args.dataset} {split}", unit="sample"):
+            dataset.frames(index)
+        total += len(dataset)
+    print(f"{args.dataset}: frames of {total} samples cached in {dataset.cache.root}")
+    return 0
