@@ -57,6 +57,13 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
     return flat
 
 
+def netx_layer_modules(model: SpikingNet) -> list[nn.Module]:
+    """For each netx layer (Flatten has none in Lava), the module whose output it reproduces:
+    the LIF population of a spiking block, the Affine readout itself."""
+    return [m.lif if hasattr(m, "lif") else m for m in _layers(model)
+            if not isinstance(m, Flatten)]
+
+
 def _neuron(group: h5py.Group, p: CubaParams, never_spikes: bool = False) -> None:
     neuron = group.create_group("neuron")
     for key, value in p.device_params().items():
