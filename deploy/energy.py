@@ -70,6 +70,7 @@ NONSPIKING_NEURONS = (nir.CubaLI, nir.LI, nir.I)
 NEURON_NODES = SPIKING_NEURONS + NONSPIKING_NEURONS
 FANOUT_MODES = ("structural", "nonzero")
 DEFAULT_HARDWARE_FILE = Path(__file__).with_name("hardware.toml")
+DEFAULT_ANN_BASELINE = "cmos45_int8"  # prices the ANN equivalent of neuromorphic models
 PJ = 1e-12
 
 
@@ -688,7 +689,7 @@ def _parse_models(path: Path) -> dict[str, dict]:
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise SpikelineError(f"{where}.description: expected a string")
-        baseline = raw.get("ann_baseline", name if kind == "cmos" else None)
+        baseline = raw.get("ann_baseline", name if kind == "cmos" else DEFAULT_ANN_BASELINE)
         if not isinstance(baseline, str):
             raise SpikelineError(f"{where}.ann_baseline: expected the name of a cmos model that "
                                  f"prices the ANN equivalent, got {baseline!r}")
@@ -711,8 +712,8 @@ def load_hardware_models(path: str | Path | None = None) -> dict[str, HardwareMo
 
     ``path``'s ``[models.NAME]`` tables add models, or replace a bundled model of the same name.
     A malformed file raises :class:`SpikelineError` naming the file, the field and what was
-    expected.  A neuromorphic model's ``ann_baseline`` must name a ``cmos`` model (from either
-    file), whose ``mac``/``ac`` energies price the ANN equivalent.
+    expected.  A neuromorphic model's ``ann_baseline`` (default ``cmos45_int8``) must name a
+    ``cmos`` model (from either file), whose ``mac``/``ac`` energies price the ANN equivalent.
     """
     raw = _parse_models(DEFAULT_HARDWARE_FILE)
     if path is not None:
