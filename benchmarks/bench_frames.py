@@ -27,7 +27,7 @@ from spikeline.datasets.registry import FrameDataset, load_dataset
 
 SENSOR = (128, 128, 2)
 N_BINS = 10
-AEDAT4 = Path(__file__).resolve().parents[2] / "shared" / "data" / "events" / "davis346_street.aedat4"
+AEDAT4 = Path(__file__).resolve().parents[2] / "shared/data/events/davis346_street.aedat4"
 
 
 def best_seconds(run, repeats: int) -> float:

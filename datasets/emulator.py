@@ -33,6 +33,8 @@ NMNIST_PATH = ((0.0, 0.0), (3.0, 6.0), (6.0, 0.0), (0.0, 0.0))
 
 @dataclass(frozen=True)
 class SaccadeEmulator:
+    """The emulated sensor and motion (see the module docstring); call it on images."""
+
     sensor_size: tuple[int, int] = (34, 34)  # (W, H)
     path: tuple[tuple[float, float], ...] = NMNIST_PATH  # (dx, dy) vertices in pixels
     saccade_us: int = 100_000

@@ -101,7 +101,8 @@ def read_events(path: str | Path, *, encoding: str | None = None) -> EventStream
     """
     path = Path(path)
     readers = {".aedat4": _read_aedat4, ".bin": _read_nmnist_bin, ".npy": _read_dvsgesture_npy,
-               ".raw": lambda p: _read_prophesee(p, encoding), ".dat": lambda p: _read_prophesee(p, "dat")}
+               ".raw": lambda p: _read_prophesee(p, encoding),
+               ".dat": lambda p: _read_prophesee(p, "dat")}
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise SpikelineError(f"{path}: unknown event file type {path.suffix!r}; expected one of "

@@ -48,7 +48,8 @@ def test_emulator_threshold_rule_on_a_step():
     emulator = SaccadeEmulator(sensor_size=(6, 3), path=((0.0, 0.0), (1.0, 0.0)),
                                steps_per_saccade=1, threshold_sigma=0.0)
     events, _ = emulator(image, seed=0)
-    expected_on = int(np.floor((np.log(1 + emulator.eps) - np.log(emulator.eps)) / emulator.threshold))
+    contrast = np.log(1 + emulator.eps) - np.log(emulator.eps)
+    expected_on = int(np.floor(contrast / emulator.threshold))
     on, off = events[events["p"] == 1], events[events["p"] == 0]
     assert len(on) == len(off) == 3 * expected_on  # 3 rows: new column lights, old one darkens
     # crossing times are interpolated within the 100 ms step: evenly spread levels
