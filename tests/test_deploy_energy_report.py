@@ -198,3 +198,15 @@ def test_cli_errors_exit_2_with_a_message(export_dir, tmp_path, capsys):
     assert cli(["energy", str(export_dir), "--input", str(tmp_path / "bad.npy"),
                 "--models", "gpu"]) == 2
     assert "unknown hardware model" in capsys.readouterr().err
+
+
+def test_cli_dataset_samples(export_dir, tmp_path):
+    pytest.importorskip("spikeline.datasets.registry")
+    out = tmp_path / "out.json"
+    assert cli(["energy", str(export_dir), "--dataset", "ndigits", "--samples", "2", "--T", "2",
+                "--data-dir", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+                "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["samples"] == 2 and data["meta"]["T"] == 2
+    assert data["meta"]["source"] == {"dataset": "ndigits", "split": "test"}
+    assert data["totals"]["network_input_events"] > 0
