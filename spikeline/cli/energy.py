@@ -203,7 +203,12 @@ def run(args) -> int:
     chosen = select_models(models, args.models)
     graph, metadata, nir_path = load_model(args.model)
     shape = graph_input_shape(graph)
-    T = args.T or int(metadata.get("T", DEFAULT_T) or DEFAULT_T)
+    T = args.T
+    if T is None:
+        T = metadata.get("T", DEFAULT_T)
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise SpikelineError(f"{args.model}: metadata.json field 'T' must be a positive "
+                                 f"integer, got {T!r}; pass --T")
     if args.events:
         x, source = inputs_from_events(args.events, T, shape), {"events": list(args.events)}
     elif args.input:
