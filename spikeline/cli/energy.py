@@ -205,7 +205,8 @@ def run(args) -> int:
     shape = graph_input_shape(graph)
     T = args.T
     if T is None:
-        T = metadata.get("T", DEFAULT_T)
+        T = metadata.get("T")
+        T = DEFAULT_T if T is None else T
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
             raise SpikelineError(f"{args.model}: metadata.json field 'T' must be a positive "
                                  f"integer, got {T!r}; pass --T")
