@@ -1,0 +1,158 @@
+"""Export directory, the verify certificate (NIR, Lava, peers) and the netx -> NIR import."""
+import json
+
+import h5py
+import nir
+import numpy as np
+import pytest
+import torch
+
+from spikeline.deploy.export import export_model, export_run, load_folded
+from spikeline.deploy.from_netx import netx_to_nir
+from spikeline.deploy.simulate import simulate
+from spikeline.deploy.verify import verify_export
+from spikeline.errors import SpikelineError
+from spikeline.pipeline.models import build_model
+
+CNN_SPEC = {"name": "cnn", "in_channels": 2, "num_classes": 10, "input_size": [34, 34],
+            "encoding": "binary"}
+
+
+@pytest.fixture(scope="module")
+def cnn_export(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("export")
+    result = export_model(build_model("cnn"), CNN_SPEC, out, config={"T": 6})
+    assert set(result.files) == {"nir", "netx", "folded"} and not result.skipped
+    return out
+
+
+def frames(n=2, t=6, size=(34, 34), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, (t, n, 2, *size), generator=g).float()
+
+
+def test_export_writes_metadata(cnn_export):
+    meta = json.loads((cnn_export / "metadata.json").read_text())
+    assert meta["input_shape"] == [2, 34, 34] and meta["heads"] == "removed"
+    assert meta["quantization"]["weight_scale"] == 64
+    model, _, export = load_folded(cnn_export)
+    assert set(export.modules) <= set(nir.read(cnn_export / "model.nir").nodes)
+
+
+def test_nir_and_peers_verify_with_zero_mismatches(cnn_export):
+    report = verify_export(cnn_export, frames(), backends=("nir", "spikingjelly", "snntorch"))
+    assert report.ok, report.to_dict()
+    by_name = {b.backend: b for b in report.backends}
+    assert by_name["nir"].compared > 0 and by_name["nir"].mismatches == 0
+    assert len(by_name["nir"].per_node) == 6  # five spiking layers and the readout
+    for peer in ("spikingjelly", "snntorch"):
+        assert by_name[peer].status == "ok", by_name[peer]
+    assert report.reference_spikes > 0
+
+
+def test_lava_runs_the_netx_file_spike_for_spike(cnn_export):
+    pytest.importorskip("lava.lib.dl.netx")
+    report = verify_export(cnn_export, frames(n=1), backends=("lava",))
+    lava = report.backends[0]
+    assert lava.status == "ok", lava
+    assert lava.compared > 0 and len(lava.per_node) == 6
+
+
+def test_a_planted_weight_change_in_the_nir_file_fails_verify(cnn_export, tmp_path):
+    for name in ("folded.pt", "metadata.json", "model.net"):
+        (tmp_path / name).write_bytes((cnn_export / name).read_bytes())
+    graph = nir.read(cnn_export / "model.nir")
+    conv = next(n for n in graph.nodes if n.endswith("_conv"))
+    graph.nodes[conv].weight[0, 0, 1, 1] += 2 / 64
+    nir.write(tmp_path / "model.nir", graph)
+    report = verify_export(tmp_path, frames(), backends=("nir",))
+    assert not report.ok
+    assert report.backends[0].mismatches > 0
+
+
+@pytest.mark.slow
+def test_a_planted_weight_change_in_the_netx_file_fails_verify(cnn_export, tmp_path):
+    pytest.importorskip("lava.lib.dl.netx")
+    for name in ("folded.pt", "metadata.json", "model.nir", "model.net"):
+        (tmp_path / name).write_bytes((cnn_export / name).read_bytes())
+    with h5py.File(tmp_path / "model.net", "r+") as f:
+        f["layer/0/weight"][0, 0, 1, 1] += 64  # one weight, +1.0
+    report = verify_export(tmp_path, frames(n=1), backends=("lava",))
+    assert report.backends[0].status == "mismatch"
+
+
+def test_residual_network_exports_nir_and_explains_netx(tmp_path):
+    spec = {"name": "resnet20", "in_channels": 2, "num_classes": 10, "input_size": [48, 48],
+            "width": 16}
+    torch.manual_seed(0)
+    model = build_model("resnet20", input_size=(48, 48), width=16)
+    fresh = export_model(model, spec, tmp_path / "fresh")
+    assert "nir" in fresh.files and "netx" not in fresh.files
+    assert "shortcut edge" in fresh.skipped["netx"]
+    x = frames(n=1, t=4, size=(48, 48))
+    # untouched BatchNorm folds to zero voltage bias: the peers import the residual graph
+    report = verify_export(tmp_path / "fresh", x)
+    statuses = {b.backend: b.status for b in report.backends}
+    assert statuses == {"nir": "ok", "lava": "skipped", "spikingjelly": "ok", "snntorch": "ok"}
+    with torch.no_grad():  # trained statistics give voltage biases, which peers cannot import
+        model.train()(frames(n=4, t=4, size=(48, 48)).transpose(0, 1))
+    export_model(model, spec, tmp_path / "trained")
+    report = verify_export(tmp_path / "trained", x)
+    by_name = {b.backend: b for b in report.backends}
+    assert by_name["nir"].status == "ok" and by_name["nir"].mismatches == 0
+    assert by_name["spikingjelly"].status == "skipped"
+    assert "v_leak" in by_name["snntorch"].note
+
+
+def test_export_errors_name_the_problem(tmp_path):
+    with pytest.raises(SpikelineError, match="checkpoint|best.pt|last.pt"):
+        export_run(tmp_path, tmp_path / "out")
+    with pytest.raises(SpikelineError, match="format"):
+        export_model(build_model("cnn"), CNN_SPEC, tmp_path, formats=("onnx",))
+    with pytest.raises(SpikelineError, match="folded.pt"):
+        verify_export(tmp_path, frames())
+
+
+def test_netx_written_by_lava_dl_imports_to_nir_and_spikes_identically(tmp_path):
+    slayer = pytest.importorskip("lava.lib.dl.slayer")
+    torch.manual_seed(0)
+    p = dict(threshold=1.25, current_decay=0.25, voltage_decay=0.03, tau_grad=0.03,
+             scale_grad=3.0)
+    blocks = torch.nn.ModuleList([
+        slayer.block.cuba.Conv(p, 2, 8, 3, padding=1, weight_scale=2),
+        slayer.block.cuba.Pool(p, 2),
+        slayer.block.cuba.Conv(p, 8, 8, 3, padding=1, stride=2, weight_scale=2),
+        slayer.block.cuba.Flatten(),
+        slayer.block.cuba.Dense(p, 8 * 4 * 4, 20, weight_scale=2),
+        slayer.block.cuba.Affine(p, 20, 5, weight_scale=2),
+    ])
+    x = (torch.rand(2, 2, 16, 16, 20) < 0.3).float()
+    outs, h = [], x
+    with torch.no_grad():
+        for b in blocks:
+            h = b(h)
+            outs.append(h.movedim(-1, 0))
+    with h5py.File(tmp_path / "lava.net", "w") as f:
+        layer = f.create_group("layer")
+        for i, b in enumerate(blocks):
+            b.export_hdf5(layer.create_group(str(i)))
+    graph = netx_to_nir(tmp_path / "lava.net")
+    nir.write(tmp_path / "lava.nir", graph)
+    sim = simulate(nir.read(tmp_path / "lava.nir"), x.movedim(-1, 0))
+    for i in (0, 1, 2, 4):
+        assert torch.equal(sim.outputs[f"{i}_delay"], outs[i]), i
+    assert outs[4].sum() > 0
+    torch.testing.assert_close(sim.output, outs[5], rtol=0, atol=0)
+
+
+def test_netx_import_errors(tmp_path):
+    bad = tmp_path / "bad.net"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(SpikelineError, match="bad.net"):
+        netx_to_nir(bad)
+    with h5py.File(tmp_path / "pool.net", "w") as f:
+        g = f.create_group("layer/0")
+        g.create_dataset("type", data=np.array([b"unpool"], dtype="S10"))
+    with pytest.raises(SpikelineError, match="unpool"):
+        netx_to_nir(tmp_path / "pool.net")
