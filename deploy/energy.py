@@ -55,14 +55,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import nir
+import tomllib
+
 from spikeline.errors import SpikelineError
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
-import nir
+from .simulate import topological_order
 
 SYNAPTIC_NODES = (nir.Conv2d, nir.Conv1d, nir.Linear, nir.Affine, nir.SumPool2d, nir.AvgPool2d)
 SPIKING_NEURONS = (nir.CubaLIF, nir.LIF, nir.IF, nir.Threshold)
@@ -365,41 +363,10 @@ def _edges(graph: nir.NIRGraph) -> list[tuple[str, str]]:
     return [(base(src), base(dst)) for src, dst in graph.edges]
 
 
-def _walk(graph: nir.NIRGraph, edges: list[tuple[str, str]]):
-    """(topological order, back edges).  Back edges close a cycle, found by a depth-first walk from the Input nodes (then from
-    nodes without predecessors), following edges in graph order, as the reference simulator
-    does: such a recurrent edge delivers its source's output of the previous step."""
-    succ = {name: [] for name in graph.nodes}
-    for src, dst in edges:
-        succ[src].append(dst)
-    has_pred = {dst for _, dst in edges}
-    starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
-    starts += [n for n in graph.nodes if n not in has_pred and n not in starts]
-    state, back, post = {}, set(), []
-    for start in starts:
-        if start in state:
-            continue
-        stack = [(start, iter(succ[start]))]
-        state[start] = "open"
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                state[node] = "done"
-                post.append(node)
-                stack.pop()
-            elif state.get(child) == "open":
-                back.add((node, child))
-            elif child not in state:
-                state[child] = "open"
-                stack.append((child, iter(succ[child])))
-    return post[::-1], back
-
-
 def _predecessors(graph: nir.NIRGraph) -> tuple[list[str], dict[str, list[tuple[str, bool]]]]:
     """(topological order, node -> [(predecessor, is_back_edge)] in that order)."""
     edges = _edges(graph)
-    topo, back = _walk(graph, edges)
+    topo, back = topological_order(graph, edges)
     order = {name: i for i, name in enumerate(topo)}
     preds: dict[str, list[tuple[str, bool]]] = {name: [] for name in graph.nodes}
     for src, dst in edges:

@@ -188,16 +188,19 @@ def _make_runner(name, node, mode, dt):
     return runner
 
 
-def topological_order(graph: nir.NIRGraph):
-    """Depth-first topological order from the inputs; edges that close a cycle are 'back'."""
+def topological_order(graph: nir.NIRGraph, edges=None):
+    """Depth-first topological order from the Input nodes (then from nodes without
+    predecessors), following ``edges`` (default: the graph's) in order.  Edges that close a
+    cycle are returned as 'back' edges: they deliver the source's previous step."""
+    edges = graph.edges if edges is None else edges
     succ = {name: [] for name in graph.nodes}
-    for src, dst in graph.edges:
+    for src, dst in edges:
         for end in (src, dst):
             if end not in graph.nodes:
                 raise SpikelineError(f"edge ({src!r}, {dst!r}) names {end!r}, which is not a "
                                      "node of the graph")
         succ[src].append(dst)
-    has_pred = {dst for _, dst in graph.edges}
+    has_pred = {dst for _, dst in edges}
     starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     starts += [n for n in graph.nodes if n not in has_pred and n not in starts]
     state, post, back = {}, [], set()
