@@ -208,5 +208,5 @@ def test_cli_dataset_samples(export_dir, tmp_path):
                 "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["meta"]["samples"] == 2 and data["meta"]["T"] == 2
-    assert data["meta"]["source"] == {"dataset": "ndigits", "split": "test"}
+    assert data["meta"]["source"] == {"dataset": "ndigits", "split": "test", "encoding": "counts"}
     assert data["totals"]["network_input_events"] > 0

@@ -1,4 +1,5 @@
 """Export directory, the verify certificate (NIR, Lava, peers) and the netx -> NIR import."""
+import importlib.util
 import json
 
 import h5py
@@ -14,6 +15,10 @@ from spikeline.deploy.verify import verify_export
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.models import build_model
 
+# Importing lava in this process would set the multiprocessing start method (lava does it at
+# import time), which breaks once another test has set it: Lava runs in a subprocess anyway.
+needs_lava = pytest.mark.skipif(importlib.util.find_spec("lava") is None,
+                                reason="lava-nc / lava-dl are not installed")
 CNN_SPEC = {"name": "cnn", "in_channels": 2, "num_classes": 10, "input_size": [34, 34],
             "encoding": "binary"}
 
@@ -51,8 +56,8 @@ def test_nir_and_peers_verify_with_zero_mismatches(cnn_export):
     assert report.reference_spikes > 0
 
 
+@needs_lava
 def test_lava_runs_the_netx_file_spike_for_spike(cnn_export):
-    pytest.importorskip("lava.lib.dl.netx")
     report = verify_export(cnn_export, frames(n=1), backends=("lava",))
     lava = report.backends[0]
     assert lava.status == "ok", lava
@@ -72,8 +77,8 @@ def test_a_planted_weight_change_in_the_nir_file_fails_verify(cnn_export, tmp_pa
 
 
 @pytest.mark.slow
+@needs_lava
 def test_a_planted_weight_change_in_the_netx_file_fails_verify(cnn_export, tmp_path):
-    pytest.importorskip("lava.lib.dl.netx")
     for name in ("folded.pt", "metadata.json", "model.nir", "model.net"):
         (tmp_path / name).write_bytes((cnn_export / name).read_bytes())
     with h5py.File(tmp_path / "model.net", "r+") as f:

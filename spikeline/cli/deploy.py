@@ -1,0 +1,158 @@
+"""``spikeline export | simulate | verify | import``: from a training run to a checked artifact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spikeline.errors import SpikelineError
+
+from .inputs import add_input_arguments, load_inputs, load_model
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="strip heads, fold BatchNorm, quantize; write NIR and lava-dl netx",
+        description="Export the trained network of RUN_DIR (heads removed, BatchNorm folded, "
+                    "weights quantized the Loihi way) to EXPORT_DIR: model.nir, model.net "
+                    "(sequential networks), folded.pt (the reference) and metadata.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", default="nir,netx", help="comma list of nir, netx")
+    p.add_argument("--out", required=True, metavar="EXPORT_DIR")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.set_defaults(handler=run_export)
+
+    p = subparsers.add_parser(
+        "simulate", help="run a NIR graph (ours or another tool's) and record every node",
+        description="Simulate MODEL.nir (or EXPORT_DIR/model.nir) on a recording, a raw input "
+                    "array [T, *input_shape] or dataset samples; print a JSON summary.")
+    p.add_argument("model", metavar="MODEL.nir|EXPORT_DIR")
+    add_input_arguments(p, default_samples=1)
+    p.add_argument("--mode", choices=("auto", "loihi", "float"), default="auto",
+                   help="neuron arithmetic: Loihi fixed point where parameters allow (auto)")
+    p.add_argument("--dt", type=float, default=None, help="time step (default: the graph's)")
+    p.add_argument("--save-output", metavar="OUT.npy",
+                   help="save the output node's per-step values [T, *output_shape]")
+    p.set_defaults(handler=run_simulate)
+
+    p = subparsers.add_parser(
+        "verify", help="prove the exported artifacts spike exactly like the trained network",
+        description="Run the same inputs through the folded network, our NIR simulation, the "
+                    "netx file in Lava and the NIR imports of SpikingJelly and snnTorch; report "
+                    "mismatching spikes per backend and node; exit 1 on any mismatch.")
+    p.add_argument("model", metavar="EXPORT_DIR")
+    add_input_arguments(p, default_samples=4)
+    p.add_argument("--backends", default="nir,lava,spikingjelly,snntorch")
+    p.add_argument("--lava-timeout", type=float, default=300.0,
+                   help="seconds per Lava run before it is killed")
+    p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    p.set_defaults(handler=run_verify)
+
+    p = subparsers.add_parser(
+        "import", help="convert a NIR graph of another tool or a lava-dl netx file to NIR",
+        description="Read FILE (.nir from another tool, or a lava-dl netx .net/.h5 file), check "
+                    "that the simulator runs it, and write it as NIR.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--out", required=True, metavar="MODEL.nir")
+    p.add_argument("--no-delay-shift", action="store_true",
+                   help="netx: do not add lava-dl's one-step delay after each layer")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
+                   help="netx: input shape (C H W) when the first layer leaves it ambiguous")
+    p.set_defaults(handler=run_import)
+
+
+def run_export(args) -> int:
+    from spikeline.deploy.export import export_run
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    result = export_run(args.run_dir, args.out, formats, which=args.checkpoint)
+    for fmt, name in result.files.items():
+        print(f"{fmt:7s} {result.out_dir / name}")
+    for fmt, why in result.skipped.items():
+        print(f"{fmt:7s} not written: {why}")
+    return 0
+
+
+def run_simulate(args) -> int:
+    import torch
+
+    from spikeline.deploy.simulate import simulate
+
+    graph, metadata, path = load_model(args.model)
+    x, source = load_inputs(args, graph, metadata)
+    with torch.no_grad():
+        sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), args.mode, args.dt)
+    out = sim.output
+    summary = {
+        "model": str(path), "source": source, "T": int(x.shape[0]), "samples": int(x.shape[1]),
+        "output_node": sim.output_node, "output_shape": list(out.shape[2:]),
+        "output_sum_per_sample": out.sum(dim=tuple(range(2, out.dim()))).sum(0).tolist(),
+        "output_mean_over_time": out.mean(0).reshape(out.shape[1], -1).tolist(),
+        "spikes_per_node": {n: int(v.sum()) for n, v in sim.outputs.items()
+                            if _is_spiking(graph.nodes[n])},
+    }
+    if args.save_output:
+        values = out.numpy()
+        np.save(args.save_output, values[:, 0] if values.shape[1] == 1 else values)
+        summary["saved_output"] = args.save_output
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _is_spiking(node) -> bool:
+    import nir
+
+    return isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF, nir.Threshold))
+
+
+def run_verify(args) -> int:
+    from spikeline.deploy.verify import verify_export
+
+    graph, metadata, _ = load_model(args.model)
+    x, _ = load_inputs(args, graph, metadata)
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    report = verify_export(args.model, x, backends, args.lava_timeout,
+                           progress=lambda b: print(f"verify: running {b} ...", flush=True))
+    print(f"{'backend':14s} {'status':9s} {'mismatches':>10s} {'compared':>10s}  reference")
+    for b in report.backends:
+        print(f"{b.backend:14s} {b.status:9s} {b.mismatches:10d} {b.compared:10d}  "
+              f"{b.reference or '-'}{'  (' + b.note.strip() + ')' if b.note else ''}")
+    drift = sum(report.float_vs_fixed.values())
+    if report.float_vs_fixed:
+        print(f"float semantics vs Loihi fixed point (information): {drift} differing spikes "
+              "in the last spiking layer")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    print("verify: OK, 0 mismatches" if report.ok else "verify: FAILED")
+    return 0 if report.ok else 1
+
+
+def run_import(args) -> int:
+    import nir
+    import torch
+
+    from spikeline.deploy.export import atomic_write
+    from spikeline.deploy.from_netx import netx_to_nir
+    from spikeline.deploy.simulate import simulate
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise SpikelineError(f"{path}: no such file")
+    if path.suffix == ".nir":
+        graph, _, _ = load_model(path)
+    elif path.suffix in (".net", ".h5", ".hdf5"):
+        graph = netx_to_nir(path, delay_shift=not args.no_delay_shift,
+                            input_shape=args.input_shape)
+    else:
+        raise SpikelineError(f"{path}: expected a .nir graph or a lava-dl netx file "
+                             "(.net, .h5, .hdf5)")
+    from .inputs import graph_input_shape
+
+    shape = graph_input_shape(graph)
+    with torch.no_grad():  # the simulator must accept it: types, shapes, edges
+        simulate(graph, torch.zeros(2, 1, *shape))
+    atomic_write(Path(args.out), lambda tmp: nir.write(tmp, graph))
+    print(f"wrote {args.out}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, input "
+          f"{list(shape)}")
+    return 0

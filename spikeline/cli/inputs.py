@@ -1,0 +1,194 @@
+"""Inputs shared by `simulate`, `verify` and `energy`: a model to run and what to feed it.
+
+A model is an export folder (``model.nir`` + ``metadata.json``) or a ``.nir`` file.  Inputs are
+event recordings (binned into T frames of counts, resized to the model's input), a raw array,
+or dataset samples.  Frames of counts are encoded as the model was trained (``binary``: counts
+clipped to 1, the spikes the chip receives); a raw ``--input`` array goes in as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spikeline.errors import SpikelineError
+
+DEFAULT_T = 10
+
+
+def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) -> None:
+    """--events / --input / --dataset (one of them), with --samples, --split, --T ..."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--events", nargs="+", metavar="FILE",
+                     help="event recordings (one sample each), binned into T frames of counts "
+                          "and resized to the model's input")
+    src.add_argument("--input", metavar="ARRAY.npy",
+                     help="input array [T, *input_shape] or [T, N, *input_shape], fed as is")
+    src.add_argument("--dataset", metavar="NAME", help="a dataset of `spikeline data`")
+    p.add_argument("--samples", type=positive_int, default=default_samples,
+                   help=f"samples of --dataset to run (the first K of the split; default "
+                        f"{default_samples})")
+    p.add_argument("--split", choices=("train", "test"), default="test",
+                   help="--dataset split (default test)")
+    p.add_argument("--data-dir", help="folder with downloaded datasets")
+    p.add_argument("--cache-dir", help="frame cache and generated data")
+    p.add_argument("--T", type=positive_int, default=None,
+                   help=f"time bins for --events / --dataset (default: metadata.json's T, "
+                        f"else {DEFAULT_T})")
+
+
+def resolve_T(args, metadata: dict, what: str) -> int:
+    T = args.T
+    if T is None:
+        T = metadata.get("T")
+        T = DEFAULT_T if T is None else T
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise SpikelineError(f"{what}: metadata.json field 'T' must be a positive "
+                                 f"integer, got {T!r}; pass --T")
+    return T
+
+
+def load_inputs(args, graph, metadata: dict) -> tuple[np.ndarray, dict]:
+    """``(x [T, N, *input_shape] float32, description of the source)`` for the graph."""
+    shape = graph_input_shape(graph)
+    if args.input:
+        return inputs_from_array(args.input, shape), {"input": args.input}
+    T = resolve_T(args, metadata, str(args.model))
+    if args.events:
+        x, source = inputs_from_events(args.events, T, shape), {"events": list(args.events)}
+    else:
+        x = inputs_from_dataset(args.dataset, args.samples, T, shape, args.split,
+                                args.data_dir, args.cache_dir)
+        source = {"dataset": args.dataset, "split": args.split}
+    encoding = metadata.get("input_encoding") or (graph.metadata or {}).get("input_encoding")
+    if encoding == "binary":
+        x = np.minimum(x, 1.0)
+    source["encoding"] = encoding or "counts"
+    return x, source
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+
+def load_model(target: str | Path):
+    """(graph, metadata dict, path of the .nir file) for an export folder or a .nir file."""
+    import nir
+
+    target = Path(target)
+    metadata = {}
+    if target.is_dir():
+        path = target / "model.nir"
+        meta_path = target / "metadata.json"
+        if meta_path.is_file():
+            try:
+                metadata = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as err:
+                raise SpikelineError(f"{meta_path}: not valid JSON ({err})") from None
+            if not isinstance(metadata, dict):
+                raise SpikelineError(f"{meta_path}: expected a JSON object")
+        if not path.is_file():
+            raise SpikelineError(f"{target}: no model.nir in this folder (expected an export "
+                                 f"folder with model.nir and metadata.json, or a .nir file)")
+    else:
+        path = target
+        if not path.is_file():
+            raise SpikelineError(f"{path}: no such file or folder")
+    try:
+        graph = nir.read(str(path))
+    except Exception as err:  # h5py / nir raise many types for a bad file
+        raise SpikelineError(f"{path}: cannot read as NIR ({type(err).__name__}: {err})") from None
+    if not isinstance(graph, nir.NIRGraph):
+        raise SpikelineError(f"{path}: expected a NIR graph, got a single {type(graph).__name__}")
+    return graph, metadata, path
+
+
+def graph_input_shape(graph) -> tuple[int, ...]:
+    import nir
+
+    inputs = [(n, node) for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(inputs) != 1:
+        raise SpikelineError(f"the graph needs exactly one Input node, it has "
+                             f"{[n for n, _ in inputs]}")
+    shape = inputs[0][1].input_type.get("input")
+    if shape is None or not len(shape):
+        raise SpikelineError(f"the graph's Input node {inputs[0][0]!r} has no input shape")
+    return tuple(int(v) for v in np.asarray(shape).reshape(-1))
+
+
+def fit_frames(frames: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``[T, P, H, W]`` event-count frames -> ``[T, *shape]`` (resize with the datasets' area
+    resampling; polarities summed when the model takes one channel)."""
+    from spikeline.datasets.frames import resize_frames
+
+    if len(shape) != 3:
+        raise SpikelineError(f"{what}: the model input {list(shape)} is not [C, H, W]; event "
+                             f"frames need a [C, H, W] input (use --input for other shapes)")
+    channels, height, width = shape
+    if frames.shape[1] != channels:
+        if channels == 1:
+            frames = frames.sum(axis=1, keepdims=True)
+        else:
+            raise SpikelineError(f"{what}: frames have {frames.shape[1]} polarity channel(s), "
+                                 f"the model expects {channels}")
+    return resize_frames(frames, (height, width))
+
+
+def inputs_from_events(files, T: int, shape) -> np.ndarray:
+    from spikeline.datasets.events import read_events
+    from spikeline.datasets.frames import events_to_frames
+
+    samples = []
+    for file in files:
+        stream = read_events(file)
+        frames = events_to_frames(stream.events, stream.sensor_size, T)
+        samples.append(fit_frames(frames, shape, str(file)))
+    return np.stack(samples, axis=1)
+
+
+def inputs_from_array(path, shape) -> np.ndarray:
+    path = Path(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SpikelineError(f"{path}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise SpikelineError(f"{path}: not a .npy array ({err})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise SpikelineError(f"{path}: expected a numeric array")
+    if tuple(array.shape[1:]) == tuple(shape):
+        array = array[:, None]
+    elif tuple(array.shape[2:]) != tuple(shape):
+        raise SpikelineError(f"{path}: shape {list(array.shape)} does not fit the model input "
+                             f"{list(shape)}; expected [T, {', '.join(map(str, shape))}] or "
+                             f"[T, N, {', '.join(map(str, shape))}]")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise SpikelineError(f"{path}: empty array {list(array.shape)}")
+    return array.astype(np.float32, copy=False)
+
+
+def inputs_from_dataset(name, samples: int, T: int, shape, split="test", data_dir=None,
+                        cache_dir=None) -> np.ndarray:
+    from spikeline.datasets.registry import load_dataset
+
+    if len(shape) != 3:
+        raise SpikelineError(f"--dataset: the model input {list(shape)} is not [C, H, W]")
+    dataset = load_dataset(name, split, T=T, size=tuple(shape[1:]), data_dir=data_dir,
+                           cache_dir=cache_dir)
+    count = min(samples, len(dataset))
+    if count < 1:
+        raise SpikelineError(f"--dataset {name}: the {split} split is empty")
+    frames = [fit_frames(np.asarray(dataset[i][0]), shape, f"{name}[{i}]") for i in range(count)]
+    return np.stack(frames, axis=1)
+
+
