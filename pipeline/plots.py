@@ -95,6 +95,7 @@ def plot_ablation(rows: list[dict], path: str | os.PathLike) -> Path:
         ax.set_xticklabels(models)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(title="heads")
+        ax.legend(title="heads", fontsize="small", framealpha=0.6)
+    axes[0][0].set_ylim(0, 105)
     axes[0][1].set_yscale("log")
     return _save(fig, path)
