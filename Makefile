@@ -6,7 +6,7 @@ install:
 	@bash tools/setup.sh
 
 demo: install
-	$(PY) -m spikeline demo --out runs/demo
+	$(PY) -m spikeline run --dataset ndigits --model cnn --heads evolutionary --epochs 4 --T 8 --out runs/demo
 
 test: install
 	$(PY) -m pytest -q

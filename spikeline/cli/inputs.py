@@ -63,10 +63,13 @@ def load_inputs(args, graph, metadata: dict) -> tuple[np.ndarray, dict]:
                                 args.data_dir, args.cache_dir)
         source = {"dataset": args.dataset, "split": args.split}
     encoding = metadata.get("input_encoding") or (graph.metadata or {}).get("input_encoding")
-    if encoding == "binary":
-        x = np.minimum(x, 1.0)
     source["encoding"] = encoding or "counts"
-    return x, source
+    return encode(x, encoding), source
+
+
+def encode(frames: np.ndarray, encoding: str | None) -> np.ndarray:
+    """Frames of event counts -> what the network's input layer receives."""
+    return np.minimum(frames, 1.0) if encoding == "binary" else frames
 
 
 def positive_int(text: str) -> int:

@@ -1,0 +1,128 @@
+"""``spikeline run``: event data -> trained network -> verified artifact -> energy, in one go."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spikeline.errors import SpikelineError
+
+from .inputs import encode, inputs_from_dataset, positive_int
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="the whole pipeline: prepare data, train, strip, export, verify, energy",
+        description="Train --model with --heads on --dataset, strip the heads, export NIR and "
+                    "netx, verify every backend spike for spike (fails on any mismatch) and "
+                    "write the energy report.  RUN_DIR gets the training run, export/, "
+                    "verify.json, energy/ and pipeline.json (the summary).")
+    p.add_argument("--dataset", default="ndigits")
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--heads", default="evolutionary",
+                   choices=("none", "shortcut", "evolutionary", "dsn"))
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--epochs", type=positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--T", type=positive_int, default=None, help="default: the dataset's")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-train", type=int, default=None, metavar="N")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N")
+    p.add_argument("--verify-samples", type=positive_int, default=2,
+                   help="test samples run through every backend (Lava: ~10 s each)")
+    p.add_argument("--energy-samples", type=positive_int, default=16)
+    p.add_argument("--backends", default="nir,lava,spikingjelly,snntorch")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(handler=run)
+
+
+def _step(name: str) -> None:
+    print(f"\n== {name} " + "=" * max(0, 70 - len(name)), flush=True)
+
+
+def run(args) -> int:
+    from spikeline.deploy.energy import count_operations, load_hardware_models, price
+    from spikeline.deploy.export import export_run
+    from spikeline.deploy.report import build_report, summary_text, write_report
+    from spikeline.deploy.simulate import simulate
+    from spikeline.deploy.verify import verify_export
+    from spikeline.pipeline.train import Runtime, TrainConfig, train
+
+    import nir
+    import torch
+
+    started = time.time()
+    run_dir = Path(args.out)
+    _step("train")
+    config = TrainConfig(dataset=args.dataset, model=args.model, heads=args.heads,
+                         T=args.T, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         width=args.width, seed=args.seed, limit_train=args.limit_train,
+                         limit_test=args.limit_test)
+    result = train(config, Runtime(out=run_dir, device=args.device, data_dir=args.data_dir,
+                                   cache_dir=args.cache_dir, progress=args.progress))
+    accuracy = result.best.get("test_acc")
+
+    _step("export (heads stripped, BatchNorm folded, weights quantized)")
+    export = export_run(run_dir, run_dir / "export")
+    for fmt, name in export.files.items():
+        print(f"  {fmt:7s} {export.out_dir / name}")
+    for fmt, why in export.skipped.items():
+        print(f"  {fmt:7s} not written: {why}")
+    meta = json.loads((export.out_dir / "metadata.json").read_text())
+    shape, T = tuple(meta["input_shape"]), int(meta["T"])
+    samples = max(args.verify_samples, args.energy_samples)
+    frames = inputs_from_dataset(args.dataset, samples, T, shape, "test", args.data_dir,
+                                 args.cache_dir)
+
+    _step("verify (every backend against the trained network, spike for spike)")
+    backends = tuple(b for b in args.backends.split(",") if b)
+    report = verify_export(export.out_dir, frames[:, :args.verify_samples], backends,
+                           progress=lambda b: print(f"  running {b} ...", flush=True))
+    (run_dir / "verify.json").write_text(json.dumps(report.to_dict(), indent=2))
+    for b in report.backends:
+        print(f"  {b.backend:13s} {b.status:9s} {b.mismatches} mismatches / {b.compared} "
+              f"compared{'  (' + b.note.strip() + ')' if b.note else ''}")
+    if not report.ok:
+        raise SpikelineError(f"verify failed: see {run_dir / 'verify.json'}")
+
+    _step("energy")
+    graph = nir.read(export.out_dir / "model.nir")
+    x = encode(frames[:, :args.energy_samples], meta["input_encoding"])
+    with torch.no_grad():
+        sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)))
+    counts = count_operations(graph, sim)
+    models = load_hardware_models()
+    energy = build_report(counts, [price(counts, m) for m in models.values()], models,
+                          {"model": str(export.out_dir / "model.nir"),
+                           "source": {"dataset": args.dataset, "split": "test"}})
+    files = write_report(energy, run_dir / "energy")
+    print(summary_text(energy))
+
+    summary = {
+        "test_accuracy": accuracy, "epochs": args.epochs, "model": args.model,
+        "heads": args.heads, "dataset": args.dataset,
+        "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
+                   for b in report.backends},
+        "energy_per_inference_J": {name: {"snn": e["snn"], "ann": e["ann"],
+                                          "ann_over_snn": e["ratio"]}
+                                   for name, e in energy["energy"].items()},
+        "paths": {"run": str(run_dir), "export": str(export.out_dir),
+                  "verify": str(run_dir / "verify.json"),
+                  **{k: str(v) for k, v in files.items()}},
+        "seconds": round(time.time() - started, 1),
+    }
+    (run_dir / "pipeline.json").write_text(json.dumps(summary, indent=2, default=str))
+    _step("summary")
+    print(f"  test accuracy (heads stripped) {100 * accuracy:.2f}%" if accuracy is not None
+          else "  test accuracy n/a")
+    print(f"  verify: {'0 mismatches on every backend' if report.ok else 'FAILED'} "
+          f"({', '.join(f'{b.backend} {b.status}' for b in report.backends)})")
+    print(f"  summary: {run_dir / 'pipeline.json'}  ({summary['seconds']} s)")
+    return 0
