@@ -1,0 +1,74 @@
+"""The CLI end to end: a tiny `spikeline run`, then export/simulate/verify/import/energy on it."""
+import json
+import pathlib
+
+import nir
+import numpy as np
+import pytest
+
+from spikeline.cli import main
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    out = root / "run"
+    code = main(["run", "--dataset", "ndigits", "--model", "cnn", "--heads", "evolutionary",
+                 "--epochs", "1", "--limit-train", "64", "--limit-test", "32", "--T", "4",
+                 "--batch-size", "16", "--verify-samples", "1", "--energy-samples", "4",
+                 "--cache-dir", str(root / "cache"), "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_run_writes_every_artifact(run_dir):
+    summary = json.loads((run_dir / "pipeline.json").read_text())
+    assert 0 <= summary["test_accuracy"] <= 1
+    assert {b: v["mismatches"] for b, v in summary["verify"].items()} == {
+        "nir": 0, "lava": 0, "spikingjelly": 0, "snntorch": 0}
+    assert summary["energy_per_inference_J"]["cmos45_int8"]["snn"] > 0
+    for name in ("export/model.nir", "export/model.net", "export/folded.pt", "verify.json",
+                 "energy/energy.json", "energy/energy_layers.png", "best.pt", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_export_simulate_verify_import_commands(run_dir, tmp_path, capsys):
+    export = tmp_path / "export"
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(export)]) == 0
+    assert (export / "model.nir").is_file() and not (export / "model.net").exists()
+    graph = nir.read(export / "model.nir")
+    x = np.zeros((3, 2, 34, 34), dtype=np.float32)
+    x[:, :, 10:20, 10:20] = 1
+    np.save(tmp_path / "x.npy", x)
+    capsys.readouterr()
+    assert main(["simulate", str(export / "model.nir"), "--input", str(tmp_path / "x.npy"),
+                 "--save-output", str(tmp_path / "y.npy")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["T"] == 3 and summary["output_shape"] == [10]
+    assert np.load(tmp_path / "y.npy").shape == (3, 10)
+    assert len(summary["spikes_per_node"]) == 5
+    assert main(["verify", str(export), "--input", str(tmp_path / "x.npy"),
+                 "--backends", "nir,spikingjelly", "--json", str(tmp_path / "v.json")]) == 0
+    assert json.loads((tmp_path / "v.json").read_text())["ok"] is True
+    assert main(["import", str(export / "model.nir"), "--out", str(tmp_path / "copy.nir")]) == 0
+    assert set(nir.read(tmp_path / "copy.nir").nodes) == set(graph.nodes)
+
+
+def test_simulate_a_real_recording_through_an_external_graph(capsys):
+    graph, sample = SHARED / "nir" / "nmnist_cnn_sinabs.nir", SHARED / "events" / "nmnist_sample.bin"
+    if not graph.exists() or not sample.exists():
+        pytest.skip("../shared/data is absent")
+    assert main(["simulate", str(graph), "--events", str(sample), "--T", "10"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["T"] == 10 and summary["spikes_per_node"]["1"] > 0
+
+
+def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert main(["simulate", str(tmp_path / "missing.nir"), "--input", "x.npy"]) == 2
+    (tmp_path / "bad.nir").write_text("not a graph")
+    assert main(["import", str(tmp_path / "bad.nir"), "--out", str(tmp_path / "o.nir")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.nir" in err and "bad.nir" in err
