@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -87,7 +86,7 @@ def diagnose_gradients(model: str, modes: list[str], *, dataset: str = "ndigits"
         per_mode[mode] = rows
         first[mode] = rows[0]["grad_norm"]
         last = rows[-1]["grad_norm"]
-        ratio[mode] = first[mode] / last if last > 0 else math.inf
+        ratio[mode] = first[mode] / last if last > 0 else None  # strict JSON: no Infinity
     result = {
         "model": model, "dataset": dataset, "T": config.T, "size": config.size,
         "batches": len(data), "batch_size": batch_size, "seed": seed, "lam": lam,

@@ -14,6 +14,16 @@ from spikeline.pipeline import checkpoint as ckpt_mod
 from spikeline.pipeline.checkpoint import load_checkpoint, load_run_model, save_checkpoint
 from spikeline.pipeline.heads import ShortcutHeads, evolutionary_lambda
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the CI/dev machines are small and shared; two threads oversubscribe
+    them (steps measured 2-20x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 TINY = ["--dataset", "ndigits", "--model", "cnn", "--T", "4", "--batch-size", "16",
         "--limit-train", "48", "--limit-test", "32", "--device", "cpu", "--no-progress"]
 STEPS = 3  # 48 / 16 optimizer steps per epoch

@@ -195,7 +195,9 @@ def _diagnose(args) -> int:
           f"{res['batch_size']}): gradient L2 norm per weight tensor")
     print(f"{'heads':<14}{'first layer':>14}{'last layer':>14}{'first/last':>12}")
     for mode, rows in res["layers"].items():
+        ratio = res["first_over_last"][mode]
+        ratio = "n/a" if ratio is None else f"{ratio:.4g}"
         print(f"{mode:<14}{rows[0]['grad_norm']:>14.4g}{rows[-1]['grad_norm']:>14.4g}"
-              f"{res['first_over_last'][mode]:>12.4g}")
+              f"{ratio:>12}")
     print("wrote " + ", ".join(res["files"]))
     return 0
