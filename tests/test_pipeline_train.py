@@ -1,6 +1,7 @@
 """`spikeline train` / `evaluate`: resume bit-exactness, NaN stop, checkpoints, metrics, schedules.
 
-Tiny runs: the embedded ndigits set, the `cnn` model, T=4, 48 training samples, batch 16.
+Tiny runs: the embedded ndigits set, the `cnn` model, T=8 (its five one-step layer delays leave
+no output at T <= 5), 48 training samples, batch 16.
 """
 import json
 import math
@@ -24,7 +25,7 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-TINY = ["--dataset", "ndigits", "--model", "cnn", "--T", "4", "--batch-size", "16",
+TINY = ["--dataset", "ndigits", "--model", "cnn", "--T", "8", "--batch-size", "16",
         "--limit-train", "48", "--limit-test", "32", "--device", "cpu", "--no-progress"]
 STEPS = 3  # 48 / 16 optimizer steps per epoch
 
@@ -101,6 +102,8 @@ def test_metrics_jsonl_and_curves(straight_run):
         assert math.isfinite(r["train_loss"]) and r["train_loss"] > 0
         assert 0.0 <= r["train_acc"] <= 1.0 and 0.0 <= r["test_acc"] <= 1.0
         assert r["seconds"] > 0
+    # the network's output is not stuck at zero logits (loss ln 10 for 10 classes)
+    assert all(abs(r["train_loss"] - math.log(10)) > 1e-3 for r in rows)
     # cosine per iteration: lr used at the last step of each epoch
     for r in rows:
         i = r["epoch"] * STEPS - 1
@@ -171,7 +174,7 @@ def test_checkpoint_is_weights_only_and_complete(straight_run):
         assert key in raw
     assert {"torch", "numpy", "python"} <= raw["rng"].keys()
     assert raw["config"]["model"] == "cnn" and raw["config"]["heads"] == "evolutionary"
-    assert raw["config"]["T"] == 4 and raw["config"]["lr"] == 1e-3
+    assert raw["config"]["T"] == 8 and raw["config"]["lr"] == 1e-3
     # the stripped network has no head parameters; the full one has them
     assert not any(k.startswith("heads.") for k in raw["model_stripped"])
     assert any(k.startswith("heads.") for k in raw["model"])

@@ -37,7 +37,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     from spikeline.pipeline.train import Runtime, TrainConfig, train
 
-    config = TrainConfig(dataset="ndigits", model="cnn", heads="shortcut", T=4, epochs=1,
+    config = TrainConfig(dataset="ndigits", model="cnn", heads="shortcut", T=8, epochs=1,
                          batch_size=8, limit_train=32, limit_test=16)
     result = train(config, Runtime(out=out, device="cpu", progress=False))
     torch.save({"state": result.heads.state_dict(), "history": result.history,
