@@ -55,9 +55,10 @@ def diagnose_gradients(model: str, modes: list[str], *, dataset: str = "ndigits"
                        size=None, lam: float = 0.25, progress: float = 0.0, seed: int = 0,
                        width: int | None = None, depths: list[int] | None = None,
                        encoding: str = "binary", data_dir=None, device: str = "cpu",
-                       out: str | Path | None = None) -> dict:
+                       out: str | Path | None = None, neuron: dict | None = None) -> dict:
     """Gradient norms of ``model`` for each heads mode in ``modes``; writes
-    ``OUT/gradients.json`` and ``OUT/gradients.png`` when ``out`` is given."""
+    ``OUT/gradients.json`` and ``OUT/gradients.png`` when ``out`` is given.  ``neuron``
+    overrides CubaParams fields (threshold, decays, tau_grad, scale_grad)."""
     from spikeline.datasets.registry import make_loader
 
     from .train import (TrainConfig, _resolve, build_heads, load_splits, model_spec_for,
@@ -71,7 +72,8 @@ def diagnose_gradients(model: str, modes: list[str], *, dataset: str = "ndigits"
     config = _resolve(TrainConfig(dataset=dataset, model=model, heads=modes[0], lam=lam, T=T,
                                   size=size, encoding=encoding, width=width, depths=depths,
                                   batch_size=batch_size, augment=False, seed=seed,
-                                  limit_train=batches * batch_size, limit_test=1))
+                                  limit_train=batches * batch_size, limit_test=1,
+                                  **(neuron or {})))
     for mode in modes:  # validate every mode before any work
         _resolve(dataclasses.replace(config, heads=mode))
     train_ds, _ = load_splits(config, data_dir)

@@ -68,6 +68,12 @@ class TrainConfig:
     width: int | None = None  # build_model's channel scale (None: the model's default)
     depths: list[int] | None = None  # ResNets: blocks per stage (None: the model's own)
     connect: str | None = None  # SEW ResNets: ADD, AND or IAND (None: ADD)
+    # CUBA-LIF parameters; None: models.DEFAULT_NEURON's
+    threshold: float | None = None
+    current_decay: float | None = None
+    voltage_decay: float | None = None
+    tau_grad: float | None = None
+    scale_grad: float | None = None
     epochs: int = 10
     batch_size: int = 32  # per process
     optimizer: str = "adam"
@@ -217,6 +223,16 @@ def _resolve(config: TrainConfig) -> TrainConfig:
     return c
 
 
+NEURON_FIELDS = ("threshold", "current_decay", "voltage_decay", "tau_grad", "scale_grad")
+
+
+def neuron_params(config: TrainConfig, default) -> dict:
+    """The run's CubaParams as a dict: the default, with the config's explicit choices."""
+    params = dataclasses.asdict(default)
+    params.update({k: getattr(config, k) for k in NEURON_FIELDS if getattr(config, k) is not None})
+    return params
+
+
 def model_spec_for(config: TrainConfig, sample: torch.Tensor) -> dict:
     """``build_model`` keyword arguments, from the config and one sample ``[T, C, H, W]``."""
     from spikeline.pipeline.models import DEFAULT_NEURON
@@ -227,7 +243,7 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor) -> dict:
             "input_size": [int(sample.shape[2]), int(sample.shape[3])],
             "encoding": config.encoding, "rezero": bool(config.rezero),
             # stored explicitly so that a later change of the default cannot change the model
-            "neuron": dataclasses.asdict(DEFAULT_NEURON)}
+            "neuron": neuron_params(config, DEFAULT_NEURON)}
     for key in ("width", "depths", "connect"):
         value = getattr(config, key)
         if value is not None:

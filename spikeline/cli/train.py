@@ -15,6 +15,8 @@ _CONFIG_OPTIONS = {
     "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
     "weight_decay": "weight_decay", "schedule": "schedule", "augment": "augment",
     "seed": "seed", "limit_train": "limit_train", "limit_test": "limit_test", "amp": "amp",
+    "threshold": "threshold", "current_decay": "current_decay",
+    "voltage_decay": "voltage_decay", "tau_grad": "tau_grad", "scale_grad": "scale_grad",
 }
 
 
@@ -57,6 +59,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="lambda of evolutionary training (default 0.25)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    neuron = p.add_argument_group("CUBA-LIF neuron (default: models.DEFAULT_NEURON)")
+    neuron.add_argument("--threshold", type=float, default=None)
+    neuron.add_argument("--current-decay", type=float, default=None)
+    neuron.add_argument("--voltage-decay", type=float, default=None)
+    neuron.add_argument("--tau-grad", type=float, default=None,
+                        help="surrogate width: tau_rho = 100 * tau_grad * threshold")
+    neuron.add_argument("--scale-grad", type=float, default=None,
+                        help="surrogate height: peak slope = 0.1 * scale_grad / (2 tau_rho)")
 
 
 def register(subparsers) -> None:
@@ -179,6 +189,7 @@ def _evaluate(args) -> int:
 
 def _diagnose(args) -> int:
     from spikeline.pipeline.diagnose import diagnose_gradients
+    from spikeline.pipeline.train import NEURON_FIELDS
 
     modes = [m.strip() for m in args.heads.split(",") if m.strip()]
     res = diagnose_gradients(
@@ -187,7 +198,8 @@ def _diagnose(args) -> int:
         lam=0.25 if args.lam is None else args.lam, progress=args.progress,
         seed=args.seed or 0, width=args.width, depths=args.depths,
         encoding=args.encoding or "binary", data_dir=args.data_dir, device=args.device,
-        out=args.out)
+        out=args.out, neuron={k: getattr(args, k) for k in NEURON_FIELDS
+                              if getattr(args, k) is not None})
     if args.json:
         print(json.dumps(res))
         return 0
