@@ -127,39 +127,73 @@ class _FixedCuba:
 
 
 class _FloatNeuron:
-    """IF, I, LI, LIF, CubaLI, CubaLIF in float, forward Euler (see the module docstring)."""
+    """IF, I, LI, LIF, CubaLI, CubaLIF in float, forward Euler (see the module docstring).
+
+    Written as ``state * keep + gain * input (+ leak)`` with ``keep = 1 - dt/tau``,
+    ``gain = dt/tau * r`` (or ``w_in``) and ``leak = dt/tau * v_leak``: the operation order of
+    SpikingJelly's and snnTorch's steps, so the float semantics agree bit for bit.  Uniform
+    parameters become Python scalars (cheaper than full-shape tensors).
+    """
 
     stateful = True
 
     def __init__(self, name, node, dt):
-        self.name, self.node, self.dt = name, node, dt
-        get = lambda key, default=0.0: _t(getattr(node, key, default)  # noqa: E731
-                                          if getattr(node, key, None) is not None else default)
-        self.r = get("r", 1.0)
-        self.v_leak, self.v_th, self.v_reset = get("v_leak"), get("v_threshold"), get("v_reset")
-        self.w_in = get("w_in", 1.0)
-        self.tau = get("tau", 1.0)
-        self.tau_syn, self.tau_mem = get("tau_syn", 1.0), get("tau_mem", 1.0)
+        self.name, self.node = name, node
+        get = lambda key, default: _param(getattr(node, key, None), default)  # noqa: E731
+        r, v_leak = get("r", 1.0), get("v_leak", 0.0)
+        self.v_th, self.v_reset = get("v_threshold", 0.0), get("v_reset", 0.0)
         self.cuba = isinstance(node, (nir.CubaLIF, nir.CubaLI))
         self.spiking = isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF))
+        if self.cuba:
+            rate_i, rate_v = dt / get("tau_syn", 1.0), dt / get("tau_mem", 1.0)
+            self.keep_i, self.gain_i = 1 - rate_i, rate_i * get("w_in", 1.0)
+        elif isinstance(node, (nir.LIF, nir.LI)):
+            rate_v = dt / get("tau", 1.0)
+        else:  # IF, I: no time constant, one step integrates r * x
+            rate_v = None
+        if rate_v is None:
+            self.keep_v, self.gain_v, self.leak = 1.0, r, 0.0
+        else:
+            self.keep_v, self.gain_v, self.leak = 1 - rate_v, rate_v * r, rate_v * v_leak
 
     def init(self, like):
         return torch.zeros_like(like), torch.zeros_like(like)
 
     def step(self, x, state):
         i, v = state
-        n, dt = self.node, self.dt
         if self.cuba:
-            i = i + dt / self.tau_syn * (-i + self.w_in * x)
-            v = v + dt / self.tau_mem * (self.v_leak - v + self.r * i)
-        elif isinstance(n, (nir.LIF, nir.LI)):
-            v = v + dt / self.tau * (self.v_leak - v + self.r * x)
-        else:  # IF, I: no time constant, one step integrates r * x
-            v = v + self.r * x
+            i = i * self.keep_i + _scaled(x, self.gain_i)
+            drive = i
+        else:
+            drive = x
+        v = v * self.keep_v + _scaled(drive, self.gain_v)
+        if not _is_zero(self.leak):
+            v = v + self.leak
         if not self.spiking:
             return v, (i, v)
         spike = v > self.v_th
-        return spike.to(x.dtype), (i, torch.where(spike, self.v_reset.expand_as(v), v))
+        reset = self.v_reset if isinstance(self.v_reset, float) else self.v_reset.expand_as(v)
+        return spike.to(x.dtype), (i, torch.where(spike, reset, v))
+
+
+def _param(value, default):
+    """A NIR parameter as a Python float when uniform, else a float32 tensor."""
+    if value is None:
+        return float(default)
+    a = np.asarray(value, dtype=np.float64)
+    if a.size == 0:
+        return float(default)
+    if np.ptp(a) == 0:
+        return float(a.flat[0])
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+def _scaled(x, gain):
+    return x if isinstance(gain, float) and gain == 1.0 else x * gain
+
+
+def _is_zero(value) -> bool:
+    return value == 0.0 if isinstance(value, float) else not bool(torch.any(value != 0))
 
 
 SUPPORTED = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d,
