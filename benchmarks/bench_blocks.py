@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-
 import torch
 from lava.lib.dl import slayer
 
 from spikeline.pipeline import blocks
-from spikeline.pipeline.blocks import from_lava
+from spikeline.pipeline.blocks import from_lava, to_lava
 from spikeline.pipeline.neuron import CubaParams
+from timing import best_of
 
 P = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03, tau_grad=0.03,
                scale_grad=3.0)
@@ -52,15 +51,6 @@ def copy_weights(ours, lava):
                 l.synapse.weight.copy_(o.weight.reshape(l.synapse.weight.shape))
 
 
-def best_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
@@ -68,8 +58,8 @@ def main():
     torch.manual_seed(0)
     for name, ours, lava, shape in cases():
         copy_weights(ours, lava)
-        x = (torch.rand(shape) < 0.2).float()
-        xt = from_lava(x)
+        xt = (torch.rand(shape[-1], *shape[:-1]) < 0.2).float()  # ours: time first
+        x = to_lava(xt)  # lava-dl: time last
         for mode in ("forward", "forward+backward"):
             def run_ours():
                 inp = xt.clone().requires_grad_(mode != "forward")
@@ -87,8 +77,8 @@ def main():
                         y.sum().backward()
                 return y.detach()
 
-            t_ours, y_ours = best_time(run_ours, args.repeat)
-            t_lava, y_lava = best_time(run_lava, args.repeat)
+            t_ours, y_ours = best_of(run_ours, args.repeat)
+            t_lava, y_lava = best_of(run_lava, args.repeat)
             print(json.dumps({"case": name, "pass": mode, "ours_s": round(t_ours, 4),
                               "lava_dl_s": round(t_lava, 4), "ratio": round(t_lava / t_ours, 2),
                               "spikes_identical": bool(torch.equal(y_ours, from_lava(y_lava))),

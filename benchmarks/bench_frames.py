@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +23,11 @@ from spikeline.datasets.cache import FrameCache
 from spikeline.datasets.events import make_events, read_events
 from spikeline.datasets.frames import ToFrames, events_to_frames
 from spikeline.datasets.registry import FrameDataset, load_dataset
+from timing import best_of
 
 SENSOR = (128, 128, 2)
 N_BINS = 10
 AEDAT4 = Path(__file__).resolve().parents[2] / "shared/data/events/davis346_street.aedat4"
-
-
-def best_seconds(run, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def bench_binning() -> None:
@@ -50,15 +41,15 @@ def bench_binning() -> None:
         ours_input = make_events(t, x, y, p)
         tonic_input = np.zeros(n, dtype=[("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
         tonic_input["x"], tonic_input["y"], tonic_input["t"], tonic_input["p"] = x, y, t, p
-        ours = best_seconds(lambda: events_to_frames(ours_input, SENSOR, N_BINS), 7)
-        tonic = best_seconds(lambda: to_frame(tonic_input), 3)
+        ours = best_of(lambda: events_to_frames(ours_input, SENSOR, N_BINS), 7)[0]
+        tonic = best_of(lambda: to_frame(tonic_input), 3)[0]
         print(json.dumps({"events": n, "ours_mev_s": round(n / ours / 1e6, 1),
                           "tonic_mev_s": round(n / tonic / 1e6, 1),
                           "ratio": round(tonic / ours, 1)}), flush=True)
 
 
 def epoch_seconds(dataset, indices, repeats: int = 3) -> float:
-    return best_seconds(lambda: [dataset[i] for i in indices], repeats)
+    return best_of(lambda: [dataset[i] for i in indices], repeats)[0]
 
 
 def compare_epochs(label: str, uncached: FrameDataset, cached: FrameDataset) -> None:

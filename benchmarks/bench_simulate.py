@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-
 import torch
 
 from spikeline.deploy.fold import fold_model
@@ -20,15 +18,7 @@ from spikeline.deploy.peers import lower_for_peers, run_peer
 from spikeline.deploy.simulate import simulate
 from spikeline.deploy.to_nir import model_to_nir
 from spikeline.pipeline.models import build_model
-
-
-def best(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
+from timing import best_of
 
 
 def main():
@@ -42,12 +32,12 @@ def main():
     graph = lower_for_peers(model_to_nir(model, (2, 34, 34)).graph)
     x = (torch.rand(args.T, args.batch, 2, 34, 34) < 0.1).float()
     with torch.no_grad():
-        t_ours, ref = best(lambda: simulate(graph, x, mode="float").output, args.repeat)
-        t_fixed, _ = best(lambda: simulate(graph, x, mode="loihi").output, args.repeat)
+        t_ours, ref = best_of(lambda: simulate(graph, x, mode="float").output, args.repeat)
+        t_fixed, _ = best_of(lambda: simulate(graph, x, mode="loihi").output, args.repeat)
         rows = [("spikeline (float)", t_ours, ref), ("spikeline (loihi fixed point)", t_fixed,
                                                      None)]
         for peer in ("spikingjelly", "snntorch"):
-            t, out = best(lambda: run_peer(peer, graph, x, 1e-4), args.repeat)
+            t, out = best_of(lambda: run_peer(peer, graph, x, 1e-4), args.repeat)
             rows.append((peer, t, out))
     for name, t, out in rows:
         print(json.dumps({"simulator": name, "T": args.T, "batch": args.batch,

@@ -97,3 +97,15 @@ def ndigits_cache(tmp_path_factory) -> Path:
     cache_dir = tmp_path_factory.mktemp("spikeline-cache")
     ndigits.load_events(cache_dir)
     return cache_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for training tests: the CI/dev machines are small and shared, and two
+    threads oversubscribe them (steps measured 2-20x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,21 +3,13 @@ import json
 import math
 
 import pytest
-import torch
 
 from spikeline.cli import main
 from spikeline.pipeline.diagnose import weight_parameters
 from spikeline.pipeline.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the CI/dev machines are small and shared; two threads oversubscribe
-    them (steps measured 2-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_diagnose_gradients_writes_json_and_png(tmp_path, capsys):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from spikeline.pipeline import blocks
-from spikeline.pipeline.blocks import from_lava, to_lava
+from spikeline.pipeline.blocks import from_lava
 from spikeline.pipeline.neuron import CubaParams
 
 slayer = pytest.importorskip("lava.lib.dl.slayer")

@@ -16,14 +16,7 @@ from spikeline.pipeline.checkpoint import load_checkpoint, load_run_model, save_
 from spikeline.pipeline.heads import ShortcutHeads, evolutionary_lambda
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the CI/dev machines are small and shared; two threads oversubscribe
-    them (steps measured 2-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ["--dataset", "ndigits", "--model", "cnn", "--T", "8", "--batch-size", "16",
         "--limit-train", "48", "--limit-test", "32", "--device", "cpu", "--no-progress"]

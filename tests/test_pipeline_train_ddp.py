@@ -11,14 +11,7 @@ import torch.multiprocessing as mp
 from spikeline.pipeline.checkpoint import load_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the CI/dev machines are small and shared; two threads oversubscribe
-    them (steps measured 2-20x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
