@@ -28,6 +28,17 @@ from .neuron import CubaParams
 ENCODINGS = ("binary", "counts")
 
 
+def encode_frames(frames: torch.Tensor, encoding: str) -> torch.Tensor:
+    """Frames of event counts -> what the input layer receives.
+
+    ``binary``: a pixel spikes in a bin where it saw any event (``counts > 0``), so the input is
+    spikes even for frames resized by interpolation (fractional counts); ``counts``: as is.
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    return (frames > 0).to(frames.dtype) if encoding == "binary" else frames
+
+
 class SpikingNet(nn.Module):
     """Encoder -> stages -> readout.  ``forward(x [N, T, C, H, W]) -> logits [N, classes]``."""
 
@@ -43,8 +54,7 @@ class SpikingNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, T, C, H, W]`` frames of event counts -> time-first network input."""
-        x = x.transpose(0, 1)
-        return x.clamp(max=1.0) if self.encoding == "binary" else x
+        return encode_frames(x.transpose(0, 1), self.encoding)
 
     def forward_stages(self, x: torch.Tensor):
         """Returns ``(stage outputs [T, N, ...] each, logits [N, classes])``."""

@@ -1,6 +1,7 @@
 """Export directory, the verify certificate (NIR, Lava, peers) and the netx -> NIR import."""
 import importlib.util
 import json
+import pathlib
 
 import h5py
 import nir
@@ -161,3 +162,25 @@ def test_netx_import_errors(tmp_path):
         g.create_dataset("type", data=np.array([b"unpool"], dtype="S10"))
     with pytest.raises(SpikelineError, match="unpool"):
         netx_to_nir(tmp_path / "pool.net")
+
+
+SHARED_EVENTS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
+RECORDINGS = ["davis346_street.aedat4", "nmnist_sample.bin", "prophesee_evt2.raw"]
+
+
+@pytest.mark.parametrize("backends", [("nir", "spikingjelly", "snntorch"),
+                                      pytest.param(("lava",), marks=[pytest.mark.slow,
+                                                                     needs_lava])])
+def test_real_recordings_verify_with_zero_mismatches(cnn_export, backends):
+    """Recordings of other sensor sizes are binned, resized by interpolation and encoded as
+    spikes: every backend must still agree."""
+    files = [SHARED_EVENTS / name for name in RECORDINGS]
+    if not all(f.exists() for f in files):
+        pytest.skip("../shared/data is absent")
+    from spikeline.cli.inputs import inputs_from_events
+
+    frames = inputs_from_events(files, 6, (2, 34, 34))
+    assert frames.shape == (6, 3, 2, 34, 34) and (frames % 1 != 0).any()  # fractional counts
+    report = verify_export(cnn_export, torch.from_numpy(frames), backends=backends)
+    assert report.ok, report.to_dict()
+    assert all(b.status == "ok" and b.compared > 0 for b in report.backends)

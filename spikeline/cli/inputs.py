@@ -2,8 +2,8 @@
 
 A model is an export folder (``model.nir`` + ``metadata.json``) or a ``.nir`` file.  Inputs are
 event recordings (binned into T frames of counts, resized to the model's input), a raw array,
-or dataset samples.  Frames of counts are encoded as the model was trained (``binary``: counts
-clipped to 1, the spikes the chip receives); a raw ``--input`` array goes in as it is.
+or dataset samples.  Frames of counts are encoded as the model was trained (``binary``: a pixel
+spikes in a bin where it saw an event); a raw ``--input`` array goes in as it is.
 """
 from __future__ import annotations
 
@@ -68,8 +68,13 @@ def load_inputs(args, graph, metadata: dict) -> tuple[np.ndarray, dict]:
 
 
 def encode(frames: np.ndarray, encoding: str | None) -> np.ndarray:
-    """Frames of event counts -> what the network's input layer receives."""
-    return np.minimum(frames, 1.0) if encoding == "binary" else frames
+    """Frames of event counts -> what the network's input layer receives (see
+    ``pipeline.models.encode_frames``); no encoding recorded: as is."""
+    import torch
+
+    from spikeline.pipeline.models import encode_frames
+
+    return frames if encoding is None else encode_frames(torch.from_numpy(frames), encoding).numpy()
 
 
 def positive_int(text: str) -> int:

@@ -48,7 +48,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size, default=None,
                    help="frame size N or HxW (default: the dataset's)")
     p.add_argument("--encoding", default=None, choices=["binary", "counts"],
-                   help="input encoding (default binary: event counts clipped to 1)")
+                   help="input encoding (default binary: a pixel spikes in a bin where it saw an event)")
     p.add_argument("--width", type=int, default=None,
                    help="channel scale of the model (64 = paper widths for ResNets/VGG)")
     p.add_argument("--depths", type=_int_list, default=None,
