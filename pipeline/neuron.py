@@ -25,6 +25,7 @@ are differentiated as the linear leaky integrators they are below threshold (res
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,24 +120,59 @@ def _integrate(x: torch.Tensor, decay: int, s_scale: int, state: torch.Tensor):
     return torch.div(state * (P_SCALE - decay), P_SCALE, rounding_mode="trunc") + x_int
 
 
+def _fixed_point_step(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                      bias_int: torch.Tensor | None, i_decay: int, v_decay: int, s: int,
+                      reset_at: float, spiking: bool):
+    """The arithmetic of one step: ``(pre-reset voltage, u, v after reset)``.
+
+    A pure function of tensors and scalars, so that ``torch.compile`` can fuse its dozen
+    element-wise ops into one kernel (``fused=True``) with the very same results.
+    """
+    u = _integrate(x, i_decay, s, u)
+    v = _integrate(u / s, v_decay, s, v)  # lava-dl hands the voltage integrator u as float32
+    if bias_int is not None:
+        v = v + bias_int
+    voltage = v / s
+    if spiking:
+        # lava-dl's reset test compares the int64 state with a float threshold: float32 both
+        v = v.masked_fill(v.to(torch.float32) >= reset_at, 0)
+    return voltage, u, v
+
+
+_FUSED_STEP = None
+
+
+def fused_default(device: torch.device) -> bool:
+    """Fuse the time step with torch.compile?  ``SPIKELINE_FUSED=1/0`` decides; by default
+    only on CUDA, where a dozen small kernels per step dominate (compiling costs ~20 s)."""
+    choice = os.environ.get("SPIKELINE_FUSED", "auto")
+    return device.type == "cuda" if choice == "auto" else choice == "1"
+
+
+def _step_function(fused: bool):
+    global _FUSED_STEP
+    if not fused:
+        return _fixed_point_step
+    if _FUSED_STEP is None:
+        _FUSED_STEP = torch.compile(_fixed_point_step, dynamic=True)
+    return _FUSED_STEP
+
+
+def _reset_at(p: CubaParams) -> float:
+    return float(np.float32((p.theta + p.threshold_eps) * p.s_scale))
+
+
 def cuba_step(x: torch.Tensor, p: CubaParams, u: torch.Tensor, v: torch.Tensor,
               bias_int: torch.Tensor | None = None, spiking: bool = True):
     """One time step.  ``u``, ``v``: int64 states (4096-scaled); ``x``: float32 input.
 
     Returns ``(spike or None, voltage, u, v)``: float32 spike and pre-reset voltage, new states.
     """
-    s = p.s_scale
-    u = _integrate(x, p.i_decay, s, u)
-    v = _integrate(u / s, p.v_decay, s, v)  # lava-dl hands the voltage integrator u as float32
-    if bias_int is not None:
-        v = v + bias_int
-    voltage = v / s
+    voltage, u, v = _fixed_point_step(x, u, v, bias_int, p.i_decay, p.v_decay, p.s_scale,
+                                      _reset_at(p), spiking)
     if not spiking:
         return None, voltage, u, v
-    spike = (voltage >= p.theta + p.threshold_eps).to(voltage.dtype)
-    # lava-dl's reset test compares the int64 state with a float threshold: both go to float32
-    reset_at = float(np.float32((p.theta + p.threshold_eps) * s))
-    return spike, voltage, u, v.masked_fill(v.to(torch.float32) >= reset_at, 0)
+    return (voltage >= p.theta + p.threshold_eps).to(voltage.dtype), voltage, u, v
 
 
 def bias_to_int(bias: torch.Tensor | None, p: CubaParams) -> torch.Tensor | None:
@@ -145,24 +181,29 @@ def bias_to_int(bias: torch.Tensor | None, p: CubaParams) -> torch.Tensor | None
 
 
 def cuba_forward(
-    x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None, spiking: bool = True
+    x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None, spiking: bool = True,
+    fused: bool | None = None,
 ):
     """Run the fixed-point dynamics over ``x`` of shape ``[T, ...]`` (no autograd).
 
     ``bias`` (optional) broadcasts against one step ``x[t]``.  Returns ``(spikes, voltage)``,
     both float32 ``[T, ...]``; ``voltage`` is the pre-reset value (what the surrogate reads).
     With ``spiking=False`` the neuron never resets and ``spikes`` is None (Affine readout).
+    ``fused`` runs each step as one torch.compile'd kernel (default: ``fused_default``).
     """
     x = x.detach().to(torch.float32)
     u = torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device)
     v = torch.zeros_like(u)
     bias_int = bias_to_int(bias, p)
     voltage = torch.empty_like(x)
-    spikes = torch.empty_like(x) if spiking else None
+    spikes = None
+    step = _step_function(fused_default(x.device) if fused is None else fused)
+    reset_at = _reset_at(p)
     for t in range(x.shape[0]):
-        spike, voltage[t], u, v = cuba_step(x[t], p, u, v, bias_int, spiking)
-        if spiking:
-            spikes[t] = spike
+        voltage[t], u, v = step(x[t], u, v, bias_int, p.i_decay, p.v_decay, p.s_scale,
+                                reset_at, spiking)
+    if spiking:
+        spikes = (voltage >= p.theta + p.threshold_eps).to(voltage.dtype)
     return spikes, voltage
 
 
