@@ -86,6 +86,9 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     amp: bool = True  # bf16 autocast when training on CUDA
+    # BatchNorm statistics recomputed with each epoch's final weights over this many training
+    # batches before evaluation and checkpointing (0: keep the running averages)
+    recalibrate_batches: int = 16
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -289,6 +292,50 @@ class _LossModule(nn.Module):
 
 
 @torch.no_grad()
+def recalibrate_norms(model: nn.Module, loader, device: torch.device, max_batches: int) -> int:
+    """Recompute every BiasNorm's running mean and variance as plain averages over up to
+    ``max_batches`` training batches, with the weights as they are now ("precise BN").
+
+    The exponential running averages lag behind weights that move fast; through spiking
+    thresholds the lag compounds layer by layer (measured: a 20-layer ResNet at 94% train-mode
+    vs 47% eval-mode accuracy on the same batch).  Eval mode, and the folded export, then see
+    the statistics the final weights produce.  Returns the number of batches used.
+    """
+    from .blocks import BiasNorm
+
+    norms = [m for m in model.modules() if isinstance(m, BiasNorm)]
+    if not norms or max_batches < 1:
+        return 0
+    sums = {m: [0.0, 0.0] for m in norms}
+
+    def record(module, inputs, _output):
+        z = inputs[0]
+        dims = [d for d in range(z.dim()) if d != 2]
+        n = z.numel() / z.shape[2]
+        sums[module][0] = sums[module][0] + z.mean(dims)
+        sums[module][1] = sums[module][1] + z.var(dims, unbiased=False) * n / max(n - 1, 1)
+
+    hooks = [m.register_forward_hook(record) for m in norms]
+    was_training, used = model.training, 0
+    model.train()
+    try:
+        with torch.no_grad():
+            for x, _ in loader:
+                if used >= max_batches:
+                    break
+                model(x.to(device))
+                used += 1
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    with torch.no_grad():
+        for m, (mean, var) in sums.items():
+            m.running_mean.copy_(mean / used)
+            m.running_var.copy_(var / used)
+    return used
+
+
 def evaluate_model(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
     """``(correct, count)`` of ``model`` (eval mode, float32) over ``loader``."""
     was_training = model.training
@@ -492,6 +539,9 @@ def train(config: TrainConfig | None, runtime: Runtime, overrides: dict | None =
                                 acc=f"{stats[1] / stats[2]:.3f}",
                                 lam=f"{lambda_at(config.lam, iteration - 1, total):.3f}")
             bar.close()
+            if recalibrate_norms(heads.model, loader, device, config.recalibrate_batches):
+                if world > 1:
+                    _broadcast_buffers(heads)
             evaluation = torch.tensor(evaluate_model(heads.model, test_loader, device),
                                       dtype=torch.float64)
             if world > 1:

@@ -233,3 +233,27 @@ def test_evaluate_cli(straight_run, capsys):
     assert run_cli("evaluate", straight_run) == 0
     assert "test accuracy" in capsys.readouterr().out
     assert run_cli("evaluate", straight_run / "missing") == 2
+
+
+def test_recalibrate_norms_sets_statistics_of_the_current_weights():
+    from spikeline.pipeline.blocks import BiasNorm
+    from spikeline.pipeline.models import build_model
+    from spikeline.pipeline.train import recalibrate_norms
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", input_size=(34, 34), width=16, depths=(1, 1, 1))
+    batches = [(torch.randint(0, 3, (4, 3, 2, 34, 34)).float(), None) for _ in range(3)]
+    first = next(m for m in model.modules() if isinstance(m, BiasNorm))
+    seen = []
+    hook = first.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].detach()))
+    assert recalibrate_norms(model, batches, torch.device("cpu"), max_batches=2) == 2
+    hook.remove()
+    assert len(seen) == 2  # the third batch was not used
+    dims = [0, 1, 3, 4]
+    mean = torch.stack([z.mean(dims) for z in seen]).mean(0)
+    var = torch.stack([z.var(dims, unbiased=True) for z in seen]).mean(0)
+    torch.testing.assert_close(first.running_mean, mean)
+    torch.testing.assert_close(first.running_var, var)
+    model.eval()
+    recalibrate_norms(model, batches, torch.device("cpu"), max_batches=1)
+    assert not model.training  # the mode it had is restored

@@ -17,6 +17,7 @@ _CONFIG_OPTIONS = {
     "seed": "seed", "limit_train": "limit_train", "limit_test": "limit_test", "amp": "amp",
     "threshold": "threshold", "current_decay": "current_decay",
     "voltage_decay": "voltage_decay", "tau_grad": "tau_grad", "scale_grad": "scale_grad",
+    "recalibrate_batches": "recalibrate_batches",
 }
 
 
@@ -102,6 +103,9 @@ def register(subparsers) -> None:
                    help="train on a fixed subset of N samples")
     p.add_argument("--limit-test", type=int, default=None, metavar="N",
                    help="test on a fixed subset of N samples")
+    p.add_argument("--recalibrate-batches", type=int, default=None, metavar="N",
+                   help="recompute BatchNorm statistics over N training batches with each "
+                        "epoch's final weights before evaluating (default 16; 0: off)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
     p.add_argument("--cache-dir", default=None, help="frame cache directory")
     p.add_argument("--resume", action="store_true",
