@@ -15,7 +15,8 @@ from .tonic_offline import TonicSamples, open_offline, sorted_order
 # tonic.datasets.CIFAR10DVS.url (kept here so that listing datasets does not import Tonic)
 INFO = DatasetInfo(name="cifar10dvs", num_classes=10, sensor_size=(128, 128, 2),
                    default_size=(48, 48), default_T=10,
-                   url="https://figshare.com/ndownloader/files/38023437")
+                   url="https://figshare.com/ndownloader/files/38023437",
+                   mirror_symmetric=True)
 TEST_FRACTION = 0.1
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")

@@ -85,7 +85,8 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None,
 
     ``data_dir``: the folder holding downloaded datasets (default ``$SPIKELINE_DATA`` or
     ``~/data``); ``T``, ``size`` (int or (H, W)): time bins and frame size (defaults from
-    :data:`DATASETS`); ``augment``: random flip (p = 0.5) and roll (up to +-5 px);
+    :data:`DATASETS`); ``augment``: random roll (up to +-5 px) and, for mirror-symmetric
+    datasets (``DatasetInfo.mirror_symmetric``), a left-right flip (p = 0.5);
     ``cache_dir``: frames and generated data (default ``$SPIKELINE_CACHE`` or
     ``~/.cache/spikeline``); ``seed``: the train/test split where the dataset has none of its
     own (use the same seed for both splits) and the first epoch's augmentation.
@@ -104,8 +105,8 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None,
     samples = _MODULES[name].load_samples(split, data_dir, cache_dir, seed)
     cache = FrameCache(cache_dir / "frames", name, to_frames.config(),
                        to_frames.output_shape(info.sensor_size[2]))
-    return FrameDataset(name, samples, to_frames, cache, RandomFlipRoll() if augment else None,
-                        seed)
+    augmentation = RandomFlipRoll(flip_p=0.5 if info.mirror_symmetric else 0.0)
+    return FrameDataset(name, samples, to_frames, cache, augmentation if augment else None, seed)
 
 
 class _EpochSeededLoader(DataLoader):

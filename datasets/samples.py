@@ -17,7 +17,9 @@ class DatasetInfo:
 
     ``sensor_size`` is ``(W, H, P)`` as in Tonic; ``default_size`` is the frame size ``(H, W)``
     and ``default_T`` the number of time bins used when the caller gives none; ``url`` is where
-    users download the data (None for generated datasets)."""
+    users download the data (None for generated datasets).  ``mirror_symmetric``: a left-right
+    flip keeps the class, so training may flip (natural images yes; digits no; gestures no,
+    since left- and right-arm gestures are different classes)."""
 
     name: str
     num_classes: int
@@ -25,6 +27,7 @@ class DatasetInfo:
     default_size: tuple[int, int]
     default_T: int
     url: str | None
+    mirror_symmetric: bool = False
 
     def __post_init__(self):
         if self.num_classes < 2:
