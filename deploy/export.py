@@ -31,6 +31,7 @@ from .to_netx import write_netx
 from .to_nir import DT, Export, model_to_nir
 
 FORMATS = ("nir", "netx")
+FILES = {"nir": "model.nir", "netx": "model.net"}
 QUANTIZATION = {
     "weights": "8-bit mantissas on the 2/64 grid, in [-256, 254]/64 (lava-dl quantize_8bit)",
     "weight_scale": 64,
@@ -87,6 +88,9 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
             result.files["netx"] = "model.net"
         except SpikelineError as why:
             result.skipped["netx"] = str(why)
+    for fmt, name in FILES.items():  # a file of an earlier export must not pass for this one
+        if fmt not in result.files and (out / name).exists():
+            (out / name).unlink()
     atomic_write(out / "folded.pt", lambda tmp: torch.save(
         {"model_spec": spec, "state_dict": folded.state_dict()}, tmp))
     result.files["folded"] = "folded.pt"

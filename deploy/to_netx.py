@@ -8,10 +8,11 @@ lowered exactly:
 - sum pooling (netx raises NotImplementedError for ``pool``) -> a grouped, strided conv whose
   weights are the pool weight (64 = 1.0);
 - the Affine readout -> ``dense`` with ``vThMant = 262143``: it never spikes, its voltage is
-  the readout;
-- a voltage bias -> ``bias`` mantissas (``bias * 64``, applied by Lava as ``bias_mant << 6``).
+  the readout.
 
 Residual networks have no netx form (no add layer): they get an error naming the edge.
+Neither do voltage biases (folded BatchNorm) or lava-dl's ``delay_shift``: Lava delays layer
+i's input by i + 1 steps, which only a bias-free network without delay_shift tolerates.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
-from spikeline.pipeline.models import GlobalReadout, ResidualBlock, SpikingNet
+from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.neuron import CubaParams
 from spikeline.pipeline.quantize import weight_mantissa
 
@@ -44,11 +45,10 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
             raise SpikelineError(
                 "netx export: a residual block's shortcut edge (block input -> its second "
                 "neuron) has no netx layer type (netx nets are sequential); export NIR instead")
-        elif isinstance(m, GlobalReadout):
-            raise SpikelineError(
-                "netx export: global average pooling has no exact 8-bit netx form; use a model "
-                "with a Flatten + Affine readout (e.g. cnn) or export NIR")
         else:
+            if getattr(getattr(m, "lif", None), "delay_shift", False):
+                raise SpikelineError("netx export: layers with delay_shift are not supported "
+                                     "(Lava adds its own per-layer delay); export NIR")
             flat.append(m)
 
     for stage in model.stages:
@@ -80,11 +80,16 @@ def _type(group: h5py.Group, name: str) -> None:
     group.create_dataset("type", data=np.array([name.encode()], dtype="S10"))
 
 
-def _bias(group: h5py.Group, syn) -> None:
+def _check_synapse(syn) -> None:
     if syn.norm is not None:
         raise SpikelineError("netx export needs a folded model (BatchNorm still present)")
     if syn.bias is not None:
-        group.create_dataset("bias", data=np.round(syn.bias.detach().numpy() * 64))
+        # Lava delays each layer's input by one more step than the last; a bias integrates
+        # from Lava's step 0 regardless, i.e. before the input it was trained with arrives.
+        raise SpikelineError(
+            "netx export: a voltage bias (a folded BatchNorm) would act on Loihi before the "
+            "layer's input arrives (Lava adds one step of delay per layer), so the artifact "
+            "could not spike like the trained net; export NIR, or train without BatchNorm")
 
 
 def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> list[str]:
@@ -120,7 +125,7 @@ def _write_layer(g: h5py.Group, m: nn.Module, shape):
             weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
             cout, groups = weight.shape[0], syn.groups
             dilation = syn.dilation
-            _bias(g, syn)
+            _check_synapse(syn)
         else:
             if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
                 raise SpikelineError(f"netx export: sum pooling of a {h}x{w} map needs "
@@ -155,7 +160,7 @@ def _write_layer(g: h5py.Group, m: nn.Module, shape):
         g.create_dataset("outFeatures", data=weight.shape[0])
         g.create_dataset("weight", data=weight)
         g.create_dataset("shape", data=np.array([weight.shape[0]]))
-        _bias(g, syn)
+        _check_synapse(syn)
         _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
         return (weight.shape[0],)
     raise SpikelineError(f"netx export: unsupported layer {type(m).__name__}; supported: Conv, "

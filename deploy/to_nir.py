@@ -25,7 +25,7 @@ from spikeline.errors import SpikelineError
 from spikeline.pipeline.blocks import (
     LIF, Affine, ConvSynapse, DenseSynapse, Dropout, Flatten, PoolSynapse, _SpikingBlock,
 )
-from spikeline.pipeline.models import GlobalReadout, ResidualBlock, SpikingNet
+from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.neuron import P_SCALE, CubaParams
 from spikeline.pipeline.quantize import quantize_bias, quantize_weight
 
@@ -180,16 +180,10 @@ class _Exporter:
             syn, out, _ = self.synapse(m.synapse, sources, shape)
             node = cuba_to_nir(m.neuron, out, None, spiking=False)
             return [self.b.add("cubali", node, [syn], m)], out
-        if isinstance(m, GlobalReadout):
-            c, h, w = shape
-            pool = nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
-                                 padding=np.array([0, 0]))
-            name = self.b.add("avgpool", pool, sources)
-            return self.module(nn.Sequential(Flatten(), m.affine), [name], (c, 1, 1))
         if isinstance(m, ResidualBlock):
             return self.residual(m, sources, shape)
         raise SpikelineError(f"NIR export: unsupported module {type(m).__name__}; supported: "
-                             "Conv, Dense, Pool, Flatten, Affine, global readout, residual blocks")
+                             "Conv, Dense, Pool, Flatten, Affine, residual blocks")
 
     def residual(self, m: ResidualBlock, sources, shape):
         if m.gate is not None:

@@ -138,8 +138,8 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
 def _verify_lava(export_dir, model, fresh, ref, x, timeout) -> BackendResult:
     net = export_dir / "model.net"
     if not net.is_file():
-        return BackendResult("lava", "skipped", note="no model.net in the export (the network "
-                             "is not sequential; see metadata.json 'skipped')")
+        return BackendResult("lava", "skipped", note="no model.net in the export (metadata.json "
+                             "'skipped' says why)")
     if importlib.util.find_spec("lava") is None:
         return BackendResult("lava", "skipped", note="lava-nc / lava-dl are not installed")
     layers = netx_layer_modules(model)

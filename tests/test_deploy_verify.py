@@ -111,6 +111,23 @@ def test_residual_network_exports_nir_and_explains_netx(tmp_path):
     assert "v_leak" in by_name["snntorch"].note
 
 
+def test_biased_sequential_network_skips_netx_and_removes_a_stale_file(cnn_export, tmp_path):
+    """VGG is sequential, but its folded BatchNorm becomes voltage biases, which Lava would
+    apply before each layer's (pipeline-delayed) input arrives."""
+    (tmp_path / "model.net").write_bytes((cnn_export / "model.net").read_bytes())
+    torch.manual_seed(0)
+    model = build_model("vgg11", input_size=(32, 32), width=8)
+    with torch.no_grad():
+        model.train()(torch.randint(0, 3, (2, 4, 2, 32, 32)).float())
+    spec = {"name": "vgg11", "in_channels": 2, "num_classes": 10, "input_size": [32, 32],
+            "width": 8}
+    result = export_model(model, spec, tmp_path)
+    assert "voltage bias" in result.skipped["netx"]
+    assert not (tmp_path / "model.net").exists()  # the earlier export's file is gone
+    report = verify_export(tmp_path, frames(n=1, t=4, size=(32, 32)), backends=("nir", "lava"))
+    assert [b.status for b in report.backends] == ["ok", "skipped"]
+
+
 def test_export_errors_name_the_problem(tmp_path):
     with pytest.raises(SpikelineError, match="checkpoint|best.pt|last.pt"):
         export_run(tmp_path, tmp_path / "out")
