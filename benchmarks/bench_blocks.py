@@ -51,6 +51,16 @@ def copy_weights(ours, lava):
                 l.synapse.weight.copy_(o.weight.reshape(l.synapse.weight.shape))
 
 
+def one_pass(module, x, backward: bool) -> torch.Tensor:
+    """Forward (and backward of the summed output) of ``module`` on a fresh copy of ``x``."""
+    inp = x.clone().requires_grad_(backward)
+    with torch.set_grad_enabled(backward):
+        y = module(inp)
+        if backward:
+            y.sum().backward()
+    return y.detach()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
@@ -61,24 +71,9 @@ def main():
         xt = (torch.rand(shape[-1], *shape[:-1]) < 0.2).float()  # ours: time first
         x = to_lava(xt)  # lava-dl: time last
         for mode in ("forward", "forward+backward"):
-            def run_ours():
-                inp = xt.clone().requires_grad_(mode != "forward")
-                with torch.set_grad_enabled(mode != "forward"):
-                    y = ours(inp)
-                    if mode != "forward":
-                        y.sum().backward()
-                return y.detach()
-
-            def run_lava():
-                inp = x.clone().requires_grad_(mode != "forward")
-                with torch.set_grad_enabled(mode != "forward"):
-                    y = lava(inp)
-                    if mode != "forward":
-                        y.sum().backward()
-                return y.detach()
-
-            t_ours, y_ours = best_of(run_ours, args.repeat)
-            t_lava, y_lava = best_of(run_lava, args.repeat)
+            backward = mode != "forward"
+            t_ours, y_ours = best_of(lambda: one_pass(ours, xt, backward), args.repeat)
+            t_lava, y_lava = best_of(lambda: one_pass(lava, x, backward), args.repeat)
             print(json.dumps({"case": name, "pass": mode, "ours_s": round(t_ours, 4),
                               "lava_dl_s": round(t_lava, 4), "ratio": round(t_lava / t_ours, 2),
                               "spikes_identical": bool(torch.equal(y_ours, from_lava(y_lava))),
