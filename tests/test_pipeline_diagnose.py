@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_diagnose_gradients_writes_json_and_png(tmp_path, capsys):
     out = tmp_path / "diag"
-    argv = ["diagnose", "gradients", "--model", "resnet20", "--width", "16", "--depths", "1,1,1",
+    argv = ["diagnose", "gradients", "--model", "resnet20", "--width", "16", "--depths", "2,2,2",
             "--heads", "none,shortcut,evolutionary", "--dataset", "ndigits", "--T", "4",
             "--batches", "2", "--batch-size", "8", "--out", str(out), "--device", "cpu",
             # lava-dl examples' surrogate (peak slope 0.04): the vanishing the paper describes
@@ -29,7 +29,7 @@ def test_diagnose_gradients_writes_json_and_png(tmp_path, capsys):
     png = (out / "gradients.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert list(res["layers"]) == ["none", "shortcut", "evolutionary"]
-    expected = weight_parameters(build_model("resnet20", width=16, depths=(1, 1, 1)))
+    expected = weight_parameters(build_model("resnet20", width=16, depths=(2, 2, 2)))
     assert res["model_spec"]["neuron"]["tau_grad"] == 0.03
     for mode, rows in res["layers"].items():
         assert [r["name"] for r in rows] == [name for name, _ in expected]
