@@ -23,6 +23,9 @@ from spikeline.errors import SpikelineError
 from .simulate import topological_order
 
 PEERS = ("spikingjelly", "snntorch")
+# SpikingJelly's Heaviside is 1 at 0: it fires at v == v_threshold, where NIR (and snnTorch)
+# need v > v_threshold.  Each peer is held to its own rule; the ties are counted apart.
+FIRES_AT_THRESHOLD = {"spikingjelly": True, "snntorch": False}
 
 
 class PeerUnsupported(SpikelineError):

@@ -137,8 +137,8 @@ class _FloatNeuron:
 
     stateful = True
 
-    def __init__(self, name, node, dt):
-        self.name, self.node = name, node
+    def __init__(self, name, node, dt, fire_at_threshold: bool = False):
+        self.name, self.node, self.fire_at_threshold = name, node, fire_at_threshold
         get = lambda key, default: _param(getattr(node, key, None), default)  # noqa: E731
         r, v_leak = get("r", 1.0), get("v_leak", 0.0)
         self.v_th, self.v_reset = get("v_threshold", 0.0), get("v_reset", 0.0)
@@ -171,7 +171,7 @@ class _FloatNeuron:
             v = v + self.leak
         if not self.spiking:
             return v, (i, v)
-        spike = v > self.v_th
+        spike = v >= self.v_th if self.fire_at_threshold else v > self.v_th
         reset = self.v_reset if isinstance(self.v_reset, float) else self.v_reset.expand_as(v)
         return spike.to(x.dtype), (i, torch.where(spike, reset, v))
 
@@ -189,7 +189,12 @@ def _param(value, default):
 
 
 def _scaled(x, gain):
-    return x if isinstance(gain, float) and gain == 1.0 else x * gain
+    # NIR's convention makes w_in * dt / tau_syn and r * dt / tau_mem equal 1, but only up to
+    # float64 rounding (tau / dt = 3.9999999999999996); the importers check it is close to 1
+    # and then add the input unscaled, and so do we.
+    if isinstance(gain, float) and abs(gain - 1.0) < 1e-9:
+        return x
+    return x * gain
 
 
 def _is_zero(value) -> bool:
@@ -201,7 +206,7 @@ SUPPORTED = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Conv1d, nir.Conv
              nir.I, nir.IF, nir.LI, nir.LIF, nir.CubaLI, nir.CubaLIF)
 
 
-def _make_runner(name, node, mode, dt):
+def _make_runner(name, node, mode, dt, fire_at_threshold=False):
     if not isinstance(node, SUPPORTED):
         names = ", ".join(t.__name__ for t in SUPPORTED)
         raise SpikelineError(f"node {name!r} has type {type(node).__name__}, which the "
@@ -215,7 +220,7 @@ def _make_runner(name, node, mode, dt):
         if mode == "loihi":
             raise SpikelineError(f"node {name!r} ({type(node).__name__}) has parameters with "
                                  "no Loihi fixed-point form; run it with mode='float'")
-        return _FloatNeuron(name, node, dt)
+        return _FloatNeuron(name, node, dt, fire_at_threshold)
     runner = _Stateless(name, node)
     in_type = node.input_type.get("input") if hasattr(node, "input_type") else None
     runner.in_dims = tuple(int(v) for v in in_type) if in_type is not None and len(in_type) else ()
@@ -278,8 +283,12 @@ def graph_dt(graph: nir.NIRGraph) -> float:
 
 
 def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
-             dt: float | None = None) -> Simulation:
-    """Run ``graph`` on ``x`` of shape ``[T, N, *input_shape]``."""
+             dt: float | None = None, fire_at_threshold: bool = False) -> Simulation:
+    """Run ``graph`` on ``x`` of shape ``[T, N, *input_shape]``.
+
+    ``fire_at_threshold``: float neurons spike at ``v >= v_threshold`` instead of NIR's
+    ``v > v_threshold`` (SpikingJelly's Heaviside fires at 0; see ``deploy.peers``).
+    """
     if mode not in MODES:
         raise SpikelineError(f"simulation mode must be one of {MODES}, got {mode!r}")
     dt = graph_dt(graph) if dt is None else dt
@@ -294,7 +303,7 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
     if tuple(x.shape[2:]) != expected:
         raise SpikelineError(f"input of shape {tuple(x.shape)} does not fit the graph's Input "
                              f"{expected}: expected [T, N, {', '.join(map(str, expected))}]")
-    runners = {n: _make_runner(n, graph.nodes[n], mode, dt) for n in order}
+    runners = {n: _make_runner(n, graph.nodes[n], mode, dt, fire_at_threshold) for n in order}
     preds = {n: [] for n in order}
     for src, dst in graph.edges:
         preds[dst].append((src, (src, dst) in back))

@@ -25,7 +25,7 @@ from spikeline.errors import SpikelineError
 
 from .export import load_folded
 from .lava_run import run_netx
-from .peers import PEERS, PeerUnsupported, lower_for_peers, run_peer
+from .peers import FIRES_AT_THRESHOLD, PEERS, PeerUnsupported, lower_for_peers, run_peer
 from .simulate import graph_dt, simulate
 from .to_netx import netx_layer_modules
 
@@ -172,12 +172,15 @@ def _verify_peer(peer, graph, x, fixed):
     except PeerUnsupported as why:
         return BackendResult(peer, "skipped", note=str(why)), {}
     dt = graph_dt(graph)
-    float_sim = simulate(lowered, x, mode="float", dt=dt)
+    float_sim = simulate(lowered, x, mode="float", dt=dt,
+                         fire_at_threshold=FIRES_AT_THRESHOLD[peer])
     last = next(src for src, dst in lowered.edges if dst == "output")
     drift = {last: int((float_sim.output != fixed.outputs[last]).sum())}
+    reference = "our simulator, float mode" + (", firing at v == threshold"
+                                               if FIRES_AT_THRESHOLD[peer] else "")
     try:
         theirs = run_peer(peer, lowered, x, dt)
     except Exception as err:  # noqa: BLE001 - an importer failing is a result to report
-        return BackendResult(peer, "error", "our simulator, float mode",
+        return BackendResult(peer, "error", reference,
                              note=f"{type(err).__name__}: {err}"), drift
-    return _compare(peer, "our simulator, float mode", [(last, float_sim.output, theirs)]), drift
+    return _compare(peer, reference, [(last, float_sim.output, theirs)]), drift

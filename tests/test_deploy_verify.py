@@ -201,3 +201,28 @@ def test_real_recordings_verify_with_zero_mismatches(cnn_export, backends):
     report = verify_export(cnn_export, torch.from_numpy(frames), backends=backends)
     assert report.ok, report.to_dict()
     assert all(b.status == "ok" and b.compared > 0 for b in report.backends)
+
+
+def test_each_peer_is_held_to_its_own_threshold_rule():
+    """v lands exactly on the threshold: SpikingJelly fires (Heaviside(0) = 1), NIR and
+    snnTorch do not; our float simulation reproduces each rule."""
+    from spikeline.deploy.peers import FIRES_AT_THRESHOLD, run_peer
+
+    dt, theta = 1e-4, 1.25
+    full = lambda v: np.full((1,), v)  # noqa: E731
+    nodes = {
+        "input": nir.Input(input_type={"input": np.array([1])}),
+        "lin": nir.Linear(weight=np.ones((1, 1))),
+        "lif": nir.CubaLIF(tau_syn=full(dt), tau_mem=full(dt * 4096 / 123), r=full(4096 / 123),
+                           v_leak=full(0.0), v_threshold=full(theta), v_reset=full(0.0),
+                           w_in=full(1.0)),
+        "output": nir.Output(output_type={"output": np.array([1])}),
+    }
+    graph = nir.NIRGraph(nodes=nodes, edges=[("input", "lin"), ("lin", "lif"), ("lif", "output")])
+    x = torch.tensor([theta, 0.0, 0.0]).reshape(3, 1, 1)
+    for peer in ("spikingjelly", "snntorch"):
+        theirs = run_peer(peer, graph, x, dt)[:, 0, 0].tolist()
+        ours = simulate(graph, x, mode="float", fire_at_threshold=FIRES_AT_THRESHOLD[peer])
+        assert ours.output[:, 0, 0].tolist() == theirs, peer
+    assert run_peer("spikingjelly", graph, x, dt)[0].item() == 1
+    assert run_peer("snntorch", graph, x, dt)[0].item() == 0
