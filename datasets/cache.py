@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from spikeline.atomic import atomic_file
 
 _MAGIC = b"SPKFRM1\n"
 _FORMAT_VERSION = 1  # part of every key: bump when the entry layout or meaning changes
@@ -65,21 +64,6 @@ class FrameCache:
             frames = np.ascontiguousarray(build(), dtype=np.float32)
             self.store(sample_id, frames)
         return frames
-
-
-@contextmanager
-def atomic_file(path: Path):
-    """A binary file to write ``path`` through: a temporary file in the same folder, moved onto
-    ``path`` with ``os.replace`` when the block ends without error and deleted otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    file = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with file:
-            yield file
-        os.replace(file.name, path)
-    except BaseException:
-        Path(file.name).unlink(missing_ok=True)
-        raise
 
 
 def _encode(frames: np.ndarray) -> bytes:

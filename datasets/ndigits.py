@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_file
+from spikeline.atomic import atomic_file
+
 from .emulator import SaccadeEmulator
 from .events import EventStream, make_events
 from .samples import DatasetInfo, stratified_split

@@ -13,8 +13,6 @@ Every file is written to a temporary name and renamed, so a crash never leaves h
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import nir
 import torch
 
 from spikeline import __version__
+from spikeline.atomic import atomic_file, atomic_path
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
 from spikeline.pipeline.models import SpikingNet
@@ -40,19 +39,6 @@ QUANTIZATION = {
     "threshold": "vThMant = int(threshold * 64)",
     "batchnorm": "scale folded into weights, shift into the voltage bias",
 }
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -80,23 +66,25 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
             "dt": DT, "quantization": QUANTIZATION, "heads": "removed"}
     if "nir" in formats:
         export = model_to_nir(folded, input_shape, metadata={"spikeline_version": __version__})
-        atomic_write(out / "model.nir", lambda tmp: nir.write(tmp, export.graph))
+        with atomic_path(out / "model.nir") as tmp:
+            nir.write(tmp, export.graph)
         result.files["nir"] = "model.nir"
     if "netx" in formats:
         try:
-            atomic_write(out / "model.net", lambda tmp: write_netx(folded, input_shape, tmp))
+            with atomic_path(out / "model.net") as tmp:
+                write_netx(folded, input_shape, tmp)
             result.files["netx"] = "model.net"
         except SpikelineError as why:
             result.skipped["netx"] = str(why)
     for fmt, name in FILES.items():  # a file of an earlier export must not pass for this one
         if fmt not in result.files and (out / name).exists():
             (out / name).unlink()
-    atomic_write(out / "folded.pt", lambda tmp: torch.save(
-        {"model_spec": spec, "state_dict": folded.state_dict()}, tmp))
+    with atomic_file(out / "folded.pt") as fh:
+        torch.save({"model_spec": spec, "state_dict": folded.state_dict()}, fh)
     result.files["folded"] = "folded.pt"
     meta["files"], meta["skipped"] = result.files, result.skipped
-    atomic_write(out / "metadata.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+    with atomic_file(out / "metadata.json") as fh:
+        fh.write(json.dumps(meta, indent=2, default=str).encode())
     return result
 
 

@@ -16,9 +16,6 @@ i's input by i + 1 steps, which only a bias-free network without delay_shift tol
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import h5py
 import numpy as np
 from torch import nn
@@ -93,27 +90,20 @@ def _check_synapse(syn) -> None:
 
 
 def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> list[str]:
-    """Write ``model`` (folded, sequential) to ``path`` atomically; returns the layer types."""
+    """Write ``model`` (folded, sequential) to ``path``; returns the layer types.  (The export
+    writes through ``spikeline.atomic.atomic_path``.)"""
     if model.encoding != "binary":
         raise SpikelineError("netx export: Loihi input layers take binary spikes; train with "
                              "--encoding binary")
     shape = tuple(input_shape)
     layers = _layers(model)
-    tmp = tempfile.NamedTemporaryFile(dir=os.path.dirname(os.path.abspath(path)),
-                                      suffix=".tmp", delete=False)
-    tmp.close()
     kinds = []
-    try:
-        with h5py.File(tmp.name, "w") as f:
-            root = f.create_group("layer")
-            for i, m in enumerate(layers):
-                g = root.create_group(str(i))
-                shape = _write_layer(g, m, shape)
-                kinds.append(g["type"][0].decode())
-        os.replace(tmp.name, path)
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
+    with h5py.File(path, "w") as f:
+        root = f.create_group("layer")
+        for i, m in enumerate(layers):
+            g = root.create_group(str(i))
+            shape = _write_layer(g, m, shape)
+            kinds.append(g["type"][0].decode())
     return kinds
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from spikeline.atomic import atomic_file
 
 
 def _figure(nrows=1, ncols=1, figsize=(6, 4)):
@@ -19,17 +20,12 @@ def _save(fig, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
+        with atomic_file(path) as fh:
+            fig.savefig(fh, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

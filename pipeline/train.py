@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spikeline.atomic import atomic_file
 from spikeline.errors import SpikelineError
 
 from .checkpoint import (FORMAT, build_from_spec, load_checkpoint, load_run_model,
@@ -368,17 +369,13 @@ def _ranks_identical(module: nn.Module, device) -> bool:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        for r in records:
-            fh.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as fh:
+        fh.write((json.dumps(data, indent=2) + "\n").encode())
 
 
 def _print(msg: str, enabled: bool) -> None:

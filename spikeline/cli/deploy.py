@@ -132,7 +132,7 @@ def run_import(args) -> int:
     import nir
     import torch
 
-    from spikeline.deploy.export import atomic_write
+    from spikeline.atomic import atomic_path
     from spikeline.deploy.from_netx import netx_to_nir
     from spikeline.deploy.simulate import simulate
 
@@ -152,7 +152,8 @@ def run_import(args) -> int:
     shape = graph_input_shape(graph)
     with torch.no_grad():  # the simulator must accept it: types, shapes, edges
         simulate(graph, torch.zeros(2, 1, *shape))
-    atomic_write(Path(args.out), lambda tmp: nir.write(tmp, graph))
+    with atomic_path(args.out) as tmp:
+        nir.write(tmp, graph)
     print(f"wrote {args.out}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, input "
           f"{list(shape)}")
     return 0
