@@ -5,10 +5,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from spikeline.errors import SpikelineError
 
+from .energy import count_in_batches
 from .inputs import encode, inputs_from_dataset, positive_int
 
 
@@ -48,15 +47,13 @@ def _step(name: str) -> None:
 
 
 def run(args) -> int:
-    from spikeline.deploy.energy import count_operations, load_hardware_models, price
+    from spikeline.deploy.energy import load_hardware_models, price
     from spikeline.deploy.export import export_run
     from spikeline.deploy.report import build_report, summary_text, write_report
-    from spikeline.deploy.simulate import simulate
     from spikeline.deploy.verify import verify_export
     from spikeline.pipeline.train import Runtime, TrainConfig, train
 
     import nir
-    import torch
 
     started = time.time()
     run_dir = Path(args.out)
@@ -95,9 +92,7 @@ def run(args) -> int:
     _step("energy")
     graph = nir.read(export.out_dir / "model.nir")
     x = encode(frames[:, :args.energy_samples], meta["input_encoding"])
-    with torch.no_grad():
-        sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)))
-    counts = count_operations(graph, sim)
+    counts = count_in_batches(graph, x, batch_size=8, mode="auto", fanout="structural")
     models = load_hardware_models()
     energy = build_report(counts, [price(counts, m) for m in models.values()], models,
                           {"model": str(export.out_dir / "model.nir"),
