@@ -2,7 +2,7 @@
 
 Each submodule adds its subcommands with ``register(subparsers)``; a handler returns the exit
 code.  Errors meant for users (bad files, missing data) are ``SpikelineError``s: printed to
-stderr without a traceback, exit code 2.
+stderr without a traceback, exit code 2 (1 for ``VerifyFailed``).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except SpikelineError as err:
         print(f"spikeline: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":
