@@ -139,6 +139,9 @@ def export_dir(tmp_path):
     folder.mkdir()
     nir.write(str(folder / "model.nir"), tiny_graph())
     (folder / "metadata.json").write_text(json.dumps({"T": 3}))
+    from spikeline.deploy.export import write_manifest
+
+    write_manifest(folder)  # a folder counts as an export only with its manifest
     return folder
 
 
