@@ -15,7 +15,7 @@ from spikeline.deploy.report import (
     atomic_write_bytes, build_report, to_markdown, write_json, write_report)
 from spikeline.errors import SpikelineError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parent / "data"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

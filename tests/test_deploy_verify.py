@@ -184,7 +184,7 @@ def test_netx_import_errors(tmp_path):
         netx_to_nir(tmp_path / "pool.net")
 
 
-SHARED_EVENTS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
+SHARED_EVENTS = pathlib.Path(__file__).resolve().parent / "data" / "events"
 RECORDINGS = ["davis346_street.aedat4", "nmnist_sample.bin", "prophesee_evt2.raw"]
 
 
