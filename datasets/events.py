@@ -156,7 +156,7 @@ def _decoder_error(path: Path, what: str, err: BaseException) -> SpikelineError:
                           f"{type(err).__name__}: {err}")
 
 
-def _is_panic(err: BaseException) -> bool:
+def is_panic(err: BaseException) -> bool:
     """A Rust panic surfaced by PyO3 (``pyo3_runtime.PanicException``, a ``BaseException``
     that cannot be imported by name)."""
     return type(err).__name__ == "PanicException"
@@ -285,7 +285,7 @@ def _read_aedat4(path: Path):
     except SpikelineError:
         raise
     except BaseException as err:  # aedat: RuntimeError, or a Rust panic; numpy: ValueError
-        if not (isinstance(err, Exception) or _is_panic(err)):
+        if not (isinstance(err, Exception) or is_panic(err)):
             raise  # KeyboardInterrupt, SystemExit
         raise _decoder_error(path, "AEDAT4", err) from None
     on = raw.dtype.names[3]  # aedat names polarity "on"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,40 +75,48 @@ def check_formats(formats) -> tuple[str, ...]:
 
 def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
                  config: dict | None = None) -> ExportResult:
-    """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``."""
+    """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``.
+
+    Two phases: every file is first written beside its target; only when all are written is
+    the old manifest removed, the files renamed into place, stale files of formats not
+    written removed, and the new manifest written.  A failure while writing (a full disk, an
+    internal error) leaves the previous export untouched and valid."""
     formats = check_formats(formats)
     out = Path(out_dir)
     folded = fold_model(model)  # before touching the folder: a failure here changes nothing
     input_shape = (int(spec.get("in_channels", 2)), *(int(v) for v in spec["input_size"]))
     nir_export = model_to_nir(folded, input_shape, metadata={"spikeline_version": __version__})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # uncommitted from here until the new manifest
     result = ExportResult(out)
     meta = {"spikeline_version": __version__, "model_spec": spec, "training_config": config or {},
             "input_shape": list(input_shape), "input_encoding": folded.encoding,
             "T": (config or {}).get("T"), "dataset": (config or {}).get("dataset"),
             "dt": DT, "quantization": QUANTIZATION, "heads": "removed"}
-    if "nir" in formats:
-        with atomic_path(out / "model.nir") as tmp:
-            nir.write(tmp, nir_export.graph)
-        result.files["nir"] = "model.nir"
-    if "netx" in formats:
-        try:
-            with atomic_path(out / "model.net") as tmp:
+    with ExitStack() as staged:  # on leaving it, each staged file replaces its target
+        if "nir" in formats:
+            nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
+            result.files["nir"] = "model.nir"
+        if "netx" in formats:
+            netx = ExitStack()
+            tmp = netx.enter_context(atomic_path(out / "model.net"))
+            try:
                 write_netx(folded, input_shape, tmp)
-            result.files["netx"] = "model.net"
-        except ExportUnsupported as why:  # anything else is a bug and propagates
-            result.skipped["netx"] = str(why)
-            log.info("netx not written: %s", why)
+            except ExportUnsupported as why:  # anything else is a bug and propagates
+                netx.close()  # the staged file is removed; nothing replaced
+                result.skipped["netx"] = str(why)
+                log.info("netx not written: %s", why)
+            else:
+                staged.push(netx)
+                result.files["netx"] = "model.net"
+        torch.save({"model_spec": spec, "state_dict": folded.state_dict()},
+                   staged.enter_context(atomic_path(out / "folded.pt")))
+        result.files["folded"] = "folded.pt"
+        meta["files"], meta["skipped"] = result.files, result.skipped
+        staged.enter_context(atomic_path(out / "metadata.json")).write_text(
+            json.dumps(meta, indent=2, default=str))
+        (out / MANIFEST).unlink(missing_ok=True)  # uncommitted from here to the new manifest
     for fmt, name in FILES.items():  # a file of an earlier export must not pass for this one
         if fmt not in result.files and (out / name).exists():
             (out / name).unlink()
-    with atomic_file(out / "folded.pt") as fh:
-        torch.save({"model_spec": spec, "state_dict": folded.state_dict()}, fh)
-    result.files["folded"] = "folded.pt"
-    meta["files"], meta["skipped"] = result.files, result.skipped
-    with atomic_file(out / "metadata.json") as fh:
-        fh.write(json.dumps(meta, indent=2, default=str).encode())
     write_manifest(out)
     return result
 

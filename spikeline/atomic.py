@@ -37,7 +37,7 @@ def _os_error_in(err: BaseException) -> OSError | None:
             return err
         if "No space left on device" in str(err):
             return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return None
 
 
@@ -93,7 +93,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False):
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except Exception as err:
-        disk = _os_error_in(err)
+        disk = None if isinstance(err, SpikelineError) else _os_error_in(err)
         if disk is None:
             raise
         kept = "the previous file is kept" if path.exists() else "nothing was written"

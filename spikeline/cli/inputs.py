@@ -198,30 +198,33 @@ def inputs_from_array(path, shape, graph=None) -> np.ndarray:
     NaN or Inf values are refused."""
     path = Path(path)
     try:
-        header = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as fh:  # the header only: shape and dtype before any data
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            dims, _, dtype = read(fh)
     except FileNotFoundError:
         raise DataNotFound(f"{path}: no such file") from None
     except (OSError, ValueError) as err:
         raise BadInput(f"{path}: not a .npy array ({err})") from None
-    if not isinstance(header, np.ndarray) or header.dtype.kind not in "biuf":
-        raise BadInput(f"{path}: expected a numeric array")
-    dims = tuple(header.shape)
+    if dtype.kind not in "biuf":
+        raise BadInput(f"{path}: expected a numeric array, got {dtype}")
+    dims = tuple(int(v) for v in dims)
     if dims[1:] == tuple(shape):
         dims = (dims[0], 1, *dims[1:])
     elif dims[2:] != tuple(shape):
-        raise BadInput(f"{path}: shape {list(header.shape)} does not fit the model input "
+        raise BadInput(f"{path}: shape {list(dims)} does not fit the model input "
                        f"{list(shape)}; expected [T, {', '.join(map(str, shape))}] or "
                        f"[T, N, {', '.join(map(str, shape))}]")
     if dims[0] < 1 or dims[1] < 1:
-        raise BadInput(f"{path}: empty array {list(header.shape)}")
+        raise BadInput(f"{path}: empty array {list(dims)}")
     check_size(float(np.prod(dims, dtype=np.float64)) * 4, f"{path}: the input array")
     if graph is not None:
         check_activity(graph, dims[0], dims[1], str(path))
     try:
-        array = np.array(header, dtype=np.float32).reshape(dims)  # a copy, writable
-    except (OSError, ValueError) as err:  # a header claiming more data than the file holds
+        array = np.load(path, allow_pickle=False).astype(np.float32).reshape(dims)
+    except (OSError, ValueError, EOFError) as err:  # a header claiming more than the file holds
         raise BadInput(f"{path}: cannot read the array ({err})") from None
-    del header
     if not np.all(np.isfinite(array)):
         raise BadInput(f"{path}: holds NaN or Inf values; inputs must be finite")
     return np.ascontiguousarray(array)
