@@ -228,7 +228,7 @@ def check_aedat4(path: Path) -> dict[int, str]:
     if not streams:
         fail("the description declares no stream")
     end = size if table_at == -1 else table_at
-    position, packets = start + header_len, 0
+    position = start + header_len
     while position < end:
         if position + 8 > end:
             fail(f"a packet header at byte {position} is cut off: truncated?")
@@ -240,8 +240,6 @@ def check_aedat4(path: Path) -> dict[int, str]:
             fail(f"packet at byte {position} of {length} B runs past the end ({end} B): "
                  "truncated?")
         position += 8 + length
-        packets += 1
-    del data
     return streams
 
 
