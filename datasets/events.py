@@ -166,7 +166,8 @@ def check_aedat4(path: Path) -> dict[int, str]:
     """Check the AEDAT4 structure of ``path`` before a decoder sees it; returns
     ``{stream id: type identifier}`` from the header's XML description.
 
-    Layout (https://docs.inivation.com/software/software-advanced-usage/file-formats/aedat-4.0.html):
+    Layout (as ``aedat`` reads it, https://github.com/neuromorphicsystems/aedat ``src/base.rs``;
+    docs/reference.md §9):
     the magic ``#!AER-DAT4.0\\r\\n``, a uint32 length and the IOHeader flatbuffer (identifier
     ``IOHE``; fields compression, file_data_position, description), then packets of uint32
     stream id, uint32 size and the (compressed) packet, up to ``file_data_position`` (the file

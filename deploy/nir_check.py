@@ -14,7 +14,7 @@ what this module let through:
   samples the recorded activity ``T N sum(sizes) 4 B``, fit the size limit.
 
 Each failure is a :class:`~spikeline.errors.BadInput` naming the file and node.
-NIR's node definitions: https://neuroir.org/docs/primitives.html
+NIR's node definitions: https://github.com/neuromorphs/NIR (docs/reference.md §5)
 """
 from __future__ import annotations
 
