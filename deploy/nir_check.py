@@ -135,7 +135,8 @@ def validate_graph(graph, where: str = "graph", dt: float | None = None):
             check_size((steps + 1) * max(size, delay.size) * 4,
                        f"{at}: a delay of {float(delay.max(initial=0.0)):.3g} s "
                        f"({steps:.3g} steps of dt = {dt:g} s)")
-    check_size(state * 4 * 2, f"{where}: the state of all nodes")
+    # per element: its output and up to two neuron states (CUBA current and voltage), float32
+    check_size(state * 3 * 4, f"{where}: one step of all nodes' state")
     return graph
 
 

@@ -12,8 +12,10 @@ and Windows) once fully written, removed if the write fails.
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,11 +56,18 @@ def _writer_alive(pid: int) -> bool:
 
 
 def remove_leftovers(path: Path) -> list[Path]:
-    """Remove temporary files of ``path`` left by killed writers (not by running ones)."""
+    """Remove temporary files of ``path`` left by killed writers (not by running ones):
+    ``.<name>.<pid>.<random>.tmp``, and ``.<name>.<random>.tmp`` of writers before pids were
+    recorded (mkstemp's random part has no dots, so other targets' files never match)."""
+    name = re.escape(path.name)
+    with_pid, without = re.compile(rf"\.{name}\.(\d+)\.[^.]+\.tmp"), \
+        re.compile(rf"\.{name}\.[^.]+\.tmp")
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and _writer_alive(int(pid)):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = with_pid.fullmatch(tmp.name)
+        if match is None and without.fullmatch(tmp.name) is None:
+            continue  # another target's file (``a.b`` beside ``a``)
+        if match is not None and _writer_alive(int(match[1])):
             continue
         try:
             tmp.unlink()

@@ -520,12 +520,13 @@ def test_leftover_tmp_files_are_cleaned_up_by_the_next_write(tmp_path):
     old_style = tmp_path / ".report.json.k2j4.tmp"
     alive = tmp_path / f".report.json.{os.getppid()}.efgh.tmp"  # a writer still at work
     other = tmp_path / ".other.json.999999999.x.tmp"
-    for p in (dead, old_style, alive, other):
+    longer = tmp_path / ".report.json.bak.999999999.x.tmp"  # report.json.bak's, not ours
+    for p in (dead, old_style, alive, other, longer):
         p.write_text("partial")
     atomic_text(target, "{}")
     assert target.read_text() == "{}"
     assert not dead.exists() and not old_style.exists()
-    assert alive.exists() and other.exists()
+    assert alive.exists() and other.exists() and longer.exists()
 
 
 # ---- 4. options that were silently accepted -------------------------------------------------
