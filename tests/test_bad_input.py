@@ -556,3 +556,27 @@ def test_metadata_input_shape_written_and_manifest_lists_every_file(export_dir):
     manifest = json.loads((export_dir / "manifest.json").read_text())
     assert set(manifest["files"]) == {"model.nir", "model.net", "folded.pt", "metadata.json"}
     assert json.loads((export_dir / "metadata.json").read_text())["input_shape"] == [2, 34, 34]
+
+
+@settings(max_examples=15, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["folded.pt", "metadata.json"]), where=st.floats(0, 1),
+       bit=st.integers(0, 7), cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_export_files_truncated_or_flipped(export_dir, tmp_path_factory, name, where, bit, cut):
+    """Even under a manifest that agrees (rewritten after the damage), loading the folded
+    reference either works or raises a SpikelineError naming the file."""
+    from spikeline.deploy.export import load_folded
+    from spikeline.errors import SpikelineError
+
+    folder = tmp_path_factory.mktemp("damaged")
+    shutil.copytree(export_dir, folder, dirs_exist_ok=True)
+    data = bytearray((folder / name).read_bytes())
+    if cut is not None:
+        data = data[:max(1, int(len(data) * cut))]
+    data[min(len(data) - 1, int(len(data) * where))] ^= 1 << bit
+    (folder / name).write_bytes(data)
+    write_manifest(folder)
+    try:
+        load_folded(folder)
+    except SpikelineError as err:
+        assert name in str(err) or "metadata.json" in str(err)
