@@ -580,3 +580,37 @@ def test_export_files_truncated_or_flipped(export_dir, tmp_path_factory, name, w
         load_folded(folder)
     except SpikelineError as err:
         assert name in str(err) or "metadata.json" in str(err)
+
+
+def test_cifar10dvs_loader_shares_the_aedat4_checks(tmp_path, monkeypatch):
+    """The CIFAR10-DVS loader reads AEDAT4 through Tonic; the same structure check and panic
+    catch apply, and a corrupt timestamp is refused there too."""
+    import tonic
+
+    from spikeline.datasets import cifar10dvs
+    from spikeline.datasets.registry import load_dataset
+    from spikeline.errors import BadInput
+
+    monkeypatch.setattr(tonic.datasets.CIFAR10DVS, "_check_exists", lambda self: True)
+    for label, name in enumerate(cifar10dvs.CLASSES):
+        folder = tmp_path / "CIFAR10DVS" / name
+        folder.mkdir(parents=True)
+        for k in range(10):
+            t, x, y, p = random_events(100, 128, 128, seed=100 * label + k)
+            write_aedat4(folder / f"cifar10_{name}_{k}.aedat4", t, x, y, p)
+    dataset = load_dataset("cifar10dvs", "train", data_dir=tmp_path, cache_dir=tmp_path / "c")
+    flipped = bytearray(real_path("davis346_street.aedat4").read_bytes())
+    flipped[2728] ^= 0x80  # the byte that makes aedat panic
+    path = dataset.samples.path(3)
+    with open(path, "wb") as fh:
+        fh.write(flipped)
+    with pytest.raises(BadInput, match="description"):
+        dataset[3]
+    monkeypatch.setattr("spikeline.datasets.tonic_offline.check_aedat4", lambda p: None)
+    with pytest.raises(BadInput, match="corrupt"):  # the panic itself, caught
+        dataset[3]
+    t, x, y, p = random_events(100, 128, 128, seed=7)
+    t[50] = 6 * 10**16
+    write_aedat4(dataset.samples.path(4), t, x, y, p)
+    with pytest.raises(BadInput, match="corrupt timestamp"):
+        dataset[4]
