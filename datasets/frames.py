@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikeline.errors import check_size
+
 from .events import EventStream
 
 RESIZE_MODES = ("area", "bilinear")
@@ -34,6 +36,8 @@ def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int, int],
         raise ValueError(f"n_time_bins must be >= 1, got {n_time_bins}")
     width, height, polarities = sensor_size
     cells = polarities * height * width
+    check_size((n_time_bins + 1) * cells * 8,
+               f"frames of {n_time_bins} bins of a {width}x{height}x{polarities} sensor")
     # One contiguous copy of t, then in-place integer steps: few passes, no float rounding at
     # bin edges.  b = T (the events at t1 only) is counted in an extra bin folded into T - 1,
     # which is cheaper than clipping every index.

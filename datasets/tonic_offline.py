@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput, SpikelineError
 
-from .events import EventStream, make_events
+from .events import MAX_DURATION_US, EventStream, check_aedat4, is_panic, make_events
 
 
 class _DownloadRefused(Exception):
@@ -70,16 +70,27 @@ class TonicSamples:
         return f"{os.path.relpath(path, self.data_dir)}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def read(self, index: int) -> EventStream:
+        """The events of sample ``index``, decoded by Tonic; AEDAT4 files (CIFAR10-DVS) are
+        first checked by ``events.check_aedat4``, as ``read_events`` does."""
         path = self.path(index)
         try:
+            if str(path).lower().endswith(".aedat4"):
+                check_aedat4(Path(path))
             events, _ = self.dataset[int(self.indices[index])]
             stream = EventStream(make_events(events["t"], events["x"], events["y"], events["p"]),
                                  self.dataset.sensor_size)
-        except Exception as err:  # decoders raise anything from RuntimeError to ValueError
-            raise SpikelineError(f"{path}: cannot read this {type(self.dataset).__name__} "
-                                 f"recording (truncated or corrupt?): {err}") from None
+        except SpikelineError:
+            raise
+        except BaseException as err:  # decoders raise anything, aedat a Rust panic
+            if not (isinstance(err, Exception) or is_panic(err)):
+                raise  # KeyboardInterrupt, SystemExit
+            raise BadInput(f"{path}: cannot read this {type(self.dataset).__name__} "
+                           f"recording (truncated or corrupt?): {err}") from None
         if len(stream) == 0:
-            raise SpikelineError(f"{path}: the recording holds no events")
+            raise BadInput(f"{path}: the recording holds no events")
+        if stream.duration_us > MAX_DURATION_US:
+            raise BadInput(f"{path}: the events span {stream.duration_us:.3g} µs: a corrupt "
+                           "timestamp")
         return stream
 
 

@@ -7,12 +7,21 @@
     folded.pt       the folded, quantized network: the reference every backend is checked
                     against (``torch.load(..., weights_only=True)``)
     metadata.json   spikeline version, training config, model spec, quantization, formats
+    manifest.json   the SHA-256 and size of each file above, written last
 
-Every file is written to a temporary name and renamed, so a crash never leaves half an export.
+Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+The manifest makes the folder one unit: a new export first removes the old manifest, writes
+its files, removes files of formats it did not write, and commits by writing the manifest.
+Readers (:func:`check_manifest`, called by :func:`load_folded` and the CLI's model loading)
+refuse a folder without a manifest (an interrupted export) or whose files do not match it (a
+mix of two exports, or a file edited since).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +30,7 @@ import torch
 
 from spikeline import __version__
 from spikeline.atomic import atomic_file, atomic_path
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
 from spikeline.pipeline.models import SpikingNet
 
@@ -29,8 +38,12 @@ from .fold import fold_model
 from .to_netx import write_netx
 from .to_nir import DT, Export, model_to_nir
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("nir", "netx")
 FILES = {"nir": "model.nir", "netx": "model.net"}
+MANIFEST = "manifest.json"
+EXPORT_FILES = ("model.nir", "model.net", "folded.pt", "metadata.json")  # under the manifest
 QUANTIZATION = {
     "weights": "8-bit mantissas on the 2/64 grid, in [-256, 254]/64 (lava-dl quantize_8bit)",
     "weight_scale": 64,
@@ -48,50 +61,145 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)  # format -> why
 
 
-def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
-                 config: dict | None = None) -> ExportResult:
-    """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``."""
+def check_formats(formats) -> tuple[str, ...]:
+    """``formats`` as a non-empty tuple of known format names (BadInput otherwise)."""
+    formats = tuple(formats)
     unknown = set(formats) - set(FORMATS)
     if unknown:
-        raise SpikelineError(f"unknown export format(s) {sorted(unknown)}; supported: "
-                             f"{', '.join(FORMATS)}")
+        raise BadInput(f"--format: unknown export format(s) {sorted(unknown)}; supported: "
+                       f"{', '.join(FORMATS)}")
+    if not formats:
+        raise BadInput(f"--format: no format given; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
+                 config: dict | None = None) -> ExportResult:
+    """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``.
+
+    Two phases: every file is first written beside its target; only when all are written is
+    the old manifest removed, the files renamed into place, stale files of formats not
+    written removed, and the new manifest written.  A failure while writing (a full disk, an
+    internal error) leaves the previous export untouched and valid."""
+    formats = check_formats(formats)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    folded = fold_model(model)
+    folded = fold_model(model)  # before touching the folder: a failure here changes nothing
     input_shape = (int(spec.get("in_channels", 2)), *(int(v) for v in spec["input_size"]))
+    nir_export = model_to_nir(folded, input_shape, metadata={"spikeline_version": __version__})
     result = ExportResult(out)
     meta = {"spikeline_version": __version__, "model_spec": spec, "training_config": config or {},
             "input_shape": list(input_shape), "input_encoding": folded.encoding,
             "T": (config or {}).get("T"), "dataset": (config or {}).get("dataset"),
             "dt": DT, "quantization": QUANTIZATION, "heads": "removed"}
-    if "nir" in formats:
-        export = model_to_nir(folded, input_shape, metadata={"spikeline_version": __version__})
-        with atomic_path(out / "model.nir") as tmp:
-            nir.write(tmp, export.graph)
-        result.files["nir"] = "model.nir"
-    if "netx" in formats:
-        try:
-            with atomic_path(out / "model.net") as tmp:
+    with ExitStack() as staged:  # on leaving it, each staged file replaces its target
+        if "nir" in formats:
+            nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
+            result.files["nir"] = "model.nir"
+        if "netx" in formats:
+            netx = ExitStack()
+            tmp = netx.enter_context(atomic_path(out / "model.net"))
+            try:
                 write_netx(folded, input_shape, tmp)
-            result.files["netx"] = "model.net"
-        except SpikelineError as why:
-            result.skipped["netx"] = str(why)
+            except ExportUnsupported as why:  # anything else is a bug and propagates
+                netx.close()  # the staged file is removed; nothing replaced
+                result.skipped["netx"] = str(why)
+                log.info("netx not written: %s", why)
+            else:
+                staged.push(netx)
+                result.files["netx"] = "model.net"
+        torch.save({"model_spec": spec, "state_dict": folded.state_dict()},
+                   staged.enter_context(atomic_path(out / "folded.pt")))
+        result.files["folded"] = "folded.pt"
+        meta["files"], meta["skipped"] = result.files, result.skipped
+        staged.enter_context(atomic_path(out / "metadata.json")).write_text(
+            json.dumps(meta, indent=2, default=str))
+        (out / MANIFEST).unlink(missing_ok=True)  # uncommitted from here to the new manifest
     for fmt, name in FILES.items():  # a file of an earlier export must not pass for this one
         if fmt not in result.files and (out / name).exists():
             (out / name).unlink()
-    with atomic_file(out / "folded.pt") as fh:
-        torch.save({"model_spec": spec, "state_dict": folded.state_dict()}, fh)
-    result.files["folded"] = "folded.pt"
-    meta["files"], meta["skipped"] = result.files, result.skipped
-    with atomic_file(out / "metadata.json") as fh:
-        fh.write(json.dumps(meta, indent=2, default=str).encode())
+    write_manifest(out)
     return result
 
 
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:
     """Export the stripped network of a training run (``best.pt`` by default)."""
+    formats = check_formats(formats)
     model, ckpt = load_run_model(run_dir, which)
     return export_model(model, ckpt["model_spec"], out_dir, formats, ckpt.get("config"))
+
+
+# ---- the manifest ---------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(export_dir) -> Path:
+    """Commit ``export_dir``: record the hash and size of each export file present in it."""
+    export_dir = Path(export_dir)
+    files = {name: {"sha256": _sha256(export_dir / name), "bytes": (export_dir / name).stat()
+                    .st_size} for name in EXPORT_FILES if (export_dir / name).is_file()}
+    manifest = {"spikeline_version": __version__, "files": files}
+    with atomic_file(export_dir / MANIFEST, fsync=True) as fh:
+        fh.write(json.dumps(manifest, indent=2).encode())
+    return export_dir / MANIFEST
+
+
+def check_manifest(export_dir) -> dict:
+    """Refuse an export folder whose files are not the ones its manifest records."""
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST
+    if not path.is_file():
+        raise BadInput(f"{export_dir}: no {MANIFEST}, so its files may come from different "
+                       "exports (an interrupted export, or one made before manifests); run "
+                       "`spikeline export` again, or pass the .nir file itself")
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        assert isinstance(files, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
+        raise BadInput(f"{path}: not a valid export manifest ({type(err).__name__}: "
+                       f"{err})") from None
+    for name in EXPORT_FILES:
+        file = export_dir / name
+        if name not in files:
+            if file.exists():
+                raise BadInput(f"{file}: not part of this export (absent from {MANIFEST}): "
+                               "a file of another export; re-export")
+            continue
+        if not file.is_file():
+            raise BadInput(f"{file}: missing, but {MANIFEST} lists it; re-export")
+        if file.stat().st_size != files[name].get("bytes") or _sha256(file) != \
+                files[name]["sha256"]:
+            raise BadInput(f"{file}: does not match {MANIFEST} (changed, truncated or from "
+                           "another export); re-export")
+    return manifest
+
+
+# ---- reading an export ----------------------------------------------------------------------
+
+def read_metadata(export_dir) -> dict:
+    """``metadata.json`` of an export, with the fields readers rely on checked."""
+    path = Path(export_dir) / "metadata.json"
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as err:
+        raise BadInput(f"{path}: cannot read ({err.strerror or err})") from None
+    except ValueError as err:
+        raise BadInput(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise BadInput(f"{path}: expected a JSON object")
+    shape = meta.get("input_shape")
+    if not (isinstance(shape, list) and shape and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise BadInput(f"{path}: field 'input_shape' must be a list of positive integers, "
+                       f"got {shape!r}")
+    return meta
 
 
 def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
@@ -100,13 +208,37 @@ def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
     path, meta_path = export_dir / "folded.pt", export_dir / "metadata.json"
     for p in (path, meta_path):
         if not p.is_file():
-            raise SpikelineError(f"{export_dir}: no {p.name} (expected a folder written by "
-                                 "`spikeline export`)")
+            raise DataNotFound(f"{export_dir}: no {p.name} (expected a folder written by "
+                               "`spikeline export`)")
+    check_manifest(export_dir)
+    meta = read_metadata(export_dir)
     try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as err:
-        raise SpikelineError(f"{meta_path}: not valid JSON ({err})") from None
-    saved = torch.load(path, weights_only=True)
-    model = fold_model(build_from_spec(saved["model_spec"]))  # same structure as saved
-    model.load_state_dict(saved["state_dict"])
-    return model, meta, model_to_nir(model, tuple(meta["input_shape"]))
+        saved = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # truncated zip, refused pickle, ...
+        raise BadInput(f"{path}: not a readable folded model ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("model_spec"), dict)
+            and isinstance(saved.get("state_dict"), dict)):
+        raise BadInput(f"{path}: expected a dict with 'model_spec' and 'state_dict'")
+    try:
+        with torch.device("meta"):  # count first: the spec is data from a file
+            shapes = fold_model(build_from_spec(saved["model_spec"])).state_dict()
+        check_size(sum(t.numel() * 4 for t in shapes.values()), f"{path}: the model")
+        model = fold_model(build_from_spec(saved["model_spec"]))  # same structure as saved
+        model.load_state_dict(saved["state_dict"])
+    except SpikelineError:
+        raise
+    except Exception as err:
+        raise BadInput(f"{path}: the model spec and weights do not build a network "
+                       f"({type(err).__name__}: {err})") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BadInput(f"{path}: parameter {name!r} holds NaN or Inf")
+    try:
+        export = model_to_nir(model, tuple(meta["input_shape"]))
+    except SpikelineError:
+        raise
+    except Exception as err:
+        raise BadInput(f"{meta_path}: input_shape {meta['input_shape']} does not fit the "
+                       f"model ({type(err).__name__}: {err})") from None
+    return model, meta, export

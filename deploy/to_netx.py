@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 from torch import nn
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import ExportUnsupported, SpikelineError
 from spikeline.pipeline.blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.neuron import CubaParams
@@ -39,12 +39,12 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
         elif isinstance(m, Dropout):
             return
         elif isinstance(m, ResidualBlock):
-            raise SpikelineError(
+            raise ExportUnsupported(
                 "netx export: a residual block's shortcut edge (block input -> its second "
                 "neuron) has no netx layer type (netx nets are sequential); export NIR instead")
         else:
             if getattr(getattr(m, "lif", None), "delay_shift", False):
-                raise SpikelineError("netx export: layers with delay_shift are not supported "
+                raise ExportUnsupported("netx export: layers with delay_shift are not supported "
                                      "(Lava adds its own per-layer delay); export NIR")
             flat.append(m)
 
@@ -83,7 +83,7 @@ def _check_synapse(syn) -> None:
     if syn.bias is not None:
         # Lava delays each layer's input by one more step than the last; a bias integrates
         # from Lava's step 0 regardless, i.e. before the input it was trained with arrives.
-        raise SpikelineError(
+        raise ExportUnsupported(
             "netx export: a voltage bias (a folded BatchNorm) would act on Loihi before the "
             "layer's input arrives (Lava adds one step of delay per layer), so the artifact "
             "could not spike like the trained net; export NIR, or train without BatchNorm")
@@ -93,7 +93,7 @@ def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> li
     """Write ``model`` (folded, sequential) to ``path``; returns the layer types.  (The export
     writes through ``spikeline.atomic.atomic_path``.)"""
     if model.encoding != "binary":
-        raise SpikelineError("netx export: Loihi input layers take binary spikes; train with "
+        raise ExportUnsupported("netx export: Loihi input layers take binary spikes; train with "
                              "--encoding binary")
     shape = tuple(input_shape)
     layers = _layers(model)
@@ -118,7 +118,7 @@ def _write_layer(g: h5py.Group, m: nn.Module, shape):
             _check_synapse(syn)
         else:
             if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
-                raise SpikelineError(f"netx export: sum pooling of a {h}x{w} map needs "
+                raise ExportUnsupported(f"netx export: sum pooling of a {h}x{w} map needs "
                                      "lava-dl's one-sided padding, which netx cannot express")
             mant = float(weight_mantissa(syn.weight, syn.scale))
             weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
@@ -153,5 +153,5 @@ def _write_layer(g: h5py.Group, m: nn.Module, shape):
         _check_synapse(syn)
         _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
         return (weight.shape[0],)
-    raise SpikelineError(f"netx export: unsupported layer {type(m).__name__}; supported: Conv, "
+    raise ExportUnsupported(f"netx export: unsupported layer {type(m).__name__}; supported: Conv, "
                          "Pool, Flatten, Dense, Affine")

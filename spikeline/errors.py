@@ -54,6 +54,6 @@ def check_size(nbytes: int | float, what: str) -> None:
     """Refuse an allocation of ``nbytes`` for ``what`` (a file and field) above ``max_bytes()``."""
     limit = max_bytes()
     if not nbytes <= limit:  # also refuses NaN
-        raise BadInput(f"{what} would need {nbytes / 2**30:.3g} GiB, above the "
-                       f"{limit / 2**30:.3g} GiB limit (raise it with SPIKELINE_MAX_BYTES="
-                       "<bytes> if this is intended)")
+        raise BadInput(f"{what} would need {nbytes / 2**30:.3g} GiB, above the limit of "
+                       f"{limit} bytes ({limit / 2**30:.3g} GiB); raise it with "
+                       "SPIKELINE_MAX_BYTES=<bytes> if this is intended")

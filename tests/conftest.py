@@ -1,5 +1,6 @@
-"""Shared fixtures: the real recordings in ../shared/data/events and writers of genuine-format
-event files (AEDAT4, N-MNIST .bin, DVS Gesture .npy) for tests that need many or broken ones."""
+"""Shared fixtures: the real recordings and graphs (tests/data, else ../shared/data) and writers
+of genuine-format event files (AEDAT4, N-MNIST .bin, DVS Gesture .npy) for tests that need many
+or broken ones."""
 from __future__ import annotations
 
 import struct
@@ -8,18 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REAL_EVENTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
+# tests/data/{events,nir} ships with the repository (sources and licences in its README);
+# ../shared/data has the same layout and is looked at second.
+REAL_DATA = Path(__file__).resolve().parent / "data"
+_REAL_DIRS = (REAL_DATA, Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def real_path(name: str) -> Path:
+    """Path of a real file: ``name`` is ``events/<file>``, ``nir/<file>`` or a bare event file
+    name; fails (never skips) when it is in neither place."""
+    relative = name if "/" in name else f"events/{name}"
+    for root in _REAL_DIRS:
+        if (root / relative).is_file():
+            return root / relative
+    raise FileNotFoundError(f"{relative} is in neither {_REAL_DIRS[0]} nor {_REAL_DIRS[1]}")
 
 
 @pytest.fixture
 def real_file():
-    """Path of a real recording in ../shared/data/events; skips the test when it is absent."""
-    def get(name: str) -> Path:
-        path = REAL_EVENTS / name
-        if not path.is_file():
-            pytest.skip(f"{path} not present")
-        return path
-    return get
+    """``real_file(name)``: the path of a real recording or graph (see ``real_path``)."""
+    return real_path
 
 
 def write_aedat4(path: Path, t, x, y, p, width: int = 128, height: int = 128) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from spikeline.cli import main
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = pathlib.Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")

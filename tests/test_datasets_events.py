@@ -143,3 +143,22 @@ def test_event_stream_validates():
     with pytest.raises(ValueError, match="sensor_size"):
         EventStream(make_events([0], [0], [0], [0]), (4, 4))
     assert EventStream(make_events([5, 1], [0, 1], [0, 1], [1, 0]), (2, 2, 2)).duration_us == 4
+
+
+def test_truncation_the_formats_cannot_reveal(real_file, tmp_path):
+    """N-MNIST (5-byte events) and EVT 2.0 (4-byte words) carry no length: a cut at a record
+    boundary is a shorter valid recording (documented in datasets/events.py and the README);
+    a cut anywhere else is refused."""
+    data = real_file("nmnist_sample.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:5 * 1000])
+    assert 0 < len(read_events(tmp_path / "cut.bin")) <= 1000
+    (tmp_path / "odd.bin").write_bytes(data[:5 * 1000 + 2])
+    with pytest.raises(SpikelineError, match="not a multiple of 5"):
+        read_events(tmp_path / "odd.bin")
+    raw = real_file("prophesee_evt2.raw").read_bytes()
+    body = raw.index(b"% evt 2.0\n") + len(b"% evt 2.0\n")
+    (tmp_path / "cut.raw").write_bytes(raw[:body + 4 * 50_000])
+    assert 0 < len(read_events(tmp_path / "cut.raw")) < 521_252
+    (tmp_path / "odd.raw").write_bytes(raw[:body + 4 * 50_000 + 3])
+    with pytest.raises(SpikelineError, match="4-byte words"):
+        read_events(tmp_path / "odd.raw")

@@ -449,7 +449,7 @@ def test_sinabs_nmnist_graph_counts_are_consistent():
     simulate = pytest.importorskip("spikeline.deploy.simulate").simulate
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "nir" / "nmnist_cnn_sinabs.nir"
+    path = Path(__file__).resolve().parent / "data" / "nir" / "nmnist_cnn_sinabs.nir"
     if not path.is_file():
         pytest.skip(f"{path} not present")
     g = nir.read(str(path))

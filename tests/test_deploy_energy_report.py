@@ -15,7 +15,7 @@ from spikeline.deploy.report import (
     atomic_write_bytes, build_report, to_markdown, write_json, write_report)
 from spikeline.errors import SpikelineError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parent / "data"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -139,6 +139,9 @@ def export_dir(tmp_path):
     folder.mkdir()
     nir.write(str(folder / "model.nir"), tiny_graph())
     (folder / "metadata.json").write_text(json.dumps({"T": 3}))
+    from spikeline.deploy.export import write_manifest
+
+    write_manifest(folder)  # a folder counts as an export only with its manifest
     return folder
 
 

@@ -13,7 +13,7 @@ from spikeline.errors import SpikelineError
 from spikeline.pipeline.models import build_model
 from spikeline.pipeline.neuron import CubaParams
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = pathlib.Path(__file__).resolve().parent / "data"  # see tests/data/README.md
 CASES = [("cnn", (34, 34), {}), ("resnet18", (48, 48), {"width": 8}),
          ("sew_resnet18", (48, 48), {"width": 8}), ("vgg11", (48, 48), {"width": 8}),
          ("resnet20", (48, 48), {"width": 16, "rezero": True})]
@@ -97,8 +97,6 @@ def test_cuba_nir_round_trip():
 def test_float_lif_with_leak_fires_on_schedule():
     """two_lif_neurons: v_leak 1.2 > threshold 1 makes lif1 fire with no input at all."""
     path = SHARED / "nir" / "two_lif_neurons.nir"
-    if not path.exists():
-        pytest.skip("../shared/data is absent")
     graph = nir.read(path)
     sim = simulate(graph, torch.zeros(400, 1, 1))
     # v[t] = 1.2 (1 - 0.99^t) crosses 1 when 0.99^t < 1/6: first at t = 179 (0-based 178)
@@ -111,8 +109,6 @@ def test_float_lif_with_leak_fires_on_schedule():
 def test_sinabs_nmnist_cnn_runs_on_a_real_sample():
     graph_path = SHARED / "nir" / "nmnist_cnn_sinabs.nir"
     sample = SHARED / "events" / "nmnist_sample.bin"
-    if not graph_path.exists() or not sample.exists():
-        pytest.skip("../shared/data is absent")
     from spikeline.datasets.events import read_events
     from spikeline.datasets.frames import events_to_frames
 
@@ -169,3 +165,114 @@ def test_export_refuses_what_it_cannot_express():
     iand = fold_model(build_model("sew_resnet18", input_size=(48, 48), width=8, connect="IAND"))
     with pytest.raises(SpikelineError, match="IAND"):
         model_to_nir(iand, (2, 48, 48))
+
+
+# ---- every export we write imports again, and simulates like the original -------------------
+
+def _export_and_input(tmp_path, name, size, kw, seed=0):
+    from spikeline.deploy.export import export_model
+
+    model, x = trained_like(name, size, kw, seed)
+    spec = {"name": name, "in_channels": 2, "num_classes": 10, "input_size": list(size), **kw}
+    result = export_model(model, spec, tmp_path / name, config={"T": 6})
+    return result, fold_model(model).encode(x)
+
+
+@pytest.mark.parametrize("name,size,kw", [("cnn", (34, 34), {}),
+                                          ("resnet20", (48, 48), {"width": 16})])
+def test_every_export_file_imports_and_simulates_identically(name, size, kw, tmp_path, capsys):
+    from spikeline.cli import main
+
+    result, x = _export_and_input(tmp_path, name, size, kw)
+    original = simulate(nir.read(result.out_dir / "model.nir"), x)
+    assert sum(v.abs().sum() for v in original.outputs.values()) > 0
+    written = [f for f in result.files.values() if f.endswith((".nir", ".net"))]
+    assert "model.nir" in written and ("model.net" in written) == (name == "cnn")
+    for file in written:
+        out = tmp_path / f"imported-{file}.nir"
+        extra = ["--no-delay-shift"] if file.endswith(".net") else []  # trained without it
+        assert main(["import", str(result.out_dir / file), "--out", str(out), *extra]) == 0
+        imported = simulate(nir.read(out), x)
+        assert torch.equal(imported.output, original.output), file
+        if file.endswith(".nir"):  # same node names: every node's activity
+            assert imported.outputs.keys() == original.outputs.keys()
+            for node, values in original.outputs.items():
+                assert torch.equal(imported.outputs[node], values), node
+        else:
+            assert original.output.abs().sum() > 0  # the readout is not silent
+
+
+def _netx(path, layers):
+    """A netx file of ``layers``: dicts of datasets, 'neuron' a dict too."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for i, layer in enumerate(layers):
+            g = f.create_group(f"layer/{i}")
+            for key, value in layer.items():
+                if key == "neuron":
+                    n = g.create_group("neuron")
+                    for k, v in value.items():
+                        n.create_dataset(k, data=v)
+                else:
+                    g.create_dataset(key, data=value)
+    return path
+
+
+NEURON = {"type": np.bytes_("CUBA"), "iDecay": 1024, "vDecay": 128, "vThMant": 80,
+          "refDelay": 1, "gradedSpike": False}
+
+
+def _strided_conv(out=(4, 8, 8)):
+    return {"type": np.array([b"conv"]), "inChannels": 2, "outChannels": out[0],
+            "kernelSize": np.array([3, 3]), "stride": np.array([2, 2]),
+            "padding": np.array([1, 1]), "dilation": np.array([1, 1]), "groups": 1,
+            "weight": np.full((out[0], 2, 3, 3), 2.0, np.float32), "shape": np.array(out),
+            "neuron": NEURON}
+
+
+def test_import_accepts_every_input_size_a_strided_first_layer_maps_to_its_output(tmp_path):
+    from spikeline.deploy.from_netx import netx_to_nir
+    from spikeline.errors import BadInput
+
+    path = _netx(tmp_path / "s.net", [_strided_conv()])
+    # (n + 2 - 3) // 2 + 1 == 8  <=>  n in {15, 16}
+    assert list(netx_to_nir(path).nodes["input"].input_type["input"]) == [2, 15, 15]
+    for shape in ((2, 15, 16), (2, 16, 16), (2, 16, 15)):
+        graph = netx_to_nir(path, input_shape=shape)
+        assert tuple(graph.nodes["input"].input_type["input"]) == shape
+        assert simulate(graph, torch.ones(3, 1, *shape)).output.shape == (3, 1, 4, 8, 8)
+    for bad in ((2, 14, 16), (2, 17, 16), (3, 16, 16), (2, 16)):
+        with pytest.raises(BadInput, match="input"):
+            netx_to_nir(path, input_shape=bad)
+
+
+def test_import_keeps_netx_pool_padding(tmp_path):
+    from spikeline.deploy.from_netx import netx_to_nir
+
+    pool = {"type": np.array([b"pool"]), "kernelSize": np.array([2, 2]),
+            "stride": np.array([2, 2]), "padding": np.array([1, 1]),
+            "weight": np.full((1,), 64.0), "shape": np.array([2, 5, 5]), "neuron": NEURON}
+    graph = netx_to_nir(_netx(tmp_path / "p.net", [pool]), input_shape=(2, 8, 8))
+    node = graph.nodes["0_pool"]
+    assert isinstance(node, nir.SumPool2d) and list(node.padding) == [1, 1]
+    assert simulate(graph, torch.ones(2, 1, 2, 8, 8)).output.shape == (2, 1, 2, 5, 5)
+
+
+def test_grouped_conv_imports_as_the_equivalent_dense_conv(tmp_path):
+    """NIR 1.0.8 infers a grouped conv's input channels wrongly; the import expands it."""
+    from spikeline.deploy.from_netx import netx_to_nir
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-4, 5, (4, 1, 3, 3)).astype(np.float32) * 2
+    conv = {"type": np.array([b"conv"]), "inChannels": 2, "outChannels": 4, "groups": 2,
+            "kernelSize": np.array([3, 3]), "stride": np.array([1, 1]),
+            "padding": np.array([1, 1]), "weight": weight, "shape": np.array([4, 6, 6]),
+            "neuron": NEURON}
+    graph = netx_to_nir(_netx(tmp_path / "g.net", [conv]), delay_shift=False)
+    dense = graph.nodes["0_conv"].weight
+    assert dense.shape == (4, 2, 3, 3)
+    x = torch.from_numpy(rng.integers(0, 2, (1, 2, 6, 6)).astype(np.float32))
+    grouped = torch.nn.functional.conv2d(x, torch.from_numpy(weight / 64), padding=1, groups=2)
+    full = torch.nn.functional.conv2d(x, torch.from_numpy(dense).float(), padding=1)
+    torch.testing.assert_close(grouped, full, rtol=0, atol=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spikeline.deploy.export import export_model, export_run, load_folded
+from spikeline.deploy.export import export_model, export_run, load_folded, write_manifest
 from spikeline.deploy.from_netx import netx_to_nir
 from spikeline.deploy.simulate import simulate
 from spikeline.deploy.verify import verify_export
@@ -72,6 +72,7 @@ def test_a_planted_weight_change_in_the_nir_file_fails_verify(cnn_export, tmp_pa
     conv = next(n for n in graph.nodes if n.endswith("_conv"))
     graph.nodes[conv].weight[0, 0, 1, 1] += 2 / 64
     nir.write(tmp_path / "model.nir", graph)
+    write_manifest(tmp_path)  # the manifest alone would refuse it; verify must catch it too
     report = verify_export(tmp_path, frames(), backends=("nir",))
     assert not report.ok
     assert report.backends[0].mismatches > 0
@@ -84,6 +85,7 @@ def test_a_planted_weight_change_in_the_netx_file_fails_verify(cnn_export, tmp_p
         (tmp_path / name).write_bytes((cnn_export / name).read_bytes())
     with h5py.File(tmp_path / "model.net", "r+") as f:
         f["layer/0/weight"][0, 0, 1, 1] += 64  # one weight, +1.0
+    write_manifest(tmp_path)
     report = verify_export(tmp_path, frames(n=1), backends=("lava",))
     assert report.backends[0].status == "mismatch"
 
@@ -115,6 +117,7 @@ def test_biased_sequential_network_skips_netx_and_removes_a_stale_file(cnn_expor
     """VGG is sequential, but its folded BatchNorm becomes voltage biases, which Lava would
     apply before each layer's (pipeline-delayed) input arrives."""
     (tmp_path / "model.net").write_bytes((cnn_export / "model.net").read_bytes())
+    write_manifest(tmp_path)
     torch.manual_seed(0)
     model = build_model("vgg11", input_size=(32, 32), width=8)
     with torch.no_grad():
@@ -181,7 +184,7 @@ def test_netx_import_errors(tmp_path):
         netx_to_nir(tmp_path / "pool.net")
 
 
-SHARED_EVENTS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "events"
+SHARED_EVENTS = pathlib.Path(__file__).resolve().parent / "data" / "events"
 RECORDINGS = ["davis346_street.aedat4", "nmnist_sample.bin", "prophesee_evt2.raw"]
 
 

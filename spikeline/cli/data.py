@@ -6,7 +6,8 @@ import json
 
 from spikeline.datasets import events as event_files
 from spikeline.datasets.registry import DATASETS, SPLITS, load_dataset
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput
+from spikeline.paths import output_file
 
 
 def register(subparsers) -> None:
@@ -74,10 +75,13 @@ def _show(args) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from spikeline.atomic import atomic_file
+
+    out = output_file(args.out, "--out")
     dataset = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.T,
                            cache_dir=args.cache_dir)
     if not 0 <= args.index < len(dataset):
-        raise SpikelineError(f"--index {args.index}: {args.dataset} {args.split} has samples "
+        raise BadInput(f"--index {args.index}: {args.dataset} {args.split} has samples "
                              f"0 to {len(dataset) - 1}")
     frames, label = dataset[args.index]
     frames = frames.numpy()
@@ -91,9 +95,10 @@ def _show(args) -> int:
         axis.axis("off")
     figure.suptitle(f"{args.dataset} {args.split} #{args.index}: label {label} "
                     f"(ON red, OFF blue)", fontsize=10)
-    figure.savefig(args.out, dpi=100, bbox_inches="tight")
+    with atomic_file(out) as fh:
+        figure.savefig(fh, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput, DataNotFound
+from spikeline.paths import output_dir, output_file
 
-from .inputs import add_input_arguments, load_inputs, load_model
+from .inputs import add_input_arguments, load_inputs, load_model, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,8 @@ def register(subparsers) -> None:
     add_input_arguments(p, default_samples=1)
     p.add_argument("--mode", choices=("auto", "loihi", "float"), default="auto",
                    help="neuron arithmetic: Loihi fixed point where parameters allow (auto)")
-    p.add_argument("--dt", type=float, default=None, help="time step (default: the graph's)")
+    p.add_argument("--dt", type=positive_float, default=None,
+                   help="time step in seconds (default: the graph's)")
     p.add_argument("--save-output", metavar="OUT.npy",
                    help="save the output node's per-step values [T, *output_shape]")
     p.set_defaults(handler=run_simulate)
@@ -57,16 +59,18 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="MODEL.nir")
     p.add_argument("--no-delay-shift", action="store_true",
                    help="netx: do not add lava-dl's one-step delay after each layer")
-    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
-                   help="netx: input shape (C H W) when the first layer leaves it ambiguous")
+    p.add_argument("--input-shape", type=positive_int, nargs="+", metavar="N",
+                   help="netx: input shape (C H W); default: the smallest input that gives the "
+                        "first layer's recorded output (a strided layer accepts several)")
     p.set_defaults(handler=run_import)
 
 
 def run_export(args) -> int:
-    from spikeline.deploy.export import export_run
+    from spikeline.deploy.export import check_formats, export_run
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    result = export_run(args.run_dir, args.out, formats, which=args.checkpoint)
+    formats = check_formats(f.strip() for f in args.format.split(",") if f.strip())
+    out = output_dir(args.out, "--out")
+    result = export_run(args.run_dir, out, formats, which=args.checkpoint)
     for fmt, name in result.files.items():
         print(f"{fmt:7s} {result.out_dir / name}")
     for fmt, why in result.skipped.items():
@@ -77,9 +81,14 @@ def run_export(args) -> int:
 def run_simulate(args) -> int:
     import torch
 
+    from spikeline.atomic import atomic_file
+    from spikeline.deploy.nir_check import validate_graph
     from spikeline.deploy.simulate import simulate
 
+    save = output_file(args.save_output, "--save-output") if args.save_output else None
     graph, metadata, path = load_model(args.model)
+    if args.dt is not None:  # delays in steps of the new dt
+        validate_graph(graph, str(path), dt=args.dt)
     x, source = load_inputs(args, graph, metadata)
     with torch.no_grad():
         sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), args.mode, args.dt)
@@ -92,10 +101,11 @@ def run_simulate(args) -> int:
         "spikes_per_node": {n: int(v.sum()) for n, v in sim.outputs.items()
                             if _is_spiking(graph.nodes[n])},
     }
-    if args.save_output:
+    if save is not None:
         values = out.numpy()
-        np.save(args.save_output, values[:, 0] if values.shape[1] == 1 else values)
-        summary["saved_output"] = args.save_output
+        with atomic_file(save) as fh:
+            np.save(fh, values[:, 0] if values.shape[1] == 1 else values)
+        summary["saved_output"] = str(save)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -134,26 +144,28 @@ def run_import(args) -> int:
 
     from spikeline.atomic import atomic_path
     from spikeline.deploy.from_netx import netx_to_nir
+    from spikeline.deploy.nir_check import validate_graph
     from spikeline.deploy.simulate import simulate
+
+    from .inputs import graph_input_shape
 
     path = Path(args.file)
     if not path.is_file():
-        raise SpikelineError(f"{path}: no such file")
+        raise DataNotFound(f"{path}: no such file")
+    out = output_file(args.out, "--out")
     if path.suffix == ".nir":
         graph, _, _ = load_model(path)
     elif path.suffix in (".net", ".h5", ".hdf5"):
-        graph = netx_to_nir(path, delay_shift=not args.no_delay_shift,
-                            input_shape=args.input_shape)
+        graph = validate_graph(netx_to_nir(path, delay_shift=not args.no_delay_shift,
+                                           input_shape=args.input_shape), str(path))
     else:
-        raise SpikelineError(f"{path}: expected a .nir graph or a lava-dl netx file "
-                             "(.net, .h5, .hdf5)")
-    from .inputs import graph_input_shape
-
+        raise BadInput(f"{path}: expected a .nir graph or a lava-dl netx file "
+                       "(.net, .h5, .hdf5)")
     shape = graph_input_shape(graph)
     with torch.no_grad():  # the simulator must accept it: types, shapes, edges
         simulate(graph, torch.zeros(2, 1, *shape))
-    with atomic_path(args.out) as tmp:
+    with atomic_path(out) as tmp:
         nir.write(tmp, graph)
-    print(f"wrote {args.out}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, input "
+    print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, input "
           f"{list(shape)}")
     return 0

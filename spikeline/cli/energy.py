@@ -56,6 +56,12 @@ def run(args) -> int:
     from spikeline.deploy.energy import load_hardware_models, price, select_models
     from spikeline.deploy.report import build_report, summary_text, write_json, write_report
 
+    from spikeline.paths import output_dir, output_file
+
+    if args.json:  # fail before any work on an output that cannot be written
+        output_file(args.json, "--json")
+    if args.report:
+        output_dir(args.report, "--report")
     models = load_hardware_models(args.hardware)  # fail early on a bad file or model name
     chosen = select_models(models, args.models)
     graph, metadata, nir_path = load_model(args.model)

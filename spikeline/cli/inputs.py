@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput, DataNotFound, check_size
 
 DEFAULT_T = 10
 
@@ -45,7 +46,7 @@ def resolve_T(args, metadata: dict, what: str) -> int:
         T = metadata.get("T")
         T = DEFAULT_T if T is None else T
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise SpikelineError(f"{what}: metadata.json field 'T' must be a positive "
+            raise BadInput(f"{what}: metadata.json field 'T' must be a positive "
                                  f"integer, got {T!r}; pass --T")
     return T
 
@@ -54,8 +55,10 @@ def load_inputs(args, graph, metadata: dict) -> tuple[np.ndarray, dict]:
     """``(x [T, N, *input_shape] float32, description of the source)`` for the graph."""
     shape = graph_input_shape(graph)
     if args.input:
-        return inputs_from_array(args.input, shape), {"input": args.input}
+        x = inputs_from_array(args.input, shape, graph)
+        return x, {"input": args.input}
     T = resolve_T(args, metadata, str(args.model))
+    check_activity(graph, T, _count_samples(args), str(args.model))
     if args.events:
         x, source = inputs_from_events(args.events, T, shape), {"events": list(args.events)}
     else:
@@ -77,6 +80,29 @@ def encode(frames: np.ndarray, encoding: str | None) -> np.ndarray:
     return frames if encoding is None else encode_frames(torch.from_numpy(frames), encoding).numpy()
 
 
+def _count_samples(args) -> int:
+    return len(args.events) if args.events else int(args.samples)
+
+
+def check_activity(graph, T: int, samples: int, what: str) -> None:
+    """Refuse a run whose recorded activity (every node, every step) would not fit in memory."""
+    from spikeline.deploy.nir_check import activity_bytes
+
+    check_size(activity_bytes(graph, T, samples),
+               f"{what}: simulating {samples} sample(s) of T = {T} steps")
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (``--dt``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -90,35 +116,36 @@ def positive_int(text: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 def load_model(target: str | Path):
-    """(graph, metadata dict, path of the .nir file) for an export folder or a .nir file."""
-    import nir
+    """(graph, metadata dict, path of the .nir file) for an export folder or a .nir file.
+
+    An export folder must be complete and consistent (its ``manifest.json``, see
+    ``spikeline.deploy.export.check_manifest``); the graph is validated by
+    ``spikeline.deploy.nir_check.read_nir`` before anything runs it."""
+    from spikeline.deploy.nir_check import read_nir
 
     target = Path(target)
     metadata = {}
     if target.is_dir():
+        from spikeline.deploy.export import check_manifest
+
         path = target / "model.nir"
         meta_path = target / "metadata.json"
+        if not path.is_file():
+            raise DataNotFound(f"{target}: no model.nir in this folder (expected an export "
+                               f"folder with model.nir and metadata.json, or a .nir file)")
+        check_manifest(target)
         if meta_path.is_file():
             try:
                 metadata = json.loads(meta_path.read_text())
             except (OSError, ValueError) as err:
-                raise SpikelineError(f"{meta_path}: not valid JSON ({err})") from None
+                raise BadInput(f"{meta_path}: not valid JSON ({err})") from None
             if not isinstance(metadata, dict):
-                raise SpikelineError(f"{meta_path}: expected a JSON object")
-        if not path.is_file():
-            raise SpikelineError(f"{target}: no model.nir in this folder (expected an export "
-                                 f"folder with model.nir and metadata.json, or a .nir file)")
+                raise BadInput(f"{meta_path}: expected a JSON object")
     else:
         path = target
         if not path.is_file():
-            raise SpikelineError(f"{path}: no such file or folder")
-    try:
-        graph = nir.read(str(path))
-    except Exception as err:  # h5py / nir raise many types for a bad file
-        raise SpikelineError(f"{path}: cannot read as NIR ({type(err).__name__}: {err})") from None
-    if not isinstance(graph, nir.NIRGraph):
-        raise SpikelineError(f"{path}: expected a NIR graph, got a single {type(graph).__name__}")
-    return graph, metadata, path
+            raise DataNotFound(f"{path}: no such file or folder")
+    return read_nir(path), metadata, path
 
 
 def graph_input_shape(graph) -> tuple[int, ...]:
@@ -126,11 +153,11 @@ def graph_input_shape(graph) -> tuple[int, ...]:
 
     inputs = [(n, node) for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     if len(inputs) != 1:
-        raise SpikelineError(f"the graph needs exactly one Input node, it has "
+        raise BadInput(f"the graph needs exactly one Input node, it has "
                              f"{[n for n, _ in inputs]}")
     shape = inputs[0][1].input_type.get("input")
     if shape is None or not len(shape):
-        raise SpikelineError(f"the graph's Input node {inputs[0][0]!r} has no input shape")
+        raise BadInput(f"the graph's Input node {inputs[0][0]!r} has no input shape")
     return tuple(int(v) for v in np.asarray(shape).reshape(-1))
 
 
@@ -140,19 +167,20 @@ def fit_frames(frames: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndar
     from spikeline.datasets.frames import resize_frames
 
     if len(shape) != 3:
-        raise SpikelineError(f"{what}: the model input {list(shape)} is not [C, H, W]; event "
+        raise BadInput(f"{what}: the model input {list(shape)} is not [C, H, W]; event "
                              f"frames need a [C, H, W] input (use --input for other shapes)")
     channels, height, width = shape
     if frames.shape[1] != channels:
         if channels == 1:
             frames = frames.sum(axis=1, keepdims=True)
         else:
-            raise SpikelineError(f"{what}: frames have {frames.shape[1]} polarity channel(s), "
+            raise BadInput(f"{what}: frames have {frames.shape[1]} polarity channel(s), "
                                  f"the model expects {channels}")
     return resize_frames(frames, (height, width))
 
 
 def inputs_from_events(files, T: int, shape) -> np.ndarray:
+    """Each recording binned into ``T`` frames and fitted to ``shape``: ``[T, N, *shape]``."""
     from spikeline.datasets.events import read_events
     from spikeline.datasets.frames import events_to_frames
 
@@ -164,25 +192,42 @@ def inputs_from_events(files, T: int, shape) -> np.ndarray:
     return np.stack(samples, axis=1)
 
 
-def inputs_from_array(path, shape) -> np.ndarray:
+def inputs_from_array(path, shape, graph=None) -> np.ndarray:
+    """A ``.npy`` array ``[T, *shape]`` or ``[T, N, *shape]``: its size (and the activity it
+    makes the simulator record, given ``graph``) is checked from the header before it is read;
+    NaN or Inf values are refused."""
     path = Path(path)
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as fh:  # the header only: shape and dtype before any data
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            dims, _, dtype = read(fh)
     except FileNotFoundError:
-        raise SpikelineError(f"{path}: no such file") from None
+        raise DataNotFound(f"{path}: no such file") from None
     except (OSError, ValueError) as err:
-        raise SpikelineError(f"{path}: not a .npy array ({err})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-        raise SpikelineError(f"{path}: expected a numeric array")
-    if tuple(array.shape[1:]) == tuple(shape):
-        array = array[:, None]
-    elif tuple(array.shape[2:]) != tuple(shape):
-        raise SpikelineError(f"{path}: shape {list(array.shape)} does not fit the model input "
-                             f"{list(shape)}; expected [T, {', '.join(map(str, shape))}] or "
-                             f"[T, N, {', '.join(map(str, shape))}]")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise SpikelineError(f"{path}: empty array {list(array.shape)}")
-    return array.astype(np.float32, copy=False)
+        raise BadInput(f"{path}: not a .npy array ({err})") from None
+    if dtype.kind not in "biuf":
+        raise BadInput(f"{path}: expected a numeric array, got {dtype}")
+    dims = tuple(int(v) for v in dims)
+    if dims[1:] == tuple(shape):
+        dims = (dims[0], 1, *dims[1:])
+    elif dims[2:] != tuple(shape):
+        raise BadInput(f"{path}: shape {list(dims)} does not fit the model input "
+                       f"{list(shape)}; expected [T, {', '.join(map(str, shape))}] or "
+                       f"[T, N, {', '.join(map(str, shape))}]")
+    if dims[0] < 1 or dims[1] < 1:
+        raise BadInput(f"{path}: empty array {list(dims)}")
+    check_size(float(np.prod(dims, dtype=np.float64)) * 4, f"{path}: the input array")
+    if graph is not None:
+        check_activity(graph, dims[0], dims[1], str(path))
+    try:
+        array = np.load(path, allow_pickle=False).astype(np.float32).reshape(dims)
+    except (OSError, ValueError, EOFError) as err:  # a header claiming more than the file holds
+        raise BadInput(f"{path}: cannot read the array ({err})") from None
+    if not np.all(np.isfinite(array)):
+        raise BadInput(f"{path}: holds NaN or Inf values; inputs must be finite")
+    return np.ascontiguousarray(array)
 
 
 def inputs_from_dataset(name, samples: int, T: int, shape, split="test", data_dir=None,
@@ -190,12 +235,12 @@ def inputs_from_dataset(name, samples: int, T: int, shape, split="test", data_di
     from spikeline.datasets.registry import load_dataset
 
     if len(shape) != 3:
-        raise SpikelineError(f"--dataset: the model input {list(shape)} is not [C, H, W]")
+        raise BadInput(f"--dataset: the model input {list(shape)} is not [C, H, W]")
     dataset = load_dataset(name, split, T=T, size=tuple(shape[1:]), data_dir=data_dir,
                            cache_dir=cache_dir)
     count = min(samples, len(dataset))
     if count < 1:
-        raise SpikelineError(f"--dataset {name}: the {split} split is empty")
+        raise BadInput(f"--dataset {name}: the {split} split is empty")
     frames = [fit_frames(np.asarray(dataset[i][0]), shape, f"{name}[{i}]") for i in range(count)]
     return np.stack(frames, axis=1)
 
