@@ -18,7 +18,8 @@ __all__ = ["Boxes"]
 
 @dataclass(frozen=True)
 class Boxes:
-    """``xyxy`` float32 ``[n, 4]`` in pixels of a ``size = (H, W)`` frame; ``labels`` int64 ``[n]``."""
+    """``xyxy`` float32 ``[n, 4]`` in pixels of a ``size = (H, W)`` frame; ``labels`` int64
+    ``[n]``."""
 
     xyxy: np.ndarray
     labels: np.ndarray

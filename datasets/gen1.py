@@ -130,7 +130,8 @@ def frames_in_window(stream: EventStream, start_us: int, end_us: int,
     width, height, polarities = stream.sensor_size
     span = end_us - start_us
     if span <= 0 or n_time_bins < 1:
-        raise ValueError(f"need end > start and T >= 1, got [{start_us}, {end_us}), T={n_time_bins}")
+        raise ValueError(f"need end > start and T >= 1, got [{start_us}, {end_us}), "
+                         f"T={n_time_bins}")
     e = stream.events
     b = (e["t"] - start_us) * n_time_bins // span
     inside = (b >= 0) & (b < n_time_bins)
@@ -174,7 +175,8 @@ class Gen1Samples:
 
 
 def load_samples(split: str, data_dir: Path) -> Gen1Samples:
-    """``split`` ("train", "val" or "test") of Gen1 under ``data_dir``; recordings sorted by name."""
+    """``split`` ("train", "val" or "test") of Gen1 under ``data_dir``, recordings sorted by
+    name."""
     if split not in SPLITS:
         raise BadInput(f"gen1: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     location = Path(data_dir) / FOLDER / split

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from spikeline.datasets import gen1, ndigits_detect
 from spikeline.datasets.boxes import Boxes
+
 from spikeline.errors import BadInput, DataNotFound
 
 BBOX_DTYPE = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"), ("h", "<f4"),
@@ -139,7 +139,11 @@ def test_ndigits_detect_split_is_fixed_and_cached(monkeypatch, tmp_path):
 
 
 def test_detection_frames_batch_the_yolo_way(monkeypatch, tmp_path):
-    from spikeline.datasets.detection import detection_collate, draw_detections, load_detection
+    from spikeline.datasets.detection import (
+        detection_collate,
+        draw_detections,
+        load_detection,
+    )
 
     gen1_folder(tmp_path / "data")
     dataset = load_detection("gen1", "train", data_dir=tmp_path / "data", size=(120, 152),
