@@ -31,7 +31,7 @@ from .models import ResidualBlock, SpikingNet, encode_frames
 from .neuron import CubaParams
 
 __all__ = ["TdBN", "MSBlock", "EMSBlock1", "EMSBlock2", "DeployableEMSBlock", "ms_resnet",
-           "ems_backbone", "SpikingDetector", "ems_detector"]
+           "SpikingDetector", "ems_detector", "DETECTORS"]
 
 
 def _conv_bn(neuron: CubaParams, cin: int, cout: int, k: int, stride: int = 1,
