@@ -150,7 +150,7 @@ def test_lemaire_terms_of_one_conv_layer_by_hand():
                "lif2": torch.zeros(T, 1, 3)}
     counts = count_operations(conv_fc_graph(), outputs)
     conv = counts.layer("conv")
-    assert (conv.synops, conv.spike_events, conv.kernel_fanout, conv.params) == (26, 2, 18, 20)
+    assert (conv.synops, conv.spike_events, conv.kernel_fanout, conv.params) == (26, 2, 18, 18)
     mem = load_memory()
     model = load_hardware_models()["cmos45_int32"]
     energy, parts = _lemaire_snn_layer(conv, model.joules("mac"), model.joules("ac"), 4, mem)
@@ -160,7 +160,7 @@ def test_lemaire_terms_of_one_conv_layer_by_hand():
     assert parts["ops"] == pytest.approx(e_add * (26 + 1) + e_mac * 32 * T)  # one LIF leak
     assert parts["addressing"] == pytest.approx(e_add * 2 * 18 + e_mac * 2 * 2)
     assert parts["read_in"] == pytest.approx(2 * word(4000))
-    assert parts["read_params"] == pytest.approx(26 * word(80))  # 18 weights + 2 biases
+    assert parts["read_params"] == pytest.approx(26 * word(72))  # 18 weights, zero bias
     assert parts["potential"] == pytest.approx(2 * 26 * word(128) + 2 * 64 * word(128))
     assert parts["write_out"] == pytest.approx(1 * word(4000))
     assert energy.compute == pytest.approx(parts["ops"] + parts["addressing"])

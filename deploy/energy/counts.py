@@ -118,7 +118,8 @@ class LayerCounts:
     - ``spike_events`` = the part of ``input_events`` on binary steps (what a spike-driven
       model addresses); ``first_layer``: fed by the graph Input (through pass-through nodes
       only); ``has_bias``: the node adds a nonzero bias each step.
-    - ``params`` = stored weights (+ bias) of the node; ``kernel_fanout`` = ``C_out/groups *
+    - ``params`` = stored weights (+ bias when nonzero: a zero bias is neither added nor
+      stored) of the node; ``kernel_fanout`` = ``C_out/groups *
       k_h * k_w`` for convolution and pooling (pooling: ``k_h * k_w``), ``out_features`` for
       Linear/Affine: the synapses one input reaches in a border-free window, which Lemaire et
       al. use for addressing; ``taps`` = ``k_h * k_w`` (1 for Linear/Affine).
@@ -169,7 +170,8 @@ class LayerCounts:
         _check_nonneg(self, ("input_events", "firing_rate", "synops", "macs", "binary_fraction",
                              "connections", "dense_ops", "neurons", "neuron_updates",
                              "active_neuron_updates", "spikes", "spike_events", "params",
-                             "kernel_fanout", "shortcut_adds", "dense_shortcut_adds", "leaks", "taps"))
+                             "kernel_fanout", "shortcut_adds", "dense_shortcut_adds", "leaks",
+                             "taps"))
         if self.firing_rate > 1 + 1e-9 or self.binary_fraction > 1 + 1e-9:
             raise ValueError("firing_rate and binary_fraction must be <= 1")
         if self.active_neuron_updates > self.neuron_updates + 1e-6:
@@ -199,7 +201,8 @@ class LayerCounts:
 class NeuronCounts:
     """One neuron node, per inference: ``updates = neurons * (T + latency steps)``;
     ``active_updates`` = updates with nonzero input (or nonzero synaptic current, CUBA);
-    ``leak_terms`` = decaying state variables per update; ``spikes`` = ``sum_t sum_i [s_ti != 0]`` (0 for non-spiking LI/CubaLI/I);
+    ``leak_terms`` = decaying state variables per update; ``spikes`` =
+    ``sum_t sum_i [s_ti != 0]`` (0 for non-spiking LI/CubaLI/I);
     ``firing_rate = spikes / updates``; ``layer`` = the synaptic node it is attributed to."""
 
     name: str
@@ -404,7 +407,7 @@ def _(node, name, in_shape, fanout):
     positions = math.prod(in_shape[:-1])
     bias = getattr(node, "bias", None)
     return Geometry(fan, (*in_shape[:-1], n_out), n_in * n_out * positions, "mac",
-                    params=n_in * n_out + (n_out if bias is not None else 0),
+                    params=n_in * n_out + (n_out if _nonzero(bias) else 0),
                     kernel_fanout=n_out, has_bias=_nonzero(bias))
 
 
@@ -439,7 +442,7 @@ def _(node, name, in_shape, fanout):
     bias = getattr(node, "bias", None)
     return Geometry(fan.reshape(in_shape), out_shape,
                     weight.shape[1] * taps * c_out * h_out * w_out, "mac",
-                    params=int(weight.numel()) + (c_out if bias is not None else 0),
+                    params=int(weight.numel()) + (c_out if _nonzero(bias) else 0),
                     kernel_fanout=c_out // groups * taps, has_bias=_nonzero(bias), taps=taps)
 
 
@@ -668,7 +671,7 @@ def combine_counts(parts: list[EnergyCounts]) -> EnergyCounts:
     for part in parts[1:]:
         if (part.T, part.fanout, part.latency_steps) != \
                 (first.T, first.fanout, first.latency_steps) or \
-                [l.name for l in part.layers] != [l.name for l in first.layers] or \
+                [x.name for x in part.layers] != [x.name for x in first.layers] or \
                 [n.name for n in part.neuron_nodes] != [n.name for n in first.neuron_nodes]:
             raise ValueError("combine_counts: parts differ in T, fan-out mode, layers or neurons")
     total = sum(p.samples for p in parts)

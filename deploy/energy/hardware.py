@@ -84,7 +84,8 @@ class HardwareModel:
         unknown = [c for c in self.constants if c not in required + optional]
         if missing or unknown:
             raise ValueError(f"constants missing {missing} / unknown {unknown}; kind "
-                             f"{self.kind!r} takes {list(required)} and optionally {list(optional)}")
+                             f"{self.kind!r} takes {list(required)} and optionally "
+                             f"{list(optional)}")
         if self.word_bytes < 1 or self.ann_word_bytes < 1:
             raise ValueError("word_bytes must be >= 1")
 
