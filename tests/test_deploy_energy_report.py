@@ -110,6 +110,7 @@ def test_report_files_markdown_and_png(tmp_path):
     for name in models:
         assert f"| {name}" in md or f"| refused | {name} |" in md
     assert "| lemaire | cmos45_int8 |" in md and "loihi2 (not measured)" in md
+    assert "Per layer, lemaire convention on cmos45_int8" in md
     assert md == to_markdown(report)
     assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temps
 

@@ -196,6 +196,17 @@ def to_markdown(report: Mapping) -> str:
     lines.append(f"| **total** | | | {_num(t['synops'])} | {_num(t['macs'])} | "
                  f"{_num(t['shortcut_adds'])} | {_num(t['dense_ops'])} | "
                  f"{_num(t['neuron_updates'])} | {_num(t['spikes'])} |")
+    if "snn" in report and report["layers"] and "snn" in report["layers"][0]:
+        lines += ["", f"Per layer, {report['convention']} convention on {report['hardware']}"
+                  f"{'' if report.get('measured', True) else ' (not measured)'}:", "",
+                  "| layer | SNN compute | SNN memory | ANN compute | ANN memory | "
+                  "break-even rate |", "|---|---:|---:|---:|---:|---:|"]
+        for layer in report["layers"]:
+            be = _rate(layer["break_even_rate"]) if report["convention"] == "lemaire" else "-"
+            lines.append(f"| {layer['name']} | {_joules(layer['snn']['compute_J'])} | "
+                         f"{_joules(layer['snn']['memory_J'])} | "
+                         f"{_joules(layer['ann']['compute_J'])} | "
+                         f"{_joules(layer['ann']['memory_J'])} | {be} |")
     lines += ["", "| convention | hardware | SNN compute | SNN memory | SNN total | ANN total "
               "(priced on) | ANN / SNN | break-even rate |",
               "|---|---|---:|---:|---:|---|---:|---:|"]
