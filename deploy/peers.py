@@ -20,7 +20,7 @@ import torch
 
 from spikeline.errors import SpikelineError
 
-from .simulate import topological_order
+from .graph import edges as graph_edges, walk
 
 PEERS = ("spikingjelly", "snntorch")
 # SpikingJelly's Heaviside is 1 at 0: it fires at v == v_threshold, where NIR (and snnTorch)
@@ -43,7 +43,7 @@ def _sumpool_as_conv(node: nir.SumPool2d, channels: int, size) -> nir.Conv2d:
 
 def lower_for_peers(graph: nir.NIRGraph) -> nir.NIRGraph:
     """An equivalent graph the peers import; its output is the last spiking population."""
-    nodes, edges = dict(graph.nodes), list(graph.edges)
+    nodes, edges = dict(graph.nodes), graph_edges(graph)
     for name, node in nodes.items():
         leak = getattr(node, "v_leak", None)
         if leak is not None and np.any(np.asarray(leak) != 0):
@@ -52,19 +52,16 @@ def lower_for_peers(graph: nir.NIRGraph) -> nir.NIRGraph:
         if isinstance(node, nir.SumPool2d):
             channels, *size = (int(v) for v in node.input_type["input"])
             nodes[name] = _sumpool_as_conv(node, channels, size)
-    order, _ = topological_order(graph)
-    spiking = [n for n in order if isinstance(nodes[n], nir.CubaLIF)]
+    steps = walk(graph)
+    spiking = [n for n in steps.order if isinstance(nodes[n], nir.CubaLIF)]
     if not spiking:
         raise PeerUnsupported("the graph has no CubaLIF population to compare")
-    pred = {}
-    for src, dst in edges:
-        pred.setdefault(dst, []).append(src)
     keep, stack = set(), [spiking[-1]]
     while stack:  # the last spiking population and everything upstream of it
         name = stack.pop()
         if name not in keep:
             keep.add(name)
-            stack += pred.get(name, [])
+            stack += [src for src, _ in steps.preds[name]]
     out_shape = nodes[spiking[-1]].output_type["output"]
     nodes = {n: node for n, node in nodes.items() if n in keep}
     nodes["output"] = nir.Output(output_type={"output": np.array(out_shape)})

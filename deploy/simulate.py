@@ -20,6 +20,7 @@ network was trained with; ``'auto'`` does so wherever the parameters allow, ``'f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import singledispatch
 
 import nir
 import numpy as np
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.neuron import bias_to_int, cuba_step
 
-from .to_nir import DT, nir_to_cuba
+from .graph import gather, topological_order, walk  # noqa: F401  (re-exported)
+from .nir_params import DT, nir_to_cuba
 
 MODES = ("auto", "loihi", "float")
 
@@ -43,48 +45,105 @@ def _ints(a) -> tuple[int, ...]:
 
 
 class _Stateless:
-    """A node without state: ``apply`` works on any leading ``[..., *shape]``."""
+    """A node without state: ``fn(node, x)`` works on any leading ``[..., *shape]``."""
 
     stateful = False
 
-    def __init__(self, name: str, node: nir.NIRNode):
-        self.name, self.node = name, node
+    def __init__(self, name: str, node: nir.NIRNode, fn):
+        self.name, self.node, self.fn = name, node, fn
+        in_type = node.input_type.get("input") if hasattr(node, "input_type") else None
+        self.in_dims = tuple(int(v) for v in in_type) if in_type is not None and len(in_type) \
+            else ()
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.node
-        lead = x.shape[:-len(self.in_dims)] if self.in_dims else x.shape
-        if isinstance(n, (nir.Input, nir.Output)):
-            return x
-        if isinstance(n, (nir.Linear, nir.Affine)):
-            bias = _t(n.bias) if isinstance(n, nir.Affine) else None
-            return F.linear(x, _t(n.weight), bias)
-        if isinstance(n, nir.Scale):
-            return x * _t(n.scale)
-        if isinstance(n, nir.Threshold):
-            return (x > _t(n.threshold)).to(x.dtype)
-        if isinstance(n, nir.Flatten):
-            start = n.start_dim + x.dim() - len(self.in_dims) if n.start_dim >= 0 else n.start_dim
-            end = n.end_dim + x.dim() - len(self.in_dims) if n.end_dim >= 0 else n.end_dim
-            return x.flatten(start, end)
-        flat = x.reshape(-1, *x.shape[len(lead):])
-        if isinstance(n, nir.Conv2d):
-            y = F.conv2d(flat, _t(n.weight), _t(n.bias), _ints(n.stride), self._padding(),
-                         _ints(n.dilation), int(n.groups))
-        elif isinstance(n, nir.Conv1d):
-            y = F.conv1d(flat, _t(n.weight), _t(n.bias), _ints(n.stride), self._padding(),
-                         _ints(n.dilation), int(n.groups))
-        elif isinstance(n, nir.SumPool2d):
-            y = F.avg_pool2d(flat, _ints(n.kernel_size), _ints(n.stride), _ints(n.padding),
-                             divisor_override=1)
-        elif isinstance(n, nir.AvgPool2d):
-            y = F.avg_pool2d(flat, _ints(n.kernel_size), _ints(n.stride), _ints(n.padding))
-        else:  # pragma: no cover - _make_runner only builds the types above
-            raise AssertionError(type(n))
+        return self.fn(self.node, x, self.in_dims)
+
+
+def _per_sample(op):
+    """Run ``op(node, flat)`` on ``[B, *in_dims]`` and restore the leading dimensions."""
+
+    def apply(node, x, in_dims):
+        lead = x.shape[:-len(in_dims)] if in_dims else x.shape
+        y = op(node, x.reshape(-1, *x.shape[len(lead):]))
         return y.reshape(*lead, *y.shape[1:])
 
-    def _padding(self):
-        pad = self.node.padding
-        return pad if isinstance(pad, str) else _ints(pad)
+    return apply
+
+
+def _padding(node):
+    pad = node.padding
+    return pad if isinstance(pad, str) else _ints(pad)
+
+
+# --- the node table: one entry per NIR node type --------------------------------------------
+# ``_runner(node, name, ctx)`` builds what simulates a node; ``ctx`` holds mode, dt and
+# fire_at_threshold.  Adding a node type is one registration here (and, for its energy, one in
+# ``deploy/energy/counts.py``'s ``layer_geometry`` when it is synaptic).
+
+@dataclass(frozen=True)
+class _Context:
+    mode: str
+    dt: float
+    fire_at_threshold: bool = False
+
+
+STATELESS = {
+    nir.Input: lambda n, x, d: x,
+    nir.Output: lambda n, x, d: x,
+    nir.Linear: lambda n, x, d: F.linear(x, _t(n.weight)),
+    nir.Affine: lambda n, x, d: F.linear(x, _t(n.weight), _t(n.bias)),
+    nir.Scale: lambda n, x, d: x * _t(n.scale),
+    nir.Threshold: lambda n, x, d: (x > _t(n.threshold)).to(x.dtype),
+    nir.Flatten: lambda n, x, d: x.flatten(
+        n.start_dim + x.dim() - len(d) if n.start_dim >= 0 else n.start_dim,
+        n.end_dim + x.dim() - len(d) if n.end_dim >= 0 else n.end_dim),
+    nir.Conv2d: _per_sample(lambda n, x: F.conv2d(
+        x, _t(n.weight), _t(n.bias), _ints(n.stride), _padding(n), _ints(n.dilation),
+        int(n.groups))),
+    nir.Conv1d: _per_sample(lambda n, x: F.conv1d(
+        x, _t(n.weight), _t(n.bias), _ints(n.stride), _padding(n), _ints(n.dilation),
+        int(n.groups))),
+    nir.SumPool2d: _per_sample(lambda n, x: F.avg_pool2d(
+        x, _ints(n.kernel_size), _ints(n.stride), _ints(n.padding), divisor_override=1)),
+    nir.AvgPool2d: _per_sample(lambda n, x: F.avg_pool2d(
+        x, _ints(n.kernel_size), _ints(n.stride), _ints(n.padding))),
+}
+NEURONS = (nir.I, nir.IF, nir.LI, nir.LIF, nir.CubaLI, nir.CubaLIF)
+
+
+@singledispatch
+def _runner(node, name: str, ctx: _Context):
+    fn = STATELESS.get(type(node))
+    if fn is None:
+        names = ", ".join(t.__name__ for t in SUPPORTED)
+        raise SpikelineError(f"node {name!r} has type {type(node).__name__}, which the "
+                             f"simulator does not support; supported: {names}")
+    return _Stateless(name, node, fn)
+
+
+@_runner.register
+def _(node: nir.Delay, name: str, ctx: _Context):
+    return _Delay(name, node, ctx.dt)
+
+
+def _neuron_runner(node, name: str, ctx: _Context):
+    fixed = nir_to_cuba(node, ctx.dt) if ctx.mode != "float" else None
+    if fixed is not None:
+        return _FixedCuba(name, *fixed, spiking=isinstance(node, nir.CubaLIF))
+    if ctx.mode == "loihi":
+        raise SpikelineError(f"node {name!r} ({type(node).__name__}) has parameters with "
+                             "no Loihi fixed-point form; run it with mode='float'")
+    return _FloatNeuron(name, node, ctx.dt, ctx.fire_at_threshold)
+
+
+for _neuron_type in NEURONS:
+    _runner.register(_neuron_type, _neuron_runner)
+
+SUPPORTED = (*STATELESS, nir.Delay, *NEURONS)
+
+
+def _make_runner(name, node, mode, dt, fire_at_threshold=False):
+    return _runner(node, name, _Context(mode, dt, fire_at_threshold))
 
 
 class _Delay:
@@ -201,71 +260,6 @@ def _is_zero(value) -> bool:
     return value == 0.0 if isinstance(value, float) else not bool(torch.any(value != 0))
 
 
-SUPPORTED = (nir.Input, nir.Output, nir.Affine, nir.Linear, nir.Conv1d, nir.Conv2d,
-             nir.SumPool2d, nir.AvgPool2d, nir.Flatten, nir.Scale, nir.Threshold, nir.Delay,
-             nir.I, nir.IF, nir.LI, nir.LIF, nir.CubaLI, nir.CubaLIF)
-
-
-def _make_runner(name, node, mode, dt, fire_at_threshold=False):
-    if not isinstance(node, SUPPORTED):
-        names = ", ".join(t.__name__ for t in SUPPORTED)
-        raise SpikelineError(f"node {name!r} has type {type(node).__name__}, which the "
-                             f"simulator does not support; supported: {names}")
-    if isinstance(node, nir.Delay):
-        return _Delay(name, node, dt)
-    if isinstance(node, (nir.I, nir.IF, nir.LI, nir.LIF, nir.CubaLI, nir.CubaLIF)):
-        fixed = nir_to_cuba(node, dt) if mode != "float" else None
-        if fixed is not None:
-            return _FixedCuba(name, *fixed, spiking=isinstance(node, nir.CubaLIF))
-        if mode == "loihi":
-            raise SpikelineError(f"node {name!r} ({type(node).__name__}) has parameters with "
-                                 "no Loihi fixed-point form; run it with mode='float'")
-        return _FloatNeuron(name, node, dt, fire_at_threshold)
-    runner = _Stateless(name, node)
-    in_type = node.input_type.get("input") if hasattr(node, "input_type") else None
-    runner.in_dims = tuple(int(v) for v in in_type) if in_type is not None and len(in_type) else ()
-    return runner
-
-
-def topological_order(graph: nir.NIRGraph, edges=None):
-    """Depth-first topological order from the Input nodes (then from nodes without
-    predecessors), following ``edges`` (default: the graph's) in order.  Edges that close a
-    cycle are returned as 'back' edges: they deliver the source's previous step."""
-    edges = graph.edges if edges is None else edges
-    succ = {name: [] for name in graph.nodes}
-    for src, dst in edges:
-        for end in (src, dst):
-            if end not in graph.nodes:
-                raise SpikelineError(f"edge ({src!r}, {dst!r}) names {end!r}, which is not a "
-                                     "node of the graph")
-        succ[src].append(dst)
-    has_pred = {dst for _, dst in edges}
-    starts = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
-    starts += [n for n in graph.nodes if n not in has_pred and n not in starts]
-    state, post, back = {}, [], set()
-    for start in starts:
-        if start in state:
-            continue
-        stack = [(start, iter(succ[start]))]
-        state[start] = "open"
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                state[node] = "done"
-                post.append(node)
-                stack.pop()
-            elif state.get(child) == "open":
-                back.add((node, child))
-            elif child not in state:
-                state[child] = "open"
-                stack.append((child, iter(succ[child])))
-    missing = set(graph.nodes) - set(state)
-    if missing:
-        raise SpikelineError(f"nodes {sorted(missing)} cannot be reached from the input")
-    return post[::-1], back
-
-
 @dataclass
 class Simulation:
     """Every node's output over time, ``[T, N, *shape]`` (spikes for spiking neurons)."""
@@ -292,7 +286,8 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
     if mode not in MODES:
         raise SpikelineError(f"simulation mode must be one of {MODES}, got {mode!r}")
     dt = graph_dt(graph) if dt is None else dt
-    order, back = topological_order(graph)
+    steps = walk(graph)
+    order, back = steps.order, steps.back
     inputs = [n for n in order if isinstance(graph.nodes[n], nir.Input)]
     outputs = [n for n in order if isinstance(graph.nodes[n], nir.Output)]
     if len(inputs) != 1 or len(outputs) != 1:
@@ -304,29 +299,13 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
         raise SpikelineError(f"input of shape {tuple(x.shape)} does not fit the graph's Input "
                              f"{expected}: expected [T, N, {', '.join(map(str, expected))}]")
     runners = {n: _make_runner(n, graph.nodes[n], mode, dt, fire_at_threshold) for n in order}
-    preds = {n: [] for n in order}
-    for src, dst in graph.edges:
-        preds[dst].append((src, (src, dst) in back))
+    preds = steps.preds
     run = _run_steps if back else _run_layers
     return Simulation(run(order, runners, preds, inputs[0], x), outputs[0])
 
 
 def _gather(name, preds, values, x, input_name, previous=None):
-    if name == input_name:
-        return x
-    terms = []
-    for src, is_back in preds[name]:
-        value = (previous or {}).get(src) if is_back else values[src]
-        if value is not None:
-            terms.append(value)
-    if not terms:
-        raise SpikelineError(f"node {name!r} has no input")
-    try:
-        return terms[0] if len(terms) == 1 else torch.stack(torch.broadcast_tensors(*terms)).sum(0)
-    except RuntimeError as err:
-        shapes = [tuple(t.shape) for t in terms]
-        raise SpikelineError(f"node {name!r}: incoming edges have shapes {shapes}, which "
-                             "do not add up") from err
+    return x if name == input_name else gather(name, preds[name], values, previous)
 
 
 def _run_layers(order, runners, preds, input_name, x):

@@ -1,4 +1,4 @@
-"""deploy/energy.py: hand-computed operation counts, pricing formulas, hardware model files."""
+"""deploy/energy: hand-computed operation counts, pricing formulas, hardware model files."""
 import math
 
 import numpy as np
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import nir
 from spikeline.deploy.energy import (
-    EnergyCounts, LayerCounts, NeuronCounts, combine_counts, conv_fanout, count_operations,
-    load_hardware_models, price, select_models)
+    EnergyCounts, GradedEventsRefused, LayerCounts, NeuronCounts, combine_counts, conv_fanout,
+    count_operations, load_hardware_models, price, price_lemaire, select_models)
 from spikeline.errors import SpikelineError
 
 ZERO = np.zeros
@@ -235,26 +235,6 @@ def test_recurrent_edge_delivers_previous_step():
     assert fin.input_events == 1 and fin.synops == 2 and fin.macs == 0
 
 
-def test_layer_inputs_match_what_the_simulator_feeds_on_a_recurrent_graph():
-    simulate = pytest.importorskip("spikeline.deploy.simulate").simulate
-    from spikeline.deploy.energy import _node_input, _predecessors
-
-    one = np.ones(3)
-    g = nir.NIRGraph(
-        nodes={"input": nir.Input(np.array([3])), "fin": nir.Linear(np.eye(3)),
-               "lif": nir.LIF(tau=1e-3 * one, r=one, v_leak=0 * one, v_threshold=0.05 * one),
-               "rec": nir.Linear(0.5 * np.eye(3)), "output": nir.Output(np.array([3]))},
-        edges=[("input", "fin"), ("fin", "lif"), ("lif", "output"), ("lif", "rec"),
-               ("rec", "fin")], type_check=False)
-    x = (torch.rand(6, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.5).float()
-    sim = simulate(g, x)
-    assert sim.outputs["lif"].sum() > 0  # the loop carries activity
-    _, preds = _predecessors(g)
-    # fin is the identity, so its output is exactly the input it was given
-    torch.testing.assert_close(_node_input("fin", preds["fin"], sim.outputs),
-                               sim.outputs["fin"])
-
-
 def test_counting_in_batches_equals_counting_at_once():
     g = graph({"input": nir.Input(np.array([3])), "fc": nir.Linear(np.ones((4, 3))),
                "lif": lif((4,)), "output": nir.Output(np.array([4]))},
@@ -314,33 +294,60 @@ def test_price_cmos_formula():
     pj = 1e-12
     snn = 4.6 * pj * 20 + 0.9 * pj * (100 + 7 + 21)       # E_MAC*MACs + E_AC*ACs
     ann = 4.6 * pj * (1000 + 48) + 0.9 * pj * 16          # dense MACs + pooling adds
-    assert est.snn == pytest.approx(snn, rel=1e-12)
-    assert est.ann == pytest.approx(ann, rel=1e-12)
+    assert est.snn.total == pytest.approx(snn, rel=1e-12) and est.snn.memory == 0
+    assert est.ann.total == pytest.approx(ann, rel=1e-12) and est.ann.memory == 0
     assert est.ratio == pytest.approx(ann / snn)
-    assert est.layers["c"] == pytest.approx((4.6 * pj * 20 + 0.9 * pj * 100, 4.6 * pj * 1000))
-    assert sum(v[0] for v in est.layers.values()) == pytest.approx(est.snn)
+    assert (est.layers["c"].snn.total, est.layers["c"].ann.total) == pytest.approx(
+        (4.6 * pj * 20 + 0.9 * pj * 100, 4.6 * pj * 1000))
+    assert sum(v.snn.total for v in est.layers.values()) == pytest.approx(est.snn.total)
+    assert (est.convention, est.model) == ("event", "cmos45_fp32")
     int8 = price(hand_counts(), models["cmos45_int8"])
-    assert int8.snn == pytest.approx(0.23 * pj * 20 + 0.03 * pj * 128)
+    assert int8.snn.total == pytest.approx(0.23 * pj * 20 + 0.03 * pj * 128)
+
+
+def binary_counts():
+    """hand_counts() with the conv layer's graded events made binary (120 synops, 0 MACs)."""
+    c = hand_counts()
+    conv = LayerCounts(**{**c.layers[0].__dict__, "synops": 120, "macs": 0,
+                          "binary_fraction": 1.0, "spike_events": None})
+    return EnergyCounts((conv, *c.layers[1:]), c.neuron_nodes, T=5, samples=1,
+                        network_input_events=10)
 
 
 def test_price_neuromorphic_formulas():
     models = load_hardware_models()
     pj = 1e-12
-    loihi = price(hand_counts(), models["loihi1"])
+    loihi = price(binary_counts(), models["loihi1"])
     synaptic = 23.6 * pj * (120 + 7 + 21)
     neuron = 81 * pj * (30 + 5) + 52 * pj * ((80 - 30) + (15 - 5))
     spike = 1.7 * pj * (7 + 2)
-    assert loihi.snn == pytest.approx(synaptic + neuron + spike, rel=1e-12)
+    assert loihi.snn.total == pytest.approx(synaptic + neuron + spike, rel=1e-12)
     assert loihi.breakdown["neuron"] == pytest.approx(neuron)
-    # the ANN equivalent is priced on the model's cmos baseline (int8)
+    # the ANN of the same architecture is priced with memory (Lemaire model) on the model's
+    # cmos baseline, never as arithmetic alone
     assert models["loihi1"].ann_baseline == "cmos45_int8"
-    assert loihi.ann == pytest.approx(0.23 * pj * 1048 + 0.03 * pj * 16)
-    sanafe = price(hand_counts(), models["loihi1_sanafe"])
+    lemaire = price_lemaire(binary_counts(), models["cmos45_int8"])
+    assert loihi.ann == lemaire.ann and loihi.ann.memory > 0
+    assert loihi.ann.compute > 0.23 * pj * 1048 + 0.03 * pj * 16  # + addressing
+    sanafe = price(binary_counts(), models["loihi1_sanafe"])
     expected = (24.0 * 120 + 35.5 * (7 + 21)  # conv synapses are cheaper on Loihi
                 + 72.8 * 35 + 51.2 * 60 + 69.3 * 9) * pj
-    assert sanafe.snn == pytest.approx(expected, rel=1e-12)
-    tn = price(hand_counts(), models["truenorth"])
-    assert tn.snn == pytest.approx(26 * pj * 148, rel=1e-12)
+    assert sanafe.snn.total == pytest.approx(expected, rel=1e-12)
+    tn = price(binary_counts(), models["truenorth"])
+    assert tn.snn.total == pytest.approx(26 * pj * 148, rel=1e-12)
+
+
+def test_loihi1_refuses_graded_events_and_loihi2_prices_them_not_measured():
+    models = load_hardware_models()
+    pj = 1e-12
+    with pytest.raises(GradedEventsRefused, match=r"loihi1 sends binary spikes only.*\['c'\]"):
+        price(hand_counts(), models["loihi1"])
+    loihi2 = price(hand_counts(), models["loihi2"])
+    assert loihi2.measured is False and models["loihi2"].measured is False
+    assert any("NOT MEASURED" in note for note in loihi2.notes)
+    # conv: 100 binary synops at synop_conv, 20 graded events at graded_synop
+    assert loihi2.breakdown["graded"] == pytest.approx(35.5 * pj * 20)
+    assert loihi2.breakdown["synaptic"] == pytest.approx((24.0 * 100 + 35.5 * 28) * pj)
 
 
 def test_zero_activity_gives_no_ratio():
@@ -349,7 +356,7 @@ def test_zero_activity_gives_no_ratio():
                                 for l in counts.layers), (), T=5, samples=1,
                           network_input_events=0)
     est = price(silent, load_hardware_models()["cmos45_fp16"])
-    assert est.snn == 0 and est.ann > 0 and est.ratio is None
+    assert est.snn.total == 0 and est.ann.total > 0 and est.ratio is None
 
 
 def test_count_dataclasses_validate():
@@ -371,8 +378,8 @@ def test_count_dataclasses_validate():
 
 def test_bundled_models_have_sources_and_flags():
     models = load_hardware_models()
-    assert {"cmos45_fp32", "cmos45_fp16", "cmos45_int8", "loihi1", "loihi1_sanafe",
-            "truenorth"} <= set(models)
+    assert {"cmos45_fp32", "cmos45_fp16", "cmos45_int8", "cmos45_int32", "loihi1",
+            "loihi1_sanafe", "loihi2", "truenorth"} <= set(models)
     for model in models.values():
         for const in [*model.constants.values(), *model.unpriced.values()]:
             assert const.source.strip() and const.joules >= 0

@@ -1,4 +1,4 @@
-"""deploy/report.py (JSON / Markdown / PNG, atomic writes) and the `spikeline energy` command."""
+"""deploy/energy/report.py (JSON / Markdown / PNG, atomic writes) and `spikeline energy`."""
 import argparse
 import json
 import os
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import nir
-from spikeline.deploy.energy import count_operations, load_hardware_models, price
-from spikeline.deploy.report import (
+from spikeline.deploy.energy import count_operations, load_hardware_models, price_table
+from spikeline.deploy.energy.report import (
     atomic_write_bytes, build_report, to_markdown, write_json, write_report)
 from spikeline.errors import SpikelineError
 
@@ -55,8 +55,8 @@ def sample_counts():
 def test_report_json_has_every_count_and_energy(tmp_path):
     counts = sample_counts()
     models = load_hardware_models()
-    estimates = [price(counts, m) for m in models.values()]
-    report = build_report(counts, estimates, models, {"model": "m.nir"})
+    estimates, refused = price_table(counts, list(models.values()))
+    report = build_report(counts, estimates, models, {"model": "m.nir"}, refused)
     path = write_json(report, tmp_path / "sub" / "energy.json")
     data = json.loads(path.read_text())
     assert set(data) >= {"layers", "totals", "energy", "neurons", "meta"}
@@ -68,21 +68,37 @@ def test_report_json_has_every_count_and_energy(tmp_path):
     assert layer["synops"] == 6 and layer["macs"] == 6      # step 0 holds a 2 -> MAC
     assert layer["neuron_updates"] == 6 and layer["spikes"] == 3
     assert data["totals"]["synops"] == 6 and data["totals"]["dense_ops"] == 9
-    assert set(data["energy"]) == set(models)
+    cmos = [n for n, m in models.items() if m.kind == "cmos"]
+    # the sample holds a 2 (graded): the binary-spike chips refuse, the others price
+    assert set(data["refused"]) == {"loihi1", "loihi1_sanafe", "truenorth"}
+    assert "binary spikes only" in data["refused"]["loihi1"]
+    assert set(data["energy"]) == ({n for n in models if n not in data["refused"]}
+                                   | {f"{c}/{n}" for c in ("ems", "lemaire") for n in cmos})
     fp32 = data["energy"]["cmos45_fp32"]
-    assert fp32["snn"] == pytest.approx((4.6 * 6 + 0.9 * 6) * 1e-12)
-    assert fp32["ann"] == pytest.approx(4.6 * 9 * 1e-12)
-    assert fp32["ratio"] == pytest.approx(fp32["ann"] / fp32["snn"])
+    assert (fp32["convention"], fp32["hardware"]) == ("event", "cmos45_fp32")
+    assert fp32["snn"]["total_J"] == pytest.approx((4.6 * 6 + 0.9 * 6) * 1e-12)
+    assert fp32["snn"]["memory_J"] == 0
+    assert fp32["ann"]["total_J"] == pytest.approx(4.6 * 9 * 1e-12)
+    assert fp32["ratio"] == pytest.approx(fp32["ann"]["total_J"] / fp32["snn"]["total_J"])
     assert "Horowitz" in fp32["constants"]["mac"]["source"]
-    assert data["energy"]["loihi1"]["pre_silicon"] is True
-    assert layer["energy"]["truenorth"]["snn"] == pytest.approx(26e-12 * 12)
+    assert data["energy"]["loihi2"]["measured"] is False
+    assert data["energy"]["loihi2"]["label"] == "not measured"
+    # the primary estimate (top level, per-layer snn_J / ann_J) is lemaire on cmos45_int8
+    assert (data["convention"], data["hardware"]) == ("lemaire", "cmos45_int8")
+    assert data["snn"]["memory_J"] > 0 and data["ann"]["memory_J"] > 0
+    assert data["snn"]["total_J"] == pytest.approx(
+        data["snn"]["compute_J"] + data["snn"]["memory_J"])
+    assert layer["snn_J"] == pytest.approx(data["snn"]["total_J"])
+    assert layer["ann_J"] == pytest.approx(data["ann"]["total_J"])
+    assert "break_even_rate" in data and "break_even_rate" in layer
     assert data["meta"]["model"] == "m.nir" and data["meta"]["T"] == 2
 
 
 def test_report_files_markdown_and_png(tmp_path):
     counts = sample_counts()
     models = load_hardware_models()
-    report = build_report(counts, [price(counts, m) for m in models.values()], models)
+    estimates, refused = price_table(counts, list(models.values()))
+    report = build_report(counts, estimates, models, refused=refused)
     paths = write_report(report, tmp_path / "rep")
     assert sorted(p.name for p in paths.values()) == [
         "energy.json", "energy.md", "energy_layers.png", "energy_models.png"]
@@ -92,7 +108,9 @@ def test_report_files_markdown_and_png(tmp_path):
     md = paths["markdown"].read_text()
     assert "| fc | Linear |" in md and "**total**" in md
     for name in models:
-        assert f"| {name} |" in md
+        assert f"| {name}" in md or f"| refused | {name} |" in md
+    assert "| lemaire | cmos45_int8 |" in md and "loihi2 (not measured)" in md
+    assert "Per layer, lemaire convention on cmos45_int8" in md
     assert md == to_markdown(report)
     assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]  # no temps
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikeline.errors import SpikelineError
 
-from .energy import count_in_batches
+from .energy import latency_steps
 from .inputs import encode, inputs_from_dataset, positive_int
 
 
@@ -47,9 +47,9 @@ def _step(name: str) -> None:
 
 
 def run(args) -> int:
-    from spikeline.deploy.energy import load_hardware_models, price
+    from spikeline.deploy.energy import count_in_batches, load_hardware_models, price_table
+    from spikeline.deploy.energy.report import build_report, summary_text, write_report
     from spikeline.deploy.export import export_run
-    from spikeline.deploy.report import build_report, summary_text, write_report
     from spikeline.deploy.verify import verify_export
     from spikeline.pipeline.train import Runtime, TrainConfig, train
 
@@ -92,11 +92,13 @@ def run(args) -> int:
     _step("energy")
     graph = nir.read(export.out_dir / "model.nir")
     x = encode(frames[:, :args.energy_samples], meta["input_encoding"])
-    counts = count_in_batches(graph, x, batch_size=8, mode="auto", fanout="structural")
+    counts = count_in_batches(graph, x, batch_size=8, mode="auto", fanout="structural",
+                              latency_steps=latency_steps(meta))
     models = load_hardware_models()
-    energy = build_report(counts, [price(counts, m) for m in models.values()], models,
+    estimates, refused = price_table(counts, list(models.values()))
+    energy = build_report(counts, estimates, models,
                           {"model": str(export.out_dir / "model.nir"),
-                           "source": {"dataset": args.dataset, "split": "test"}})
+                           "source": {"dataset": args.dataset, "split": "test"}}, refused)
     files = write_report(energy, run_dir / "energy")
     print(summary_text(energy))
 
@@ -105,9 +107,13 @@ def run(args) -> int:
         "heads": args.heads, "dataset": args.dataset,
         "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
                    for b in report.backends},
-        "energy_per_inference_J": {name: {"snn": e["snn"], "ann": e["ann"],
-                                          "ann_over_snn": e["ratio"]}
-                                   for name, e in energy["energy"].items()},
+        "energy_per_inference_J": {
+            key: {"convention": e["convention"], "hardware": e["hardware"],
+                  "snn": e["snn"]["total_J"], "ann": e["ann"]["total_J"],
+                  "snn_memory": e["snn"]["memory_J"], "ann_memory": e["ann"]["memory_J"],
+                  "ann_over_snn": e["ratio"], "break_even_rate": e["break_even_rate"],
+                  "measured": e["measured"]}
+            for key, e in energy["energy"].items()},
         "paths": {"run": str(run_dir), "export": str(export.out_dir),
                   "verify": str(run_dir / "verify.json"),
                   **{k: str(v) for k, v in files.items()}},
@@ -119,5 +125,13 @@ def run(args) -> int:
           else "  test accuracy n/a")
     print(f"  verify: {'0 mismatches on every backend' if report.ok else 'FAILED'} "
           f"({', '.join(f'{b.backend} {b.status}' for b in report.backends)})")
+    head = energy["energy"].get("lemaire/cmos45_int8")
+    if head is not None:  # like for like: SNN and ANN on one model, memory included
+        be = head["break_even_rate"]
+        wins = ("never wins at any spike rate" if be is None else
+                f"wins below a uniform spike rate of {100 * be:.2f}%")
+        print(f"  energy (lemaire, cmos45_int8, memory included): SNN "
+              f"{head['snn']['total_J'] * 1e6:.3g} uJ vs ANN {head['ann']['total_J'] * 1e6:.3g} "
+              f"uJ per inference; the SNN {wins}")
     print(f"  summary: {run_dir / 'pipeline.json'}  ({summary['seconds']} s)")
     return 0
