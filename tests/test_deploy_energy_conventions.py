@@ -14,6 +14,7 @@ from spikeline.deploy.energy import (
     price, price_ems, price_lemaire)
 from spikeline.deploy.energy.conventions import _at_rate, _lemaire_snn_layer
 from spikeline.errors import SpikelineError
+from spikeline.deploy.export import write_manifest
 
 PJ = 1e-12
 
@@ -278,6 +279,7 @@ def export_dir(tmp_path):
     folder.mkdir()
     nir.write(str(folder / "model.nir"), conv_fc_graph())
     (folder / "metadata.json").write_text(json.dumps({"T": 3}))
+    write_manifest(folder)  # a folder made by hand is committed like `spikeline export` does
     x = (np.random.default_rng(0).random((3, 2, 1, 4, 4)) < 0.5).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     return folder
@@ -325,6 +327,7 @@ def test_cli_refusals_and_latency_from_metadata(export_dir, tmp_path, capsys):
 
     meta = export_dir / "metadata.json"
     meta.write_text(json.dumps({"T": 3, "latency_steps": 4}))
+    write_manifest(export_dir)
     out = tmp_path / "late.json"
     assert _cli(["energy", str(export_dir), "--input", str(tmp_path / "x.npy"),
                  "--json", str(out)]) == 0
@@ -332,5 +335,6 @@ def test_cli_refusals_and_latency_from_metadata(export_dir, tmp_path, capsys):
     assert data["meta"]["latency_steps"] == 4
     assert data["totals"]["neuron_updates"] == (32 + 3) * (3 + 4)
     meta.write_text(json.dumps({"T": 3, "latency_steps": "two"}))
+    write_manifest(export_dir)
     assert _cli(["energy", str(export_dir), "--input", str(tmp_path / "x.npy")]) == 2
     assert "latency_steps" in capsys.readouterr().err
