@@ -57,7 +57,7 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
 def netx_layer_modules(model: SpikingNet) -> list[nn.Module]:
     """For each netx layer (Flatten has none in Lava), the module whose output it reproduces:
     the LIF population of a spiking block, the Affine readout itself."""
-    return [m.lif if hasattr(m, "lif") else m for m in _layers(model)
+    return [m.lif.spikes if hasattr(m, "lif") else m for m in _layers(model)
             if not isinstance(m, Flatten)]
 
 
