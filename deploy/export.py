@@ -27,7 +27,7 @@ from spikeline.pipeline.models import SpikingNet
 
 from .fold import fold_model
 from .to_netx import write_netx
-from .to_nir import DT, Export, model_to_nir
+from .to_nir import DT, Export, model_to_nir, timing_metadata
 
 FORMATS = ("nir", "netx")
 FILES = {"nir": "model.nir", "netx": "model.net"}
@@ -63,7 +63,8 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     meta = {"spikeline_version": __version__, "model_spec": spec, "training_config": config or {},
             "input_shape": list(input_shape), "input_encoding": folded.encoding,
             "T": (config or {}).get("T"), "dataset": (config or {}).get("dataset"),
-            "dt": DT, "quantization": QUANTIZATION, "heads": "removed"}
+            "dt": DT, "quantization": QUANTIZATION, "heads": "removed",
+            **chip_timing(folded, (config or {}).get("T"))}
     if "nir" in formats:
         export = model_to_nir(folded, input_shape, metadata={"spikeline_version": __version__})
         with atomic_path(out / "model.nir") as tmp:
@@ -86,6 +87,17 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     with atomic_file(out / "metadata.json") as fh:
         fh.write(json.dumps(meta, indent=2, default=str).encode())
     return result
+
+
+def chip_timing(model: SpikingNet, T: int | None) -> dict:
+    """``latency_steps``: the network's depth in synaptic hops, i.e. the steps before input
+    step 0 reaches the readout on a chip with one step per hop; ``chip_steps_per_sample``:
+    ``T + latency_steps``, the steps a sample occupies the chip (the last input step must
+    reach the readout).  Plus the graph's ``timing``, ``input_pad_steps``, ``readout_start``."""
+    meta = timing_metadata(model)
+    meta["chip_steps_per_sample"] = None if T is None else int(T) + meta["latency_steps"]
+    del meta["readout"]
+    return meta
 
 
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:

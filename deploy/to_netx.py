@@ -16,11 +16,13 @@ i's input by i + 1 steps, which only a bias-free network without delay_shift tol
 """
 from __future__ import annotations
 
+import functools
+
 import h5py
 import numpy as np
 from torch import nn
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import ExportUnsupported, SpikelineError
 from spikeline.pipeline.blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.neuron import CubaParams
@@ -39,13 +41,15 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
         elif isinstance(m, Dropout):
             return
         elif isinstance(m, ResidualBlock):
-            raise SpikelineError(
+            raise ExportUnsupported(
                 "netx export: a residual block's shortcut edge (block input -> its second "
                 "neuron) has no netx layer type (netx nets are sequential); export NIR instead")
         else:
             if getattr(getattr(m, "lif", None), "delay_shift", False):
-                raise SpikelineError("netx export: layers with delay_shift are not supported "
-                                     "(Lava adds its own per-layer delay); export NIR")
+                raise ExportUnsupported(
+                    "netx export: layers with delay_shift (--timing loihi) are not written as "
+                    "netx (netx adds its own per-layer delay); the Lava process graph of "
+                    "model.nir (to_lava) runs them")
             flat.append(m)
 
     for stage in model.stages:
@@ -83,7 +87,7 @@ def _check_synapse(syn) -> None:
     if syn.bias is not None:
         # Lava delays each layer's input by one more step than the last; a bias integrates
         # from Lava's step 0 regardless, i.e. before the input it was trained with arrives.
-        raise SpikelineError(
+        raise ExportUnsupported(
             "netx export: a voltage bias (a folded BatchNorm) would act on Loihi before the "
             "layer's input arrives (Lava adds one step of delay per layer), so the artifact "
             "could not spike like the trained net; export NIR, or train without BatchNorm")
@@ -93,7 +97,7 @@ def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> li
     """Write ``model`` (folded, sequential) to ``path``; returns the layer types.  (The export
     writes through ``spikeline.atomic.atomic_path``.)"""
     if model.encoding != "binary":
-        raise SpikelineError("netx export: Loihi input layers take binary spikes; train with "
+        raise ExportUnsupported("netx export: Loihi input layers take binary spikes; train with "
                              "--encoding binary")
     shape = tuple(input_shape)
     layers = _layers(model)
@@ -102,56 +106,70 @@ def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> li
         root = f.create_group("layer")
         for i, m in enumerate(layers):
             g = root.create_group(str(i))
-            shape = _write_layer(g, m, shape)
+            shape = _write_layer(m, g, shape)
             kinds.append(g["type"][0].decode())
     return kinds
 
 
-def _write_layer(g: h5py.Group, m: nn.Module, shape):
-    if isinstance(m, (Conv, Pool)):
-        c, h, w = shape
-        syn = m.synapse
-        if isinstance(m, Conv):
-            weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
-            cout, groups = weight.shape[0], syn.groups
-            dilation = syn.dilation
-            _check_synapse(syn)
-        else:
-            if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
-                raise SpikelineError(f"netx export: sum pooling of a {h}x{w} map needs "
-                                     "lava-dl's one-sided padding, which netx cannot express")
-            mant = float(weight_mantissa(syn.weight, syn.scale))
-            weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
-            cout, groups, dilation = c, c, (1, 1)
-        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
-               zip((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)]
-        _type(g, "conv")
-        for key, value in (("inChannels", c), ("outChannels", cout), ("groups", groups)):
-            g.create_dataset(key, data=value)
-        for key, value in (("kernelSize", syn.kernel_size), ("stride", syn.stride),
-                           ("padding", syn.padding), ("dilation", dilation)):
-            g.create_dataset(key, data=np.array(value))
-        g.create_dataset("weight", data=weight)
-        g.create_dataset("shape", data=np.array([cout, *out]))
-        _neuron(g, m.neuron)
-        return (cout, *out)
-    if isinstance(m, Flatten):
-        _type(g, "flatten")
-        g.create_dataset("shape", data=np.array([int(np.prod(shape)), 1, 1]))
-        return (int(np.prod(shape)),)
-    if isinstance(m, (Dense, Affine)):
-        syn = m.synapse
+@functools.singledispatch
+def _write_layer(m: nn.Module, g: h5py.Group, shape):
+    """Write one layer into group ``g``; returns its output shape.  One function per block
+    type (``functools.singledispatch``)."""
+    raise ExportUnsupported(f"netx export: unsupported layer {type(m).__name__}; supported: "
+                            "Conv, Pool, Flatten, Dense, Affine")
+
+
+@_write_layer.register(Conv)
+@_write_layer.register(Pool)
+def _(m, g: h5py.Group, shape):
+    c, h, w = shape
+    syn = m.synapse
+    if isinstance(m, Conv):
         weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
-        if weight.shape[1] != int(np.prod(shape)):
-            raise SpikelineError(f"netx export: dense layer expects {weight.shape[1]} inputs, "
-                                 f"the previous layer gives {shape}")
-        _type(g, "dense")
-        g.create_dataset("inFeatures", data=weight.shape[1])
-        g.create_dataset("outFeatures", data=weight.shape[0])
-        g.create_dataset("weight", data=weight)
-        g.create_dataset("shape", data=np.array([weight.shape[0]]))
+        cout, groups = weight.shape[0], syn.groups
+        dilation = syn.dilation
         _check_synapse(syn)
-        _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
-        return (weight.shape[0],)
-    raise SpikelineError(f"netx export: unsupported layer {type(m).__name__}; supported: Conv, "
-                         "Pool, Flatten, Dense, Affine")
+    else:
+        if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
+            raise ExportUnsupported(f"netx export: sum pooling of a {h}x{w} map needs "
+                                    "lava-dl's one-sided padding, which netx cannot express")
+        mant = float(weight_mantissa(syn.weight, syn.scale))
+        weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
+        cout, groups, dilation = c, c, (1, 1)
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+           zip((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)]
+    _type(g, "conv")
+    for key, value in (("inChannels", c), ("outChannels", cout), ("groups", groups)):
+        g.create_dataset(key, data=value)
+    for key, value in (("kernelSize", syn.kernel_size), ("stride", syn.stride),
+                       ("padding", syn.padding), ("dilation", dilation)):
+        g.create_dataset(key, data=np.array(value))
+    g.create_dataset("weight", data=weight)
+    g.create_dataset("shape", data=np.array([cout, *out]))
+    _neuron(g, m.neuron)
+    return (cout, *out)
+
+
+@_write_layer.register
+def _(m: Flatten, g: h5py.Group, shape):
+    _type(g, "flatten")
+    g.create_dataset("shape", data=np.array([int(np.prod(shape)), 1, 1]))
+    return (int(np.prod(shape)),)
+
+
+@_write_layer.register(Dense)
+@_write_layer.register(Affine)
+def _(m, g: h5py.Group, shape):
+    syn = m.synapse
+    weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
+    if weight.shape[1] != int(np.prod(shape)):
+        raise ExportUnsupported(f"netx export: dense layer expects {weight.shape[1]} inputs, "
+                                f"the previous layer gives {shape}")
+    _type(g, "dense")
+    g.create_dataset("inFeatures", data=weight.shape[1])
+    g.create_dataset("outFeatures", data=weight.shape[0])
+    g.create_dataset("weight", data=weight)
+    g.create_dataset("shape", data=np.array([weight.shape[0]]))
+    _check_synapse(syn)
+    _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
+    return (weight.shape[0],)
