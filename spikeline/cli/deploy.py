@@ -83,6 +83,10 @@ def run_simulate(args) -> int:
 
     graph, metadata, path = load_model(args.model)
     x, source = load_inputs(args, graph, metadata)
+    pad = int((graph.metadata or {}).get("input_pad_steps", 0))
+    if pad > 0:  # hardware timing: the last input step needs `pad` more steps to the readout
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
+        source["input_pad_steps"] = pad
     with torch.no_grad():
         sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), args.mode, args.dt)
     out = sim.output
