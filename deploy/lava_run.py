@@ -3,7 +3,7 @@
 Two paths: ``run_netx`` loads a netx HDF5 file (sequential nets), ``run_graph`` builds the
 process graph of a NIR file with ``deploy/to_lava.py`` (any graph Lava can hold: residual nets).
 
-A failing Lava run hangs in ``stop()`` and leaves child processes behind (REFERENCE §3), so
+A failing Lava run hangs in ``stop()`` and leaves child processes behind (measured with lava-nc 0.10.0), so
 ``run_netx`` starts ``python -m spikeline.deploy.lava_run`` in its own process group with a
 timeout and kills the whole group when it expires.
 

@@ -1,6 +1,6 @@
 """Folded ``SpikingNet`` -> NIR graph, with the parameter convention other simulators import.
 
-CUBA-LIF with 12-bit decays ``iDecay``, ``vDecay`` and threshold ``theta`` becomes (REFERENCE §5;
+CUBA-LIF with 12-bit decays ``iDecay``, ``vDecay`` and threshold ``theta`` becomes (measured here;
 SpikingJelly 2.0, snnTorch 1.0 and Norse 1.1 reproduce it exactly)::
 
     dt = 1e-4, tau_syn = dt * 4096 / iDecay, tau_mem = dt * 4096 / vDecay,
