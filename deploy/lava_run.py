@@ -3,13 +3,14 @@
 Two paths: ``run_netx`` loads a netx HDF5 file (sequential nets), ``run_graph`` builds the
 process graph of a NIR file with ``deploy/to_lava.py`` (any graph Lava can hold: residual nets).
 
-A failing Lava run hangs in ``stop()`` and leaves child processes behind (measured with lava-nc 0.10.0), so
-``run_netx`` starts ``python -m spikeline.deploy.lava_run`` in its own process group with a
-timeout and kills the whole group when it expires.
+A failing Lava run hangs in ``stop()`` and leaves child processes behind (measured with
+lava-nc 0.10.0), so both start ``python -m spikeline.deploy.lava_run`` in its own process
+group with a timeout and kill the whole group when it expires.
 
 Lava's layers each add one step of synaptic delay (layer i's step t is Lava's step t + i + 1),
-so the run is ``T + layers`` steps long on a zero-padded input; ``run_netx`` returns every layer's spikes (and the readout's voltage)
-re-aligned to the trained model's time axis, ``[T, C, H, W]`` per layer.
+so the netx run is ``T + layers`` steps long on a zero-padded input; ``run_netx`` returns
+every layer's spikes (and the readout's voltage) re-aligned to the trained model's time axis,
+``[T, C, H, W]`` per layer.
 """
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from spikeline.errors import ExportUnsupported
 
-from .to_nir import DT, nir_to_cuba
+from .to_nir import nir_to_cuba
 
 GRADED_BITS = 24  # num_message_bits of a synapse whose input can exceed 1 (counts)
 MAX_VTH = (1 << 17) - 1  # LIF's vth is an unsigned 17-bit integer
@@ -124,10 +124,6 @@ class LavaNet:
     edges: list[Edge] = field(default_factory=list)
     pad_steps: int = 0
     readout_start: int = 0
-
-
-def _shape_of(graph: nir.NIRGraph, name: str, shapes: dict) -> tuple[int, ...]:
-    return shapes[name]
 
 
 def _steps(name: str, node: nir.Delay, dt: float) -> int:
@@ -397,7 +393,7 @@ def build(net: LavaNet, data: np.ndarray):
             matrix = csr_matrix(identity(line.size, dtype=np.int32, format="csr") * weight)
             hops.append(Sparse(weights=matrix, num_message_bits=GRADED_BITS,
                                name=f"{name}_{k}"))
-        for a, b in zip(hops, hops[1:]):
+        for a, b in zip(hops[:-1], hops[1:], strict=True):
             a.a_out.connect(b.s_in)
         procs[name] = _Chain(hops[0].s_in, hops[-1].a_out)
     for edge in net.edges:

@@ -1,8 +1,9 @@
 """Folded sequential ``SpikingNet`` -> lava-dl netx HDF5 (Loihi through Lava).
 
-Schema as lava-dl 0.6.0's ``export_hdf5`` writes it (``lava/lib/dl/slayer/block/base.py``, ``export_hdf5``): ``layer/<i>`` groups with
-``type``, ``shape`` (C, H, W), weights x64 as floats, and a ``neuron/`` group (``CUBA``,
-``iDecay``, ``vDecay``, ``vThMant``, ``refDelay``, ``gradedSpike``).  What netx cannot load is
+Schema as lava-dl 0.6.0's ``export_hdf5`` writes it (``lava/lib/dl/slayer/block/base.py``):
+``layer/<i>`` groups with ``type``, ``shape`` (C, H, W), weights x64 as floats, and a
+``neuron/`` group (``CUBA``, ``iDecay``, ``vDecay``, ``vThMant``, ``refDelay``,
+``gradedSpike``).  What netx cannot load is
 lowered exactly:
 
 - sum pooling (netx raises NotImplementedError for ``pool``) -> a grouped, strided conv whose

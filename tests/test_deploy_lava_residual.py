@@ -213,7 +213,7 @@ def test_planted_faults_fail_verify_with_exit_1(tmp_path):
             (bad / f).write_bytes((export / f).read_bytes())
         graph = nir.read(export / "model.nir")
         if fault == "weight":
-            graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # one weight, +64 mantissa steps
+            graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # +64 steps
         else:
             delay = _nth(graph, nir.Delay, 3)
             graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * 2)
@@ -262,7 +262,7 @@ def test_lava_catches_planted_weight_and_delay_faults(tmp_path):
             (bad / f).write_bytes((export / f).read_bytes())
         graph = nir.read(export / "model.nir")
         if fault == "weight":
-            graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # one weight, +64 mantissa steps
+            graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # +64 steps
         else:  # the SEW identity term, two steps late, made three
             delay = next(n for n, node in graph.nodes.items()
                          if isinstance(node, nir.Delay) and np.allclose(node.delay, 2 * DT))
