@@ -28,6 +28,7 @@ from spikeline.pipeline.models import MODELS, build_model
 needs_lava = pytest.mark.skipif(importlib.util.find_spec("lava") is None,
                                 reason="lava-nc / lava-dl are not installed")
 SIZE = (12, 12)
+EXPORT_SIZE = (16, 16)  # exports run through the CLI and Lava
 
 
 def _events_dir() -> pathlib.Path | None:
@@ -189,9 +190,9 @@ def _cli(*args):
 
 def _loihi_export(tmp_path, name, seed=0):
     torch.manual_seed(seed)
-    model = _with_biases(build_model(name, input_size=(34, 34), timing="loihi",
+    model = _with_biases(build_model(name, input_size=EXPORT_SIZE, timing="loihi",
                                      **_options(name)))
-    spec = {"name": name, "input_size": [34, 34], "width": 8, "depths": [1, 1, 1, 1],
+    spec = {"name": name, "input_size": list(EXPORT_SIZE), "width": 8, "depths": [1, 1, 1, 1],
             "timing": "loihi"}
     export_model(model, spec, tmp_path, config={"T": 4})
     return tmp_path
@@ -201,7 +202,7 @@ def test_planted_faults_fail_verify_with_exit_1(tmp_path):
     """One weight changed by one step of its grid, or one hop delayed by one more step, in
     model.nir: the certificate must fail (exit 1), and say so per layer."""
     export = _loihi_export(tmp_path / "good", "resnet18")
-    x = _frames(n=1, t=4, size=(34, 34)).transpose(0, 1).numpy()
+    x = _frames(n=1, t=4, size=EXPORT_SIZE).transpose(0, 1).numpy()
     np.save(tmp_path / "x.npy", x[:, 0])
     ok = _cli("verify", export, "--backends", "nir", "--input", tmp_path / "x.npy")
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -225,7 +226,7 @@ def test_planted_faults_fail_verify_with_exit_1(tmp_path):
 
 def test_verify_cli_exits_nonzero_on_a_skipped_backend_unless_allowed(tmp_path):
     export = _loihi_export(tmp_path / "e", "resnet18")
-    np.save(tmp_path / "x.npy", _frames(t=4, size=(34, 34))[0].numpy())
+    np.save(tmp_path / "x.npy", _frames(t=4, size=EXPORT_SIZE)[0].numpy())
     args = ("verify", export, "--backends", "nir,spikingjelly", "--input", tmp_path / "x.npy")
     res = _cli(*args)
     assert res.returncode == 1 and "skipped" in res.stdout + res.stderr
@@ -241,7 +242,7 @@ def test_lava_process_graph_matches_every_layer(tmp_path, name):
     """A Spiking ResNet with BatchNorm biases and a SEW ResNet (ADD): 0 mismatches in every
     layer, through verify's lava backend (process graph path), on one sample."""
     export = _loihi_export(tmp_path, name)
-    report = verify_export(export, _frames(t=4, size=(34, 34)).transpose(0, 1),
+    report = verify_export(export, _frames(t=4, size=EXPORT_SIZE).transpose(0, 1),
                            backends=("lava",))
     lava = report.backends[0]
     assert lava.status == "ok", lava
@@ -254,7 +255,7 @@ def test_lava_process_graph_matches_every_layer(tmp_path, name):
 @pytest.mark.slow
 def test_lava_catches_planted_weight_and_delay_faults(tmp_path):
     export = _loihi_export(tmp_path / "good", "sew_resnet18")
-    x = _frames(t=4, size=(34, 34)).transpose(0, 1)
+    x = _frames(t=4, size=EXPORT_SIZE).transpose(0, 1)
     for fault in ("weight", "delay"):
         bad = tmp_path / fault
         bad.mkdir()
