@@ -36,7 +36,7 @@ from spikeline.pipeline.models import SpikingNet
 
 from .fold import fold_model
 from .to_netx import write_netx
-from .to_nir import DT, Export, model_to_nir
+from .to_nir import DT, Export, model_to_nir, timing_metadata
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     meta = {"spikeline_version": __version__, "model_spec": spec, "training_config": config or {},
             "input_shape": list(input_shape), "input_encoding": folded.encoding,
             "T": (config or {}).get("T"), "dataset": (config or {}).get("dataset"),
-            "dt": DT, "quantization": QUANTIZATION, "heads": "removed"}
+            "dt": DT, "quantization": QUANTIZATION, "heads": "removed",
+            **chip_timing(folded, (config or {}).get("T"))}
     with ExitStack() as staged:  # on leaving it, each staged file replaces its target
         if "nir" in formats:
             nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
@@ -119,6 +120,17 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
             (out / name).unlink()
     write_manifest(out)
     return result
+
+
+def chip_timing(model: SpikingNet, T: int | None) -> dict:
+    """``latency_steps``: the network's depth in synaptic hops, i.e. the steps before input
+    step 0 reaches the readout on a chip with one step per hop; ``chip_steps_per_sample``:
+    ``T + latency_steps``, the steps a sample occupies the chip (the last input step must
+    reach the readout).  Plus the graph's ``timing``, ``input_pad_steps``, ``readout_start``."""
+    meta = timing_metadata(model)
+    meta["chip_steps_per_sample"] = None if T is None else int(T) + meta["latency_steps"]
+    del meta["readout"]
+    return meta
 
 
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:

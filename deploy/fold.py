@@ -12,15 +12,17 @@ reference every export is checked against, spike for spike.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
+from torch import nn
 
-from spikeline.pipeline.blocks import ConvSynapse, DenseSynapse, _Synapse
+from spikeline.pipeline.blocks import ConvSynapse, DenseSynapse, Synapse
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.quantize import quantize_bias, quantize_weight
 
 
-def _fold_synapse(syn: _Synapse, gate: torch.Tensor | None = None) -> None:
+def _fold_synapse(syn: Synapse, gate: torch.Tensor | None = None) -> None:
     """Fold ``syn.norm`` (and a gate) into its weight and voltage bias, in place."""
     with torch.no_grad():
         weight = quantize_weight(syn.weight, syn.scale)
@@ -40,17 +42,36 @@ def _fold_synapse(syn: _Synapse, gate: torch.Tensor | None = None) -> None:
         syn.bias = None if bias is None else torch.nn.Parameter(quantize_bias(bias, syn.scale))
 
 
+@functools.singledispatch
+def fold_module(module: nn.Module) -> None:
+    """Fold one module in place (no-op for modules without a norm or gate).  One function per
+    block type (``functools.singledispatch``); ``fold_model`` applies it to every module,
+    residual blocks (their gates) before synapses (their norms)."""
+
+
+@fold_module.register
+def _(module: ResidualBlock) -> None:
+    gate = module.gate.detach() if module.gate is not None else None
+    _fold_synapse(module.conv2, gate)
+    module.gate = None
+
+
+@fold_module.register(ConvSynapse)
+@fold_module.register(DenseSynapse)
+def _(module) -> None:
+    _fold_synapse(module)
+
+
 def fold_model(model: SpikingNet) -> SpikingNet:
     """A folded, quantized copy of ``model`` in eval mode (the original is left untouched)."""
     folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
+    modules = list(folded.modules())
+    for module in modules:  # gates first: a gate scales the norm's output it multiplies
         if isinstance(module, ResidualBlock):
-            gate = module.gate.detach() if module.gate is not None else None
-            _fold_synapse(module.conv2, gate)
-            module.gate = None
-    for module in folded.modules():
-        if isinstance(module, (ConvSynapse, DenseSynapse)):
-            _fold_synapse(module)
+            fold_module(module)
+    for module in modules:
+        if not isinstance(module, ResidualBlock):
+            fold_module(module)
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded

@@ -1,12 +1,16 @@
-"""Run a netx HDF5 network in Lava (``Loihi2SimCfg(select_tag='fixed_pt')``), in a subprocess.
+"""Run a network in Lava (``Loihi2SimCfg(select_tag='fixed_pt')``), in a subprocess.
 
-A failing Lava run hangs in ``stop()`` and leaves child processes behind (REFERENCE §3), so
-``run_netx`` starts ``python -m spikeline.deploy.lava_run`` in its own process group with a
-timeout and kills the whole group when it expires.
+Two paths: ``run_netx`` loads a netx HDF5 file (sequential nets), ``run_graph`` builds the
+process graph of a NIR file with ``deploy/to_lava.py`` (any graph Lava can hold: residual nets).
+
+A failing Lava run hangs in ``stop()`` and leaves child processes behind (measured with
+lava-nc 0.10.0), so both start ``python -m spikeline.deploy.lava_run`` in its own process
+group with a timeout and kill the whole group when it expires.
 
 Lava's layers each add one step of synaptic delay (layer i's step t is Lava's step t + i + 1),
-so the run is ``T + layers`` steps long on a zero-padded input; ``run_netx`` returns every layer's spikes (and the readout's voltage)
-re-aligned to the trained model's time axis, ``[T, C, H, W]`` per layer.
+so the netx run is ``T + layers`` steps long on a zero-padded input; ``run_netx`` returns
+every layer's spikes (and the readout's voltage) re-aligned to the trained model's time axis,
+``[T, C, H, W]`` per layer.
 """
 from __future__ import annotations
 
@@ -27,11 +31,25 @@ S_SCALE = 4096  # Lava states are 4096 x SLAYER's
 def run_netx(net_path, x: np.ndarray, timeout: float = 300.0) -> dict[str, np.ndarray]:
     """``x``: binary input ``[T, C, H, W]``.  Returns ``{'layer<i>': spikes [T, *shape],
     'readout': voltage [T, K]}`` aligned with the trained model (our step t)."""
+    return _run_child("netx", net_path, x, timeout)
+
+
+def run_graph(nir_path, x: np.ndarray, timeout: float = 300.0) -> dict[str, np.ndarray]:
+    """Run the NIR graph at ``nir_path`` as a Lava process graph (``to_lava.build``) on
+    ``x`` ``[steps, N, *input_shape]`` (the network input, padded as the graph's metadata
+    says), one sample after another in one subprocess.  Returns, per neuron node, its spikes
+    (CubaLIF) or voltage (CubaLI readout, in the trained network's units) ``[steps, N, *shape]``;
+    Lava's step ``i`` is the trained network's step ``i``."""
+    return _run_child("graph", nir_path, x, timeout)
+
+
+def _run_child(kind: str, path, x: np.ndarray, timeout: float) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "input.npy", Path(tmp) / "out.npz"
         np.save(inp, np.asarray(x, dtype=np.float32))
-        cmd = [sys.executable, "-m", "spikeline.deploy.lava_run", str(net_path), str(inp),
+        cmd = [sys.executable, "-m", "spikeline.deploy.lava_run", kind, str(path), str(inp),
                str(out)]
+        net_path = path
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True, text=True)
         try:
@@ -97,5 +115,41 @@ def _main(net_path: str, input_path: str, out_path: str) -> None:
     np.savez(out_path, **result)
 
 
+def _main_graph(nir_path: str, input_path: str, out_path: str) -> None:
+    import nir
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.monitor.process import Monitor
+
+    from spikeline.deploy.to_lava import build, lower
+
+    net = lower(nir.read(nir_path))
+    x = np.load(input_path)  # [steps, N, *input_shape]
+    steps = x.shape[0]
+    per_sample: dict[str, list[np.ndarray]] = {name: [] for name in net.lifs}
+    for i in range(x.shape[1]):
+        source, lifs = build(net, x[:, i])
+        monitors = {}
+        for name, proc in lifs.items():
+            var = proc.v if net.lifs[name].readout else proc.s_out
+            monitor = Monitor()
+            monitor.probe(var, steps)
+            monitors[name] = (monitor, var)
+        try:
+            source.run(condition=RunSteps(num_steps=steps),
+                       run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+            for name, (monitor, var) in monitors.items():
+                data = np.asarray(monitor.get_data()[var.process.name][var.name])
+                shape = net.lifs[name].shape
+                data = _whc_to_chw(data, shape).astype(np.float32)
+                if net.lifs[name].readout:
+                    data = data / S_SCALE
+                per_sample[name].append(data)
+        finally:
+            source.stop()
+    np.savez(out_path, **{name: np.stack(v, axis=1) for name, v in per_sample.items()})
+
+
 if __name__ == "__main__":
-    _main(*sys.argv[1:4])
+    kind, args = sys.argv[1], sys.argv[2:5]
+    (_main_graph if kind == "graph" else _main)(*args)

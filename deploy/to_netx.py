@@ -1,8 +1,9 @@
 """Folded sequential ``SpikingNet`` -> lava-dl netx HDF5 (Loihi through Lava).
 
-Schema as lava-dl 0.6.0's ``export_hdf5`` writes it (REFERENCE §3): ``layer/<i>`` groups with
-``type``, ``shape`` (C, H, W), weights x64 as floats, and a ``neuron/`` group (``CUBA``,
-``iDecay``, ``vDecay``, ``vThMant``, ``refDelay``, ``gradedSpike``).  What netx cannot load is
+Schema as lava-dl 0.6.0's ``export_hdf5`` writes it (``lava/lib/dl/slayer/block/base.py``):
+``layer/<i>`` groups with ``type``, ``shape`` (C, H, W), weights x64 as floats, and a
+``neuron/`` group (``CUBA``, ``iDecay``, ``vDecay``, ``vThMant``, ``refDelay``,
+``gradedSpike``).  What netx cannot load is
 lowered exactly:
 
 - sum pooling (netx raises NotImplementedError for ``pool``) -> a grouped, strided conv whose
@@ -15,6 +16,8 @@ Neither do voltage biases (folded BatchNorm) or lava-dl's ``delay_shift``: Lava 
 i's input by i + 1 steps, which only a bias-free network without delay_shift tolerates.
 """
 from __future__ import annotations
+
+import functools
 
 import h5py
 import numpy as np
@@ -44,8 +47,10 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
                 "neuron) has no netx layer type (netx nets are sequential); export NIR instead")
         else:
             if getattr(getattr(m, "lif", None), "delay_shift", False):
-                raise ExportUnsupported("netx export: layers with delay_shift are not supported "
-                                     "(Lava adds its own per-layer delay); export NIR")
+                raise ExportUnsupported(
+                    "netx export: layers with delay_shift (--timing loihi) are not written as "
+                    "netx (netx adds its own per-layer delay); the Lava process graph of "
+                    "model.nir (to_lava) runs them")
             flat.append(m)
 
     for stage in model.stages:
@@ -57,7 +62,7 @@ def _layers(model: SpikingNet) -> list[nn.Module]:
 def netx_layer_modules(model: SpikingNet) -> list[nn.Module]:
     """For each netx layer (Flatten has none in Lava), the module whose output it reproduces:
     the LIF population of a spiking block, the Affine readout itself."""
-    return [m.lif if hasattr(m, "lif") else m for m in _layers(model)
+    return [m.lif.spikes if hasattr(m, "lif") else m for m in _layers(model)
             if not isinstance(m, Flatten)]
 
 
@@ -102,56 +107,70 @@ def write_netx(model: SpikingNet, input_shape: tuple[int, int, int], path) -> li
         root = f.create_group("layer")
         for i, m in enumerate(layers):
             g = root.create_group(str(i))
-            shape = _write_layer(g, m, shape)
+            shape = _write_layer(m, g, shape)
             kinds.append(g["type"][0].decode())
     return kinds
 
 
-def _write_layer(g: h5py.Group, m: nn.Module, shape):
-    if isinstance(m, (Conv, Pool)):
-        c, h, w = shape
-        syn = m.synapse
-        if isinstance(m, Conv):
-            weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
-            cout, groups = weight.shape[0], syn.groups
-            dilation = syn.dilation
-            _check_synapse(syn)
-        else:
-            if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
-                raise ExportUnsupported(f"netx export: sum pooling of a {h}x{w} map needs "
-                                     "lava-dl's one-sided padding, which netx cannot express")
-            mant = float(weight_mantissa(syn.weight, syn.scale))
-            weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
-            cout, groups, dilation = c, c, (1, 1)
-        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
-               zip((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)]
-        _type(g, "conv")
-        for key, value in (("inChannels", c), ("outChannels", cout), ("groups", groups)):
-            g.create_dataset(key, data=value)
-        for key, value in (("kernelSize", syn.kernel_size), ("stride", syn.stride),
-                           ("padding", syn.padding), ("dilation", dilation)):
-            g.create_dataset(key, data=np.array(value))
-        g.create_dataset("weight", data=weight)
-        g.create_dataset("shape", data=np.array([cout, *out]))
-        _neuron(g, m.neuron)
-        return (cout, *out)
-    if isinstance(m, Flatten):
-        _type(g, "flatten")
-        g.create_dataset("shape", data=np.array([int(np.prod(shape)), 1, 1]))
-        return (int(np.prod(shape)),)
-    if isinstance(m, (Dense, Affine)):
-        syn = m.synapse
+@functools.singledispatch
+def _write_layer(m: nn.Module, g: h5py.Group, shape):
+    """Write one layer into group ``g``; returns its output shape.  One function per block
+    type (``functools.singledispatch``)."""
+    raise ExportUnsupported(f"netx export: unsupported layer {type(m).__name__}; supported: "
+                            "Conv, Pool, Flatten, Dense, Affine")
+
+
+@_write_layer.register(Conv)
+@_write_layer.register(Pool)
+def _(m, g: h5py.Group, shape):
+    c, h, w = shape
+    syn = m.synapse
+    if isinstance(m, Conv):
         weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
-        if weight.shape[1] != int(np.prod(shape)):
-            raise SpikelineError(f"netx export: dense layer expects {weight.shape[1]} inputs, "
-                                 f"the previous layer gives {shape}")
-        _type(g, "dense")
-        g.create_dataset("inFeatures", data=weight.shape[1])
-        g.create_dataset("outFeatures", data=weight.shape[0])
-        g.create_dataset("weight", data=weight)
-        g.create_dataset("shape", data=np.array([weight.shape[0]]))
+        cout, groups = weight.shape[0], syn.groups
+        dilation = syn.dilation
         _check_synapse(syn)
-        _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
-        return (weight.shape[0],)
-    raise ExportUnsupported(f"netx export: unsupported layer {type(m).__name__}; supported: Conv, "
-                         "Pool, Flatten, Dense, Affine")
+    else:
+        if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
+            raise ExportUnsupported(f"netx export: sum pooling of a {h}x{w} map needs "
+                                    "lava-dl's one-sided padding, which netx cannot express")
+        mant = float(weight_mantissa(syn.weight, syn.scale))
+        weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
+        cout, groups, dilation = c, c, (1, 1)
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
+           zip((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)]
+    _type(g, "conv")
+    for key, value in (("inChannels", c), ("outChannels", cout), ("groups", groups)):
+        g.create_dataset(key, data=value)
+    for key, value in (("kernelSize", syn.kernel_size), ("stride", syn.stride),
+                       ("padding", syn.padding), ("dilation", dilation)):
+        g.create_dataset(key, data=np.array(value))
+    g.create_dataset("weight", data=weight)
+    g.create_dataset("shape", data=np.array([cout, *out]))
+    _neuron(g, m.neuron)
+    return (cout, *out)
+
+
+@_write_layer.register
+def _(m: Flatten, g: h5py.Group, shape):
+    _type(g, "flatten")
+    g.create_dataset("shape", data=np.array([int(np.prod(shape)), 1, 1]))
+    return (int(np.prod(shape)),)
+
+
+@_write_layer.register(Dense)
+@_write_layer.register(Affine)
+def _(m, g: h5py.Group, shape):
+    syn = m.synapse
+    weight = weight_mantissa(syn.weight, syn.scale).numpy().astype(np.float32)
+    if weight.shape[1] != int(np.prod(shape)):
+        raise ExportUnsupported(f"netx export: dense layer expects {weight.shape[1]} inputs, "
+                                f"the previous layer gives {shape}")
+    _type(g, "dense")
+    g.create_dataset("inFeatures", data=weight.shape[1])
+    g.create_dataset("outFeatures", data=weight.shape[0])
+    g.create_dataset("weight", data=weight)
+    g.create_dataset("shape", data=np.array([weight.shape[0]]))
+    _check_synapse(syn)
+    _neuron(g, m.neuron, never_spikes=isinstance(m, Affine))
+    return (weight.shape[0],)

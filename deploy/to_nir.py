@@ -1,6 +1,6 @@
 """Folded ``SpikingNet`` -> NIR graph, with the parameter convention other simulators import.
 
-CUBA-LIF with 12-bit decays ``iDecay``, ``vDecay`` and threshold ``theta`` becomes (REFERENCE §5;
+CUBA-LIF with 12-bit decays ``iDecay``, ``vDecay`` and threshold ``theta`` becomes (measured here;
 SpikingJelly 2.0, snnTorch 1.0 and Norse 1.1 reproduce it exactly)::
 
     dt = 1e-4, tau_syn = dt * 4096 / iDecay, tau_mem = dt * 4096 / vDecay,
@@ -14,6 +14,7 @@ into every consumer.  Block outputs are tracked as *lists* of node names for tha
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import nir
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import ExportUnsupported, SpikelineError
 from spikeline.pipeline.blocks import (
-    LIF, Affine, ConvSynapse, DenseSynapse, Dropout, Flatten, PoolSynapse, _SpikingBlock,
+    LIF, Affine, ConvSynapse, DenseSynapse, Dropout, Flatten, PoolSynapse, SpikingBlock,
 )
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.quantize import quantize_bias, quantize_weight
@@ -79,86 +80,124 @@ def _bias(syn) -> np.ndarray | None:
 
 
 class _Exporter:
+    """Walks a folded model; ``synapse`` and ``module`` dispatch on the module's type
+    (one registered function per block type, ``functools.singledispatchmethod``)."""
+
     def __init__(self):
         self.b = _Builder()
 
+    def delay(self, sources: list[str], shape, steps: int) -> list[str]:
+        """``sources`` (summed) delayed by ``steps`` time steps: one NIR ``Delay`` node."""
+        if steps <= 0:
+            return sources
+        return [self.b.add("delay", nir.Delay(delay=np.full(shape, steps * DT)), sources)]
+
+    @functools.singledispatchmethod
     def synapse(self, syn, sources, shape):
         """A synapse module -> (node name, output shape, voltage bias)."""
-        if isinstance(syn, ConvSynapse):
-            node, out = _conv_node(syn, shape)
-            return self.b.add("conv", node, sources), out, _bias(syn)
-        if isinstance(syn, DenseSynapse):
-            weight = _tensor(quantize_weight(syn.weight, syn.scale))
-            name = self.b.add("linear", nir.Linear(weight=weight), sources)
-            return name, (weight.shape[0],), _bias(syn)
-        if isinstance(syn, PoolSynapse):
-            _, h, w = shape
-            if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
-                raise SpikelineError(
-                    f"NIR export: sum pooling of a {h}x{w} map with kernel "
-                    f"{syn.kernel_size} needs lava-dl's one-sided padding, which NIR's "
-                    "SumPool2d cannot express; choose an input size that keeps pooled maps even")
-            if syn.weight.item() != 1:
-                raise SpikelineError("NIR export: sum pooling with a weight other than 1")
-            node = nir.SumPool2d(kernel_size=np.array(syn.kernel_size),
-                                 stride=np.array(syn.stride), padding=np.array(syn.padding))
-            out = _conv_out(shape, shape[0], syn.kernel_size, syn.stride, syn.padding)
-            return self.b.add("sumpool", node, sources), out, None
-        raise SpikelineError(f"NIR export: unsupported synapse {type(syn).__name__}")
+        raise ExportUnsupported(f"NIR export: unsupported synapse {type(syn).__name__}")
+
+    @synapse.register
+    def _(self, syn: ConvSynapse, sources, shape):
+        node, out = _conv_node(syn, shape)
+        return self.b.add("conv", node, sources), out, _bias(syn)
+
+    @synapse.register
+    def _(self, syn: DenseSynapse, sources, shape):
+        weight = _tensor(quantize_weight(syn.weight, syn.scale))
+        name = self.b.add("linear", nir.Linear(weight=weight), sources)
+        return name, (weight.shape[0],), _bias(syn)
+
+    @synapse.register
+    def _(self, syn: PoolSynapse, sources, shape):
+        _, h, w = shape
+        if h % syn.kernel_size[0] or w % syn.kernel_size[1] or any(syn.padding):
+            raise ExportUnsupported(
+                f"NIR export: sum pooling of a {h}x{w} map with kernel "
+                f"{syn.kernel_size} needs lava-dl's one-sided padding, which NIR's "
+                "SumPool2d cannot express; choose an input size that keeps pooled maps even")
+        if syn.weight.item() != 1:
+            raise ExportUnsupported("NIR export: sum pooling with a weight other than 1")
+        node = nir.SumPool2d(kernel_size=np.array(syn.kernel_size),
+                             stride=np.array(syn.stride), padding=np.array(syn.padding))
+        out = _conv_out(shape, shape[0], syn.kernel_size, syn.stride, syn.padding)
+        return self.b.add("sumpool", node, sources), out, None
 
     def lif(self, lif: LIF, sources, shape, bias):
-        name = self.b.add("cubalif", cuba_to_nir(lif.neuron, shape, bias), sources, lif)
-        if lif.delay_shift:
-            name = self.b.add("delay", nir.Delay(delay=np.full(shape, DT)), [name])
-        return name
+        # the node reproduces the population's spikes before its hop (``lif.spikes``)
+        name = self.b.add("cubalif", cuba_to_nir(lif.neuron, shape, bias), sources, lif.spikes)
+        return self.delay([name], shape, int(lif.delay_shift))[0]
 
+    @functools.singledispatchmethod
     def module(self, m: nn.Module, sources: list[str], shape):
         """Export ``m`` fed by the sum of ``sources``; returns (output sources, shape)."""
-        if isinstance(m, nn.Sequential):
-            for child in m:
-                sources, shape = self.module(child, sources, shape)
-            return sources, shape
-        if isinstance(m, _SpikingBlock):
-            syn, shape, bias = self.synapse(m.synapse, sources, shape)
-            return [self.lif(m.lif, [syn], shape, bias)], shape
-        if isinstance(m, Flatten):
-            node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
-            return [self.b.add("flatten", node, sources)], (int(np.prod(shape)),)
-        if isinstance(m, Dropout):
-            return sources, shape
-        if isinstance(m, Affine):
-            syn, out, _ = self.synapse(m.synapse, sources, shape)
-            node = cuba_to_nir(m.neuron, out, None, spiking=False)
-            return [self.b.add("cubali", node, [syn], m)], out
-        if isinstance(m, ResidualBlock):
-            return self.residual(m, sources, shape)
-        raise SpikelineError(f"NIR export: unsupported module {type(m).__name__}; supported: "
-                             "Conv, Dense, Pool, Flatten, Affine, residual blocks")
+        raise ExportUnsupported(f"NIR export: unsupported module {type(m).__name__}; "
+                                "supported: Conv, Dense, Pool, Flatten, Affine, residual blocks")
 
-    def residual(self, m: ResidualBlock, sources, shape):
+    @module.register
+    def _(self, m: nn.Sequential, sources, shape):
+        for child in m:
+            sources, shape = self.module(child, sources, shape)
+        return sources, shape
+
+    @module.register
+    def _(self, m: SpikingBlock, sources, shape):
+        syn, shape, bias = self.synapse(m.synapse, sources, shape)
+        return [self.lif(m.lif, [syn], shape, bias)], shape
+
+    @module.register
+    def _(self, m: Flatten, sources, shape):
+        node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+        return [self.b.add("flatten", node, sources)], (int(np.prod(shape)),)
+
+    @module.register
+    def _(self, m: Dropout, sources, shape):
+        return sources, shape
+
+    @module.register
+    def _(self, m: Affine, sources, shape):
+        syn, out, _ = self.synapse(m.synapse, sources, shape)
+        node = cuba_to_nir(m.neuron, out, None, spiking=False)
+        return [self.b.add("cubali", node, [syn], m)], out
+
+    @module.register
+    def _(self, m: ResidualBlock, sources, shape):
         if m.gate is not None:
             raise SpikelineError("NIR export needs a folded model (ReZero gate still present)")
+        if m.kind not in ("spiking", "ADD"):
+            raise ExportUnsupported(
+                f"NIR export: SEW connect function {m.kind} has no NIR node (ADD does: it is a "
+                "sum of edges); export a Spiking ResNet or SEW ADD instead")
         c1, s1, b1 = self.synapse(m.conv1, sources, shape)
         h1 = self.lif(m.lif1, [c1], s1, b1)
         c2, s2, b2 = self.synapse(m.conv2, [h1], s1)
         if m.kind == "spiking":
+            skip = self.delay(sources, shape, m.skip_delay)  # the shortcut's input, delayed
             into, bias = [c2], b2
             if m.down is None:
-                into += sources  # identity residual: the block input feeds the neuron directly
+                into += skip  # identity residual: the block input feeds the neuron directly
             else:
-                cd, _, bd = self.synapse(m.down, sources, shape)
+                cd, _, bd = self.synapse(m.down, skip, shape)
                 into.append(cd)
                 bias = bd if b2 is None else (b2 if bd is None else b2 + bd)
             return [self.lif(m.lif2, into, s2, bias)], s2
-        if m.kind != "ADD":
-            raise SpikelineError(
-                f"NIR export: SEW connect function {m.kind} has no NIR node (ADD does: it is a "
-                "sum of edges); export a Spiking ResNet or SEW ADD instead")
         a = self.lif(m.lif2, [c2], s2, b2)
         if m.down is None:
-            return [a] + sources, s2
-        cd, sd, bd = self.synapse(m.down, sources, shape)
+            return [a] + self.delay(sources, shape, 2 * m.skip_delay), s2
+        skip = self.delay(sources, shape, m.skip_delay)
+        cd, sd, bd = self.synapse(m.down, skip, shape)
         return [a, self.lif(m.down_lif, [cd], sd, bd)], s2
+
+
+def timing_metadata(model: SpikingNet) -> dict:
+    """How the graph is run: ``input_pad_steps`` zero frames appended to the ``T`` input
+    steps, the readout voltage averaged over steps ``[readout_start, T + input_pad_steps)``;
+    ``latency_steps`` is the depth in synaptic hops (the chip's latency under ``loihi``)."""
+    timing = getattr(model, "timing", "ideal")
+    return {"timing": timing, "latency_steps": int(model.latency),
+            "input_pad_steps": int(model.input_pad_steps),
+            "readout_start": int(model.readout_start),
+            "readout": "mean voltage over steps [readout_start, T + input_pad_steps)"}
 
 
 @dataclass
@@ -175,11 +214,13 @@ def model_to_nir(model: SpikingNet, input_shape: tuple[int, int, int],
     ex = _Exporter()
     inp = ex.b.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
     sources, shape = [inp], tuple(input_shape)
+    loihi = getattr(model, "timing", "ideal") == "loihi"
+    sources = ex.delay(sources, shape, int(loihi))  # the input's hop into the first synapse
     for stage in model.stages:
         sources, shape = ex.module(stage, sources, shape)
     sources, shape = ex.module(model.readout, sources, shape)
     out = ex.b.add("output", nir.Output(output_type={"output": np.array(shape)}), sources)
-    meta = {"dt": DT, "input_encoding": model.encoding, "readout": "mean voltage over time",
-            "output_node": out, **(metadata or {})}
+    meta = {"dt": DT, "input_encoding": model.encoding, "output_node": out,
+            **timing_metadata(model), **(metadata or {})}
     graph = nir.NIRGraph(nodes=ex.b.nodes, edges=ex.b.edges, metadata=meta)
     return Export(graph, ex.b.modules)

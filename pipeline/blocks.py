@@ -22,6 +22,11 @@ from torch import nn
 from .neuron import CubaParams, cuba_spikes, cuba_voltage, delay_shift
 from .quantize import quantize_bias, quantize_weight
 
+__all__ = [
+    "Affine", "BiasNorm", "Conv", "ConvSynapse", "Dense", "DenseSynapse", "Dropout", "Flatten",
+    "LIF", "Pool", "PoolSynapse", "SpikingBlock", "Synapse", "from_lava", "to_lava",
+]
+
 
 def to_lava(x: torch.Tensor) -> torch.Tensor:
     """``[T, N, ...]`` -> lava-dl's ``[N, ..., T]``."""
@@ -74,7 +79,7 @@ class BiasNorm(nn.Module):
         return scale.detach(), (self.shift - scale * self.running_mean).detach()
 
 
-class _Synapse(nn.Module):
+class Synapse(nn.Module):
     """Weights -> synaptic input ``z``, then the optional BiasNorm or voltage bias.
 
     ``forward`` returns ``(z, bias)``; ``bias`` (or None) is added to the voltage each step.
@@ -98,7 +103,7 @@ class _Synapse(nn.Module):
         return z, quantize_bias(self.bias, self.scale).view([-1] + [1] * (z.dim() - 3))
 
 
-class ConvSynapse(_Synapse):
+class ConvSynapse(Synapse):
     """2-D convolution without synaptic bias (lava-dl's ``synapse.Conv``), weights quantized."""
 
     def __init__(self, in_features: int, out_features: int, kernel_size, stride=1, padding=0,
@@ -120,7 +125,7 @@ class ConvSynapse(_Synapse):
         return z.unflatten(0, x.shape[:2])
 
 
-class DenseSynapse(_Synapse):
+class DenseSynapse(Synapse):
     """Fully connected without synaptic bias (lava-dl's ``synapse.Dense``), weights quantized."""
 
     def __init__(self, in_neurons: int, out_neurons: int, weight_scale: float = 1,
@@ -135,7 +140,7 @@ class DenseSynapse(_Synapse):
         return F.linear(x, quantize_weight(self.weight, self.scale))
 
 
-class PoolSynapse(_Synapse):
+class PoolSynapse(Synapse):
     """Sum pooling with one weight (lava-dl's ``synapse.Pool``).
 
     Like lava-dl, a size not divisible by the kernel is padded at the bottom/right with
@@ -165,16 +170,18 @@ class LIF(nn.Module):
     def __init__(self, neuron: CubaParams, delay_shift: bool = True):
         super().__init__()
         self.neuron, self.delay_shift = neuron, delay_shift
+        # the spikes before the delay: a probe point for forward hooks (no parameters)
+        self.spikes = nn.Identity()
 
     def forward(self, z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        s = cuba_spikes(z, self.neuron, bias)
+        s = self.spikes(cuba_spikes(z, self.neuron, bias))
         return delay_shift(s) if self.delay_shift else s
 
 
-class _SpikingBlock(nn.Module):
+class SpikingBlock(nn.Module):
     """lava-dl's block: synapse -> CUBA-LIF -> (delay shift)."""
 
-    def __init__(self, synapse: _Synapse, neuron: CubaParams, delay_shift: bool):
+    def __init__(self, synapse: Synapse, neuron: CubaParams, delay_shift: bool):
         super().__init__()
         self.synapse = synapse
         self.lif = LIF(neuron, delay_shift)
@@ -191,7 +198,7 @@ class _SpikingBlock(nn.Module):
         return self.lif(*self.synapse(x))
 
 
-class Conv(_SpikingBlock):
+class Conv(SpikingBlock):
     """lava-dl ``block.cuba.Conv``: 2-D convolution + CUBA-LIF."""
 
     def __init__(self, neuron: CubaParams, in_features: int, out_features: int, kernel_size,
@@ -202,7 +209,7 @@ class Conv(_SpikingBlock):
         super().__init__(synapse, neuron, delay_shift)
 
 
-class Dense(_SpikingBlock):
+class Dense(SpikingBlock):
     """lava-dl ``block.cuba.Dense``: fully connected + CUBA-LIF."""
 
     def __init__(self, neuron: CubaParams, in_neurons: int, out_neurons: int,
@@ -212,7 +219,7 @@ class Dense(_SpikingBlock):
         super().__init__(synapse, neuron, delay_shift)
 
 
-class Pool(_SpikingBlock):
+class Pool(SpikingBlock):
     """lava-dl ``block.cuba.Pool``: sum pooling + CUBA-LIF."""
 
     def __init__(self, neuron: CubaParams, kernel_size, stride=None, padding=0,
@@ -247,3 +254,8 @@ class Affine(nn.Module):
 
 class Dropout(nn.Dropout):
     """Dropout on spikes, independently per step (identity at inference)."""
+
+
+# Former private names, kept so that code written against them keeps working.
+_Synapse = Synapse
+_SpikingBlock = SpikingBlock

@@ -23,6 +23,7 @@ from torch import nn
 
 from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool
 from .neuron import CubaParams
+from .timing import check_timing, hops, pad_steps, shift
 
 ENCODINGS = ("binary", "counts")
 
@@ -39,7 +40,14 @@ def encode_frames(frames: torch.Tensor, encoding: str) -> torch.Tensor:
 
 
 class SpikingNet(nn.Module):
-    """Encoder -> stages -> readout.  ``forward(x [N, T, C, H, W]) -> logits [N, classes]``."""
+    """Encoder -> stages -> readout.  ``forward(x [N, T, C, H, W]) -> logits [N, classes]``.
+
+    ``timing`` (``pipeline/timing.py``): ``ideal``, or ``loihi`` (one step per synaptic hop;
+    the input padded with ``latency`` zero frames and the readout averaged over steps
+    ``[readout_start, T + input_pad_steps)``).  ``set_timing`` switches it.
+    """
+
+    timing = "ideal"
 
     def __init__(self, stages: list[nn.Module], readout: nn.Module, encoding: str,
                  stage_channels: list[int]):
@@ -52,23 +60,65 @@ class SpikingNet(nn.Module):
         self.stage_channels = stage_channels
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, T, C, H, W]`` frames of event counts -> time-first network input."""
+        """``[N, T, C, H, W]`` frames of event counts -> time-first network input (the
+        ``T`` steps the chip receives, before any padding)."""
         return encode_frames(x.transpose(0, 1), self.encoding)
+
+    @property
+    def latency(self) -> int:
+        """Synaptic hops from the input to the readout neurons (the chip's latency in steps
+        under ``loihi`` timing)."""
+        return sum(hops(stage) for stage in self.stages) + hops(self.readout)
+
+    @property
+    def input_pad_steps(self) -> int:
+        """Zero frames appended to the ``T`` input steps."""
+        return self.latency if self.timing == "loihi" else 0
+
+    @property
+    def readout_start(self) -> int:
+        """First step of the readout voltage that the logits average."""
+        return self.latency if self.timing == "loihi" else 0
+
+    def set_timing(self, timing: str) -> "SpikingNet":
+        """Switch every hop's delay on (``loihi``) or off (``ideal``), in place."""
+        self.timing = check_timing(timing)
+        loihi = timing == "loihi"
+        for m in self.modules():
+            if isinstance(m, LIF):
+                m.delay_shift = loihi
+            elif isinstance(m, ResidualBlock):
+                m.skip_delay = int(loihi)
+        return self
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoded ``[T, N, ...]`` input, padded with ``input_pad_steps`` zero frames (what the
+        exported graph is run on)."""
+        return pad_steps(self.encode(x), self.input_pad_steps)
+
+    def _hidden(self, x: torch.Tensor):
+        h = self.network_input(x)
+        if self.timing == "loihi":
+            h = shift(h, 1)  # the input's hop into the first synapse
+        return h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.readout(h)[self.readout_start:].mean(0)
 
     def forward_stages(self, x: torch.Tensor):
         """Returns ``(stage outputs [T, N, ...] each, logits [N, classes])``."""
-        h = self.encode(x)
+        h = self._hidden(x)
         outputs = []
         for stage in self.stages:
             h = stage(h)
             outputs.append(h)
-        return outputs, self.readout(h).mean(0)
+        return outputs, self._logits(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encode(x)
+        h = self._hidden(x)
         for stage in self.stages:
             h = stage(h)
-        return self.readout(h).mean(0)
+        return self._logits(h)
 
 
 def _flat_readout(neuron: CubaParams, channels: int, size: tuple[int, int],
@@ -145,8 +195,12 @@ class ResidualBlock(nn.Module):
     SEW:      ``a = SN(g * BN(conv2 s1))``, ``o = connect(a, shortcut(x))``
     ``g`` is 1, or a learnable scalar initialised at 0 with ``rezero``.  The shortcut is the
     identity, or conv1x1 + BN (+ SN for SEW, whose shortcut must carry spikes) when the shape
-    changes.
+    changes.  ``skip_delay`` (1 under ``loihi`` timing, else 0) delays the shortcut's input by
+    that many steps, and a SEW identity term by twice that, so that it arrives with the two-hop
+    main path it joins.
     """
+
+    skip_delay = 0
 
     def __init__(self, neuron: CubaParams, cin: int, cout: int, stride: int, kind: str,
                  rezero: bool):
@@ -170,13 +224,15 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x):
         z, bias = self._branch(x)
+        xs = shift(x, self.skip_delay)
         if self.kind == "spiking":
             if self.down is None:
-                return self.lif2(z + x, bias)
-            zd, bias_d = self.down(x)
+                return self.lif2(z + xs, bias)
+            zd, bias_d = self.down(xs)
             return self.lif2(z + zd, bias + bias_d)
         a = self.lif2(z, bias)
-        shortcut = x if self.down is None else self.down_lif(*self.down(x))
+        shortcut = (shift(x, 2 * self.skip_delay) if self.down is None
+                    else self.down_lif(*self.down(xs)))
         if self.kind == "ADD":
             return a + shortcut
         if self.kind == "AND":
@@ -226,6 +282,11 @@ def _resnet(name: str, kind: str) -> Callable[..., SpikingNet]:
     return build
 
 
+@hops.register
+def _(module: ResidualBlock) -> int:
+    return 2
+
+
 MODELS: dict[str, Callable[..., SpikingNet]] = {
     "cnn": cnn,
     "vgg11": vgg11,
@@ -247,13 +308,17 @@ DEFAULT_NEURON = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.
 
 def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
                 input_size: tuple[int, int] = (34, 34), neuron: CubaParams | None = None,
-                encoding: str = "binary", rezero: bool = False, **options) -> SpikingNet:
+                encoding: str = "binary", rezero: bool = False, timing: str = "ideal",
+                **options) -> SpikingNet:
     """Build a registered model.  ``options``: ``width`` (channel scale; 64 = paper widths for
-    ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND)."""
+    ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND).
+    ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``)."""
+    check_timing(timing)
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if options.get("connect", "ADD") not in ("ADD", "AND", "IAND"):
         raise ValueError(f"connect must be ADD, AND or IAND, got {options['connect']!r}")
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes,
-                        input_size=tuple(input_size), neuron=neuron or DEFAULT_NEURON,
-                        encoding=encoding, rezero=rezero, **options)
+    model = MODELS[name](in_channels=in_channels, num_classes=num_classes,
+                         input_size=tuple(input_size), neuron=neuron or DEFAULT_NEURON,
+                         encoding=encoding, rezero=rezero, **options)
+    return model.set_timing(timing)

@@ -69,6 +69,8 @@ class TrainConfig:
     width: int | None = None  # build_model's channel scale (None: the model's default)
     depths: list[int] | None = None  # ResNets: blocks per stage (None: the model's own)
     connect: str | None = None  # SEW ResNets: ADD, AND or IAND (None: ADD)
+    # ideal: no synaptic delay; loihi: one step per synaptic hop (pipeline/timing.py)
+    timing: str = "ideal"
     # CUBA-LIF parameters; None: models.DEFAULT_NEURON's
     threshold: float | None = None
     current_decay: float | None = None
@@ -252,6 +254,8 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor) -> dict:
         value = getattr(config, key)
         if value is not None:
             spec[key] = list(value) if key == "depths" else value
+    if config.timing != "ideal":  # omitted when ideal, so older specs build unchanged
+        spec["timing"] = config.timing
     return spec
 
 

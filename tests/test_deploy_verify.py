@@ -63,6 +63,7 @@ def test_lava_runs_the_netx_file_spike_for_spike(cnn_export):
     lava = report.backends[0]
     assert lava.status == "ok", lava
     assert lava.compared > 0 and len(lava.per_node) == 6
+    assert "netx" in lava.path and report.to_dict()["checked_by"] == ["lava"]
 
 
 def test_a_planted_weight_change_in_the_nir_file_fails_verify(cnn_export, tmp_path):

@@ -17,7 +17,7 @@ _CONFIG_OPTIONS = {
     "seed": "seed", "limit_train": "limit_train", "limit_test": "limit_test", "amp": "amp",
     "threshold": "threshold", "current_decay": "current_decay",
     "voltage_decay": "voltage_decay", "tau_grad": "tau_grad", "scale_grad": "scale_grad",
-    "recalibrate_batches": "recalibrate_batches",
+    "recalibrate_batches": "recalibrate_batches", "timing": "timing",
 }
 
 
@@ -56,6 +56,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="ResNets: residual blocks per stage, e.g. 2,2,2")
     p.add_argument("--connect", default=None, choices=["ADD", "AND", "IAND"],
                    help="SEW ResNets: element-wise connect function")
+    p.add_argument("--timing", default=None, choices=["ideal", "loihi"],
+                   help="ideal (default): no synaptic delay; loihi: one step per synaptic hop "
+                        "as Lava/Loihi run it, so the trained network is the chip's (input "
+                        "padded by the depth, readout over the last T steps)")
     p.add_argument("--lam", type=float, default=None,
                    help="lambda of evolutionary training (default 0.25)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
