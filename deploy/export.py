@@ -36,7 +36,8 @@ from spikeline.pipeline.models import SpikingNet
 
 from .fold import fold_model
 from .to_netx import write_netx
-from .to_nir import DT, Export, model_to_nir, timing_metadata
+from .nir_params import DT
+from .to_nir import Export, model_to_nir, timing_metadata
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from spikeline.errors import BadInput, DataNotFound, SpikelineError, check_size
 from spikeline.pipeline.neuron import P_SCALE, CubaParams
 
 from .to_netx import NEVER_SPIKES
-from .to_nir import DT, cuba_to_nir
+from .nir_params import DT, cuba_to_nir
 
 __all__ = ["netx_to_nir", "SUPPORTED", "input_sizes"]
 

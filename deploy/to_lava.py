@@ -47,7 +47,7 @@ import numpy as np
 
 from spikeline.errors import ExportUnsupported
 
-from .to_nir import nir_to_cuba
+from .nir_params import nir_to_cuba
 
 GRADED_BITS = 24  # num_message_bits of a synapse whose input can exceed 1 (counts)
 MAX_VTH = (1 << 17) - 1  # LIF's vth is an unsigned 17-bit integer

@@ -29,7 +29,7 @@ from spikeline.pipeline.blocks import (
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.quantize import quantize_bias, quantize_weight
 
-from .nir_params import DT, cuba_to_nir, nir_to_cuba  # noqa: F401  (re-exported)
+from .nir_params import DT, cuba_to_nir
 
 
 @dataclass

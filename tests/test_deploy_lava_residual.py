@@ -19,7 +19,9 @@ from spikeline.deploy.export import export_model
 from spikeline.deploy.fold import fold_model
 from spikeline.deploy.simulate import simulate
 from spikeline.deploy.to_lava import lower
-from spikeline.deploy.to_nir import DT, model_to_nir
+from spikeline.deploy.nir_params import DT
+from spikeline.deploy.to_nir import model_to_nir
+from spikeline.deploy.export import write_manifest
 from spikeline.deploy.verify import reference_activity, verify_export
 from spikeline.errors import BadInput, ExportUnsupported
 from spikeline.pipeline.heads import ShortcutHeads
@@ -219,6 +221,7 @@ def test_planted_faults_fail_verify_with_exit_1(tmp_path):
             delay = _nth(graph, nir.Delay, 3)
             graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * 2)
         nir.write(bad / "model.nir", graph)
+        write_manifest(bad)  # a consistent folder whose graph is wrong: only verify can tell
         res = _cli("verify", bad, "--backends", "nir", "--input", tmp_path / "x.npy")
         assert res.returncode == 1, (fault, res.stdout, res.stderr)
         assert "mismatch" in res.stdout and "FAILED" in res.stderr + res.stdout
@@ -269,6 +272,7 @@ def test_lava_catches_planted_weight_and_delay_faults(tmp_path):
                          if isinstance(node, nir.Delay) and np.allclose(node.delay, 2 * DT))
             graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * 1.5)
         nir.write(bad / "model.nir", graph)
+        write_manifest(bad)
         report = verify_export(bad, x, backends=("lava",))
         assert report.backends[0].status == "mismatch", (fault, report.backends[0])
         assert not report.ok

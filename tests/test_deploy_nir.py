@@ -8,7 +8,8 @@ import torch
 
 from spikeline.deploy.fold import fold_model
 from spikeline.deploy.simulate import simulate
-from spikeline.deploy.to_nir import model_to_nir, nir_to_cuba, cuba_to_nir
+from spikeline.deploy.nir_params import cuba_to_nir, nir_to_cuba
+from spikeline.deploy.to_nir import model_to_nir
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.models import build_model
 from spikeline.pipeline.neuron import CubaParams
