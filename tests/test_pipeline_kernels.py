@@ -4,10 +4,15 @@ interpreter (TRITON_INTERPRET=1), so no GPU is needed; on a CUDA machine they al
 """
 import pytest
 import torch
+from spikeline.pipeline import blocks, kernels
+from spikeline.pipeline.neuron import (
+    CubaParams,
+    cuba_forward,
+    cuba_spikes,
+    cuba_voltage,
+)
 
 from spikeline.errors import BadInput, SpikelineError
-from spikeline.pipeline import blocks, kernels
-from spikeline.pipeline.neuron import CubaParams, cuba_forward, cuba_spikes, cuba_voltage
 
 pytest.importorskip("numba")
 pytest.importorskip("triton")
@@ -70,12 +75,14 @@ def test_forward_is_bit_exact(impl, p, T, shape, kind, interpret):
         assert 0 < fired < 2 * x.numel()
 
 
-def test_large_inputs_reach_states_beyond_int32():
+@pytest.mark.parametrize("impl", ["compiled", "triton"])
+def test_large_inputs_reach_states_beyond_int32(impl, interpret):
     """The case the int64 states exist for: the current is a plain sum with current_decay=0."""
     p = PARAMS[1]
     x = torch.full((40, 3), 2e4)
-    spikes, voltage = cuba_forward(x, p, impl="compiled")
-    assert torch.equal(voltage, cuba_forward(x, p, impl="eager")[1])
+    spikes, voltage = cuba_forward(x, p, impl=impl)
+    want = cuba_forward(x, p, impl="eager")
+    assert torch.equal(voltage, want[1]) and torch.equal(spikes, want[0])
     assert voltage[:, 0].max() * 4096 > 2**31
 
 

@@ -24,6 +24,7 @@ decorated once, at import, in whichever mode was on then.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -112,6 +113,11 @@ def interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
+def _f32(value: float) -> float:
+    """``value`` rounded to float32, as Triton receives Python floats."""
+    return float(np.float32(value))
+
+
 def _grid(n: int):
     return (triton.cdiv(n, BLOCK),)
 
@@ -157,7 +163,7 @@ def backward(grad: torch.Tensor, voltage: torch.Tensor | None, p, bias_grad: boo
         if bias_grad else None
     if T == 0 or n == 0:
         return grad_x, grad_bias
-    f32 = lambda value: float(torch.tensor(value, dtype=torch.float32))  # noqa: E731
+    f32 = _f32
     theta = f32(p.theta + p.threshold_eps)
     _kernel(_cuba_bwd)[_grid(n)](
         grad, grad if voltage is None else voltage, grad_x,
