@@ -141,6 +141,24 @@ def test_triton_on_cuda_is_bit_exact(kind):
     assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_on_cuda_gradients_match_eager(monkeypatch):
+    p = PARAMS[0]
+    x0, bias0 = _inputs(20, (3, 2000), "spiky"), _bias((3, 2000))
+    grad_out = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for name, device in (("eager", "cpu"), ("triton", "cuda")):
+        monkeypatch.setenv("SPIKELINE_NEURON", name)
+        x = x0.to(device).requires_grad_()
+        bias = bias0.to(device).requires_grad_()
+        spikes = cuba_spikes(x, p, bias)
+        (spikes * grad_out.to(device)).sum().backward()
+        grads.append((spikes.cpu(), x.grad.cpu(), bias.grad.cpu()))
+    assert torch.equal(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1][2], grads[0][2], rtol=1e-5, atol=1e-5)
+
+
 def test_default_choice_per_device(monkeypatch):
     monkeypatch.delenv("SPIKELINE_NEURON", raising=False)
     monkeypatch.delenv("SPIKELINE_FUSED", raising=False)

@@ -24,13 +24,15 @@ decorated once, at import, in whichever mode was on then.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 BLOCK = 1024
-NUM_WARPS = 4
+NUM_WARPS = 8  # H100 sweep (FIGURES_kernel.md): 1024 x 8 warps was fastest both ways
 
 
 def _cuba_fwd(x_ptr, bias_ptr, spike_ptr, volt_ptr, N, T,
@@ -101,7 +103,7 @@ _JITTED: dict = {}
 
 
 def _kernel(fn):
-    interpret = bool(triton.knobs.runtime.interpret)
+    interpret = interpreting()
     key = (fn.__name__, interpret)
     if key not in _JITTED:
         _JITTED[key] = triton.jit(fn)
@@ -110,7 +112,10 @@ def _kernel(fn):
 
 def interpreting() -> bool:
     """Whether kernels run in Triton's interpreter (``TRITON_INTERPRET=1``), i.e. on CPU."""
-    return bool(triton.knobs.runtime.interpret)
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; the variable itself before
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
 def _f32(value: float) -> float:
