@@ -17,6 +17,11 @@ shift of a BatchNorm, see ``blocks.py``).  It must lie on the 1/64 grid to be ex
 
 Every tensor here is time-first, ``[T, ...]``: one step is one contiguous slice.
 
+The loop below (``eager``) is the definition.  Training runs it through ``kernels/``: one
+Triton kernel for the whole loop on CUDA (``triton``), the loop compiled by numba on CPU
+(``compiled``); both give the same spikes and voltages bit for bit and the same gradients within
+float rounding.  ``SPIKELINE_NEURON=eager|compiled|triton`` forces one (``kernels/__init__.py``).
+
 Gradient (lava-dl's): the spike's surrogate is
 ``dS/dv = scale_rho / (2 tau_rho) * exp(-|v - theta'| / tau_rho)`` with
 ``tau_rho = 100 * tau_grad * theta`` and ``scale_rho = 0.1 * scale_grad``; both integrators

@@ -149,8 +149,8 @@ def test_triton_on_cuda_gradients_match_eager(monkeypatch):
     grads = []
     for name, device in (("eager", "cpu"), ("triton", "cuda")):
         monkeypatch.setenv("SPIKELINE_NEURON", name)
-        x = x0.to(device).requires_grad_()
-        bias = bias0.to(device).requires_grad_()
+        x = x0.clone().to(device).requires_grad_()
+        bias = bias0.clone().to(device).requires_grad_()
         spikes = cuba_spikes(x, p, bias)
         (spikes * grad_out.to(device)).sum().backward()
         grads.append((spikes.cpu(), x.grad.cpu(), bias.grad.cpu()))
