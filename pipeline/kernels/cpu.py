@@ -75,7 +75,7 @@ def _backward(grad, voltage, grad_x, grad_bias, keep_u, keep_v, theta, tau_rho,
 
 def _flat(t: torch.Tensor) -> np.ndarray:
     """``[T, ...]`` tensor as a ``[T, n]`` numpy view (no copy for contiguous CPU tensors)."""
-    return t.reshape(t.shape[0], -1).numpy()
+    return t.detach().reshape(t.shape[0], -1).numpy()
 
 
 def _threads():
