@@ -17,6 +17,7 @@ run raises ``SpikelineError`` saying why.  ``SPIKELINE_FUSED=1`` (older name) me
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -43,6 +44,7 @@ def requested() -> str | None:
     return "compiled" if fused == "1" else "eager"
 
 
+@functools.cache
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
