@@ -86,6 +86,18 @@ def test_large_inputs_reach_states_beyond_int32(impl, interpret):
     assert voltage[:, 0].max() * 4096 > 2**31
 
 
+def test_compiled_path_keeps_torch_thread_count():
+    """numba's OpenMP pool shares the runtime with torch; torch's setting must survive it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        x = torch.randn(4, 600, requires_grad=True)
+        cuba_spikes(x, PARAMS[0]).sum().backward()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("impl", ["compiled", "triton"])
 @pytest.mark.parametrize("p", PARAMS[::2])
 @pytest.mark.parametrize("T,shape", SHAPES[1:3])

@@ -13,6 +13,8 @@ unrolling of ``T`` (``torch.compile`` of the whole loop compiles 12-39 s per sha
 """
 from __future__ import annotations
 
+import contextlib
+
 import numba
 import numpy as np
 import torch
@@ -78,9 +80,18 @@ def _flat(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(t.shape[0], -1).numpy()
 
 
+@contextlib.contextmanager
 def _threads():
-    """Use as many threads as torch does (``torch.set_num_threads``), not all the cores."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Use as many threads as torch does (``torch.set_num_threads``), not all the cores, and
+    give torch its setting back: numba's OpenMP pool shares the OpenMP runtime with torch, and
+    its first launch resets torch's thread count (measured)."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _f32(value: float) -> np.float32:
@@ -103,10 +114,10 @@ def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
     else:
         bias = bias_int.expand(x.shape[1:]).contiguous().reshape(-1).numpy()
     reset_at = reset_threshold(p) if spiking else np.inf
-    _threads()
-    _forward(_flat(x), bias, _flat(spikes), _flat(voltage), np.int64(4096 - p.i_decay),
-             np.int64(4096 - p.v_decay), _f32(p.s_scale), _f32(1.0 / p.s_scale),
-             _f32(reset_at), _f32(spike_threshold(p)))
+    with _threads():
+        _forward(_flat(x), bias, _flat(spikes), _flat(voltage), np.int64(4096 - p.i_decay),
+                 np.int64(4096 - p.v_decay), _f32(p.s_scale), _f32(1.0 / p.s_scale),
+                 _f32(reset_at), _f32(spike_threshold(p)))
     return (spikes if spiking else None), voltage
 
 
@@ -126,8 +137,8 @@ def backward(grad: torch.Tensor, voltage: torch.Tensor | None, p, bias_grad: boo
         volt = _flat(voltage)
         theta, tau_rho, amp = (_f32(p.theta + p.threshold_eps), _f32(p.tau_rho),
                                _f32(p.scale_rho / 2 / p.tau_rho))
-    _threads()
-    _backward(_flat(grad), volt, _flat(grad_x), grad_bias.reshape(-1).numpy(),
-              _f32(1.0 - p.i_decay / P_SCALE), _f32(1.0 - p.v_decay / P_SCALE), theta, tau_rho,
-              amp)
+    with _threads():
+        _backward(_flat(grad), volt, _flat(grad_x), grad_bias.reshape(-1).numpy(),
+                  _f32(1.0 - p.i_decay / P_SCALE), _f32(1.0 - p.v_decay / P_SCALE), theta,
+                  tau_rho, amp)
     return grad_x, (grad_bias if bias_grad else None)
