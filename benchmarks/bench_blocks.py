@@ -17,6 +17,7 @@ from functools import partial
 
 import torch
 from lava.lib.dl import slayer
+
 from spikeline.pipeline import blocks, kernels
 from spikeline.pipeline.blocks import from_lava, to_lava
 from spikeline.pipeline.neuron import CubaParams

@@ -17,14 +17,12 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
+
 from spikeline.pipeline import kernels
 from spikeline.pipeline.neuron import CubaParams, cuba_spikes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import best_of
 
 P = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03, tau_grad=0.03,

@@ -4,15 +4,10 @@ interpreter (TRITON_INTERPRET=1), so no GPU is needed; on a CUDA machine they al
 """
 import pytest
 import torch
-from spikeline.pipeline import blocks, kernels
-from spikeline.pipeline.neuron import (
-    CubaParams,
-    cuba_forward,
-    cuba_spikes,
-    cuba_voltage,
-)
 
 from spikeline.errors import BadInput, SpikelineError
+from spikeline.pipeline import blocks, kernels
+from spikeline.pipeline.neuron import CubaParams, cuba_forward, cuba_spikes, cuba_voltage
 
 pytest.importorskip("numba")
 pytest.importorskip("triton")
