@@ -1,25 +1,32 @@
-"""Our CUBA-LIF blocks vs lava-dl 0.6.0's own blocks: same net, same weights, same input, CPU.
+"""Our CUBA-LIF blocks vs lava-dl 0.6.0's own blocks: same net, same weights, same input.
 
-One JSON line per case: ``case``, ``pass`` (forward | forward+backward), ``ours_s``,
-``lava_dl_s`` (best of ``--repeat`` runs), ``ratio`` = lava_dl_s / ours_s, and
-``spikes_identical`` (outputs compared bit for bit).  Run: python benchmarks/bench_blocks.py
+One JSON line per case and neuron implementation: ``case``, ``pass`` (forward |
+forward+backward), ``ours_s``, ``lava_dl_s`` (best of ``--repeat`` runs), ``ratio`` =
+lava_dl_s / ours_s, and ``spikes_identical`` (outputs compared bit for bit).  Rows of the
+implementation a user gets by default (``kernels.choose``: ``compiled`` on CPU, ``triton`` on
+CUDA) carry no ``default`` field; rows of the others carry ``"impl": NAME, "default": false``.
+Run: python benchmarks/bench_blocks.py [--device cpu|cuda] [--impls eager,compiled,triton]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+from functools import partial
+
 import torch
 from lava.lib.dl import slayer
 
-from spikeline.pipeline import blocks
+from spikeline.pipeline import blocks, kernels
 from spikeline.pipeline.blocks import from_lava, to_lava
 from spikeline.pipeline.neuron import CubaParams
 from timing import best_of
 
 P = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03, tau_grad=0.03,
                scale_grad=3.0)
-LP = dict(threshold=1.25, current_decay=0.25, voltage_decay=0.03, tau_grad=0.03,
-          scale_grad=3.0)
+LP = {"threshold": 1.25, "current_decay": 0.25, "voltage_decay": 0.03, "tau_grad": 0.03,
+      "scale_grad": 3.0}
 
 
 def cases():
@@ -58,26 +65,71 @@ def one_pass(module, x, backward: bool) -> torch.Tensor:
         y = module(inp)
         if backward:
             y.sum().backward()
+    if y.is_cuda:
+        torch.cuda.synchronize()
     return y.detach()
+
+
+@contextlib.contextmanager
+def forced(impl: str | None):
+    """Run our neurons with ``impl`` (``SPIKELINE_NEURON``) inside the block; None: default."""
+    old = os.environ.pop("SPIKELINE_NEURON", None)
+    if impl is not None:
+        os.environ["SPIKELINE_NEURON"] = impl
+    try:
+        yield
+    finally:
+        os.environ.pop("SPIKELINE_NEURON", None)
+        if old is not None:
+            os.environ["SPIKELINE_NEURON"] = old
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--impls", default=None,
+                        help="comma-separated neuron implementations besides the default "
+                             "(default: those that run on the device, but not the per-step "
+                             "torch.compile path on CUDA, which compiles for minutes)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device here")
+        if torch.cuda.get_device_capability(device)[0] >= 9:
+            # lava-dl's JIT builds for sm_80 only otherwise: "no kernel image" on Hopper
+            slayer.jitconfig.TORCH_CUDA_ARCH_LIST = "9.0"
+    default = kernels.choose(device)
+    if args.impls is None:
+        others = [i for i in kernels.IMPLS if i != default
+                  and kernels.unavailable(i, device) is None
+                  and not (device.type == "cuda" and i == "compiled")]
+    else:
+        others = [i for i in args.impls.split(",") if i and i != default]
     torch.manual_seed(0)
     for name, ours, lava, shape in cases():
         copy_weights(ours, lava)
-        xt = (torch.rand(shape[-1], *shape[:-1]) < 0.2).float()  # ours: time first
-        x = to_lava(xt)  # lava-dl: time last
+        ours, lava = ours.to(device), lava.to(device)
+        xt = (torch.rand(shape[-1], *shape[:-1]) < 0.2).float().to(device)  # ours: time first
+        x = to_lava(xt).contiguous()  # lava-dl: time last
         for mode in ("forward", "forward+backward"):
             backward = mode != "forward"
-            t_ours, y_ours = best_of(lambda: one_pass(ours, xt, backward), args.repeat)
-            t_lava, y_lava = best_of(lambda: one_pass(lava, x, backward), args.repeat)
-            print(json.dumps({"case": name, "pass": mode, "ours_s": round(t_ours, 4),
-                              "lava_dl_s": round(t_lava, 4), "ratio": round(t_lava / t_ours, 2),
-                              "spikes_identical": bool(torch.equal(y_ours, from_lava(y_lava))),
-                              "threads": torch.get_num_threads()}), flush=True)
+            t_lava, y_lava = best_of(partial(one_pass, lava, x, backward), args.repeat)
+            for impl in [None, *others]:
+                with forced(impl):
+                    one_pass(ours, xt, backward)  # warm-up: compiles kernels at first use
+                    t_ours, y_ours = best_of(partial(one_pass, ours, xt, backward),
+                                             args.repeat)
+                row = {"case": name, "pass": mode, "ours_s": round(t_ours, 4),
+                       "lava_dl_s": round(t_lava, 4), "ratio": round(t_lava / t_ours, 2),
+                       "spikes_identical": bool(torch.equal(y_ours, from_lava(y_lava))),
+                       "threads": torch.get_num_threads()}
+                if device.type == "cuda":
+                    row["device"] = torch.cuda.get_device_name(device)
+                if impl is not None:
+                    row.update(impl=impl, default=False)
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ shift of a BatchNorm, see ``blocks.py``).  It must lie on the 1/64 grid to be ex
 
 Every tensor here is time-first, ``[T, ...]``: one step is one contiguous slice.
 
+The loop below (``eager``) is the definition.  Training runs it through ``kernels/``: one
+Triton kernel for the whole loop on CUDA (``triton``), the loop compiled by numba on CPU
+(``compiled``); both give the same spikes and voltages bit for bit and the same gradients within
+float rounding.  ``SPIKELINE_NEURON=eager|compiled|triton`` forces one (``kernels/__init__.py``).
+
 Gradient (lava-dl's): the spike's surrogate is
 ``dS/dv = scale_rho / (2 tau_rho) * exp(-|v - theta'| / tau_rho)`` with
 ``tau_rho = 100 * tau_grad * theta`` and ``scale_rho = 0.1 * scale_grad``; both integrators
@@ -25,11 +30,12 @@ are differentiated as the linear leaky integrators they are below threshold (res
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .kernels import choose
 
 P_SCALE = 1 << 12  # decays are 12-bit fractions
 TAU_RHO_MULT = 100.0  # lava-dl neuron/cuba.py
@@ -139,27 +145,28 @@ def _fixed_point_step(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     return voltage, u, v
 
 
-_FUSED_STEP = None
+_COMPILED_STEP = None
 
 
-def fused_default(device: torch.device) -> bool:
-    """Fuse the time step with torch.compile?  ``SPIKELINE_FUSED=1/0`` decides; by default
-    only on CUDA, where a dozen small kernels per step dominate (compiling costs ~20 s)."""
-    choice = os.environ.get("SPIKELINE_FUSED", "auto")
-    return device.type == "cuda" if choice == "auto" else choice == "1"
-
-
-def _step_function(fused: bool):
-    global _FUSED_STEP
-    if not fused:
+def _step_function(compiled: bool):
+    """The step, or the step fused into one kernel by ``torch.compile`` (the ``compiled`` path
+    on CUDA, where a dozen small kernels per step dominate; compiling costs ~20 s)."""
+    global _COMPILED_STEP
+    if not compiled:
         return _fixed_point_step
-    if _FUSED_STEP is None:
-        _FUSED_STEP = torch.compile(_fixed_point_step, dynamic=True)
-    return _FUSED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_fixed_point_step, dynamic=True)
+    return _COMPILED_STEP
 
 
-def _reset_at(p: CubaParams) -> float:
+def reset_threshold(p: CubaParams) -> float:
+    """The float32 threshold lava-dl compares the integer voltage state with to reset it."""
     return float(np.float32((p.theta + p.threshold_eps) * p.s_scale))
+
+
+def spike_threshold(p: CubaParams) -> float:
+    """The float32 threshold the voltage ``v / 4096`` is compared with to spike."""
+    return float(np.float32(p.theta + p.threshold_eps))
 
 
 def cuba_step(x: torch.Tensor, p: CubaParams, u: torch.Tensor, v: torch.Tensor,
@@ -169,7 +176,7 @@ def cuba_step(x: torch.Tensor, p: CubaParams, u: torch.Tensor, v: torch.Tensor,
     Returns ``(spike or None, voltage, u, v)``: float32 spike and pre-reset voltage, new states.
     """
     voltage, u, v = _fixed_point_step(x, u, v, bias_int, p.i_decay, p.v_decay, p.s_scale,
-                                      _reset_at(p), spiking)
+                                      reset_threshold(p), spiking)
     if not spiking:
         return None, voltage, u, v
     return (voltage >= p.theta + p.threshold_eps).to(voltage.dtype), voltage, u, v
@@ -182,29 +189,50 @@ def bias_to_int(bias: torch.Tensor | None, p: CubaParams) -> torch.Tensor | None
 
 def cuba_forward(
     x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None, spiking: bool = True,
-    fused: bool | None = None,
+    impl: str | None = None,
 ):
     """Run the fixed-point dynamics over ``x`` of shape ``[T, ...]`` (no autograd).
 
     ``bias`` (optional) broadcasts against one step ``x[t]``.  Returns ``(spikes, voltage)``,
     both float32 ``[T, ...]``; ``voltage`` is the pre-reset value (what the surrogate reads).
     With ``spiking=False`` the neuron never resets and ``spikes`` is None (Affine readout).
-    ``fused`` runs each step as one torch.compile'd kernel (default: ``fused_default``).
+    ``impl`` (``eager``, ``compiled``, ``triton``; default: ``kernels.choose``) picks the code
+    that runs the loop; all give the same result bit for bit.
     """
     x = x.detach().to(torch.float32)
+    return _run_forward(choose(x.device, impl), x, bias_to_int(bias, p), p, spiking)
+
+
+def _eager_forward(x: torch.Tensor, bias_int: torch.Tensor | None, p: CubaParams,
+                   spiking: bool, compiled: bool = False):
+    """The definition: the step above, looped over time in Python."""
     u = torch.zeros(x.shape[1:], dtype=torch.int64, device=x.device)
     v = torch.zeros_like(u)
-    bias_int = bias_to_int(bias, p)
     voltage = torch.empty_like(x)
-    spikes = None
-    step = _step_function(fused_default(x.device) if fused is None else fused)
-    reset_at = _reset_at(p)
+    step = _step_function(compiled)
+    reset_at = reset_threshold(p)
     for t in range(x.shape[0]):
         voltage[t], u, v = step(x[t], u, v, bias_int, p.i_decay, p.v_decay, p.s_scale,
                                 reset_at, spiking)
-    if spiking:
-        spikes = (voltage >= p.theta + p.threshold_eps).to(voltage.dtype)
+    spikes = (voltage >= p.theta + p.threshold_eps).to(voltage.dtype) if spiking else None
     return spikes, voltage
+
+
+def _run_forward(impl: str, x: torch.Tensor, bias_int: torch.Tensor | None, p: CubaParams,
+                 spiking: bool, write_voltage: bool = True):
+    """``(spikes or None, voltage)`` by ``impl``; ``voltage`` may be None when not asked for
+    (the kernels then skip writing it)."""
+    if impl == "triton":
+        from .kernels import triton_cuba
+
+        return triton_cuba.forward(x.contiguous(), bias_int, p, spiking,
+                                   write_voltage=write_voltage or not spiking)
+    if impl == "compiled" and x.device.type == "cpu":
+        from .kernels import cpu
+
+        return cpu.forward(x.contiguous(), bias_int, p, spiking,
+                           write_voltage=write_voltage or not spiking)
+    return _eager_forward(x, bias_int, p, spiking, compiled=impl == "compiled")
 
 
 def _leaky_backward(grad: torch.Tensor, decay: int) -> torch.Tensor:
@@ -224,37 +252,58 @@ def surrogate(voltage: torch.Tensor, p: CubaParams) -> torch.Tensor:
     return p.scale_rho / 2 / p.tau_rho * torch.exp(-torch.abs(voltage - theta) / p.tau_rho)
 
 
+def _run_backward(impl: str, grad: torch.Tensor, voltage: torch.Tensor | None, p: CubaParams,
+                  bias_grad: bool):
+    """``(grad_x, grad_v summed over time or None)``: the surrogate at ``voltage`` (spiking
+    neurons; None for the non-spiking readout), then the voltage and current adjoints."""
+    grad = grad.to(torch.float32)
+    if impl == "triton":
+        from .kernels import triton_cuba
+
+        return triton_cuba.backward(grad, voltage, p, bias_grad)
+    if impl == "compiled" and grad.device.type == "cpu":
+        from .kernels import cpu
+
+        return cpu.backward(grad, voltage, p, bias_grad)
+    if voltage is not None:
+        grad = grad * surrogate(voltage, p)
+    grad_v = _leaky_backward(grad, p.v_decay)
+    return _leaky_backward(grad_v, p.i_decay), grad_v.sum(0) if bias_grad else None
+
+
 class _CubaSpike(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias, p):
-        spikes, voltage = cuba_forward(x, p, bias)
+        x = x.detach().to(torch.float32)
+        ctx.impl = choose(x.device)
+        needs_grad = any(ctx.needs_input_grad[:2])
+        spikes, voltage = _run_forward(ctx.impl, x, bias_to_int(bias, p), p, True,
+                                       write_voltage=needs_grad)
         ctx.p = p
         ctx.bias_shape = None if bias is None else bias.shape
-        ctx.save_for_backward(voltage)
+        if needs_grad:
+            ctx.save_for_backward(voltage)
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         (voltage,) = ctx.saved_tensors
-        p = ctx.p
-        grad_v = _leaky_backward(grad_spikes * surrogate(voltage, p), p.v_decay)
-        grad_bias = None
-        if ctx.needs_input_grad[1]:  # the bias enters v every step, like u does
-            grad_bias = _sum_to(grad_v.sum(0), ctx.bias_shape)
-        grad_x = _leaky_backward(grad_v, p.i_decay)
+        bias_grad = ctx.needs_input_grad[1]  # the bias enters v every step, like u does
+        grad_x, grad_v_sum = _run_backward(ctx.impl, grad_spikes, voltage, ctx.p, bias_grad)
+        grad_bias = _sum_to(grad_v_sum, ctx.bias_shape) if bias_grad else None
         return grad_x, grad_bias, None
 
 
 class _CubaVoltage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p):
-        ctx.p = p
-        return cuba_forward(x, p, spiking=False)[1]
+        x = x.detach().to(torch.float32)
+        ctx.p, ctx.impl = p, choose(x.device)
+        return _run_forward(ctx.impl, x, None, p, False)[1]
 
     @staticmethod
     def backward(ctx, grad_v):
-        p = ctx.p
-        return _leaky_backward(_leaky_backward(grad_v, p.v_decay), p.i_decay), None
+        return _run_backward(ctx.impl, grad_v, None, ctx.p, False)[0], None
 
 
 def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""The fixed-point CUBA-LIF dynamics, pinned by hand and in its fused (compiled) form."""
+"""The fixed-point CUBA-LIF dynamics, pinned by hand and in its torch.compile'd form (the
+``compiled`` path on CUDA); the fused kernels are held to it in test_pipeline_kernels.py."""
 import shutil
 
 import pytest
 import torch
 
-from spikeline.pipeline.neuron import CubaParams, cuba_forward, cuba_spikes, delay_shift
+from spikeline.pipeline.neuron import (CubaParams, _eager_forward, bias_to_int, cuba_forward,
+                                       cuba_spikes, delay_shift)
 
 
 def reference(xs, p, bias=0.0):
@@ -63,13 +65,24 @@ def test_surrogate_peak_is_scale_rho_over_two_tau_rho():
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile on CPU needs a C compiler")
-def test_fused_step_equals_the_eager_step():
-    """The torch.compile'd time step (used on CUDA) is the same arithmetic, bit for bit."""
+def test_compiled_step_equals_the_eager_step():
+    """The torch.compile'd time step (``compiled`` on CUDA) is the same arithmetic, bit for bit."""
     torch.manual_seed(0)
     p = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03)
     x = torch.randn(16, 3, 4, 5, 5) * 1.5
     bias = torch.randn(4, 1, 1) / 4
     for b in (None, bias):
-        fused, eager = cuba_forward(x, p, b, fused=True), cuba_forward(x, p, b, fused=False)
+        b = bias_to_int(b, p)
+        fused = _eager_forward(x, b, p, True, compiled=True)
+        eager = _eager_forward(x, b, p, True, compiled=False)
         assert torch.equal(fused[0], eager[0]) and torch.equal(fused[1], eager[1])
         assert 0 < eager[0].sum() < eager[0].numel()
+
+
+@pytest.mark.parametrize("impl", ["eager", "compiled"])
+def test_every_path_matches_integer_arithmetic(impl):
+    p = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.03)
+    xs = [0.4, 0.0, 0.3, -0.2, 0.9, 0.9, 0.0, 0.0, 0.1, 0.7, 0.0, 0.5, -3.0, 2.5]
+    spikes, volts = cuba_forward(torch.tensor(xs).reshape(-1, 1), p, impl=impl)
+    want_s, want_v = reference(xs, p)
+    assert spikes[:, 0].tolist() == want_s and volts[:, 0].tolist() == want_v
