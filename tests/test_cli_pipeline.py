@@ -25,7 +25,9 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_every_artifact(run_dir):
     summary = json.loads((run_dir / "pipeline.json").read_text())
-    assert 0 <= summary["test_accuracy"] <= 1
+    assert 0 <= summary["trained_test_acc"] <= 1 and 0 <= summary["deployed_test_acc"] <= 1
+    assert summary["deployed_minus_trained"] == pytest.approx(
+        summary["deployed_test_acc"] - summary["trained_test_acc"])
     assert {b: v["mismatches"] for b, v in summary["verify"].items()} == {
         "nir": 0, "lava": 0, "spikingjelly": 0, "snntorch": 0}
     assert summary["energy_per_inference_J"]["cmos45_int8"]["snn"] > 0
