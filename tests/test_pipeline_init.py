@@ -1,0 +1,133 @@
+"""No dead layers at initialisation; GPU-only code paths (bf16 autocast, the compiled neuron)
+exercised on CPU; evaluation in exact float32 agrees with the export."""
+import json
+import math
+
+import pytest
+import torch
+
+from spikeline.cli import main
+from spikeline.pipeline.blocks import BiasNorm, grid_init_
+from spikeline.pipeline.diagnose import PAPER_SIZE, diagnose_init
+from spikeline.pipeline.models import MODELS
+from spikeline.pipeline.quantize import quantize_weight
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _check_alive(res):
+    assert res["main_logits_nonzero"]
+    for row in res["layers"]:
+        assert row["nonzero_weight_fraction"] >= 0.5, row
+        assert row["grad_norm"] > 0, row
+
+
+def test_grid_init_keeps_two_thirds_nonzero_at_any_fan_in():
+    for fan_in in (9, 576, 4608, 18432, 100000):
+        w = grid_init_(torch.empty(64, fan_in))
+        nonzero = float((quantize_weight(w) != 0).float().mean())
+        assert nonzero >= 0.6, (fan_in, nonzero)
+        # small fan-ins keep torch's bound 1 / sqrt(fan_in)
+        assert float(w.abs().max()) <= max(1 / math.sqrt(fan_in), 3 / 64) + 1e-7
+
+
+@pytest.mark.parametrize("model,T", [("cnn", 8), ("resnet18", 2)])
+def test_no_dead_layers_at_paper_size(model, T):
+    res = diagnose_init(model, T=T, batch_size=1)
+    assert res["size"] == [PAPER_SIZE.get(model, 48)] * 2
+    _check_alive(res)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_no_dead_layers_in_any_registry_model(model):
+    _check_alive(diagnose_init(model, T=8 if model == "cnn" else 2, batch_size=1))
+
+
+def test_diagnose_init_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "init.json"
+    assert main(["diagnose", "init", "--model", "cnn", "--T", "8", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["size"] == [34, 34] and isinstance(res["main_logits_nonzero"], bool)
+    assert {"name", "nonzero_weight_fraction", "grad_norm", "output_rate"} <= \
+        res["layers"][0].keys()
+    assert "synaptic layers" in capsys.readouterr().out
+
+
+def test_biasnorm_under_bf16_autocast_keeps_float32_statistics():
+    norm = BiasNorm(8)
+    z = torch.randn(3, 2, 8, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv = torch.nn.functional.conv2d(z.flatten(0, 1), torch.randn(8, 8, 1, 1))
+        scaled, bias = norm(conv.unflatten(0, (3, 2)))
+    assert norm.running_mean.dtype == torch.float32 and conv.dtype == torch.bfloat16
+    assert torch.isfinite(norm.running_var).all() and scaled.dtype == torch.float32
+
+
+TINY_RESNET = ["--dataset", "ndigits", "--model", "resnet20", "--width", "8", "--depths",
+               "1,1,1", "--T", "4", "--batch-size", "8", "--limit-train", "16",
+               "--limit-test", "8", "--epochs", "1", "--max-steps", "2", "--device", "cpu",
+               "--recalibrate-batches", "1", "--no-progress"]
+
+
+def test_bf16_autocast_trains_a_batchnorm_resnet_on_cpu_and_exports_the_same_spikes(tmp_path):
+    """--amp bf16 on CPU (the CUDA default's code path); the trained network evaluates to the
+    same spikes in exact float32 and through the folded export."""
+    out = tmp_path / "amp"
+    assert main(["train", *TINY_RESNET, "--amp", "bf16", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 2 and ckpt["config"]["amp"] == "bf16"
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+    from spikeline.deploy.export import export_run, load_folded
+    from spikeline.deploy.simulate import simulate
+    from spikeline.pipeline.checkpoint import load_run_model
+    from spikeline.pipeline.models import encode_frames
+
+    export = export_run(out, tmp_path / "export", formats=("nir",))
+    folded, _meta, nir_export = load_folded(export.out_dir)
+    torch.manual_seed(1)
+    frames = (torch.rand(2, 4, 2, 34, 34) < 0.2).float()
+    with torch.no_grad():
+        logits = folded(frames)
+    x = encode_frames(frames.transpose(0, 1), "binary")
+    voltage = simulate(nir_export.graph, x, mode="loihi").output
+    torch.testing.assert_close(voltage.mean(0), logits, rtol=0, atol=0)
+    # the unfolded network in eval mode runs without autocast too (float32 only)
+    model, _ = load_run_model(out, "last")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        from spikeline.pipeline.train import exact_fp32
+
+        with exact_fp32():
+            assert model(frames).dtype == torch.float32
+
+
+def test_compiled_neuron_trains_a_batchnorm_resnet(tmp_path, monkeypatch):
+    """The CUDA default (the fused, torch.compile'd neuron step) on CPU."""
+    monkeypatch.setenv("SPIKELINE_FUSED", "1")
+    monkeypatch.setenv("SPIKELINE_NEURON", "compiled")
+    out = tmp_path / "fused"
+    assert main(["train", *TINY_RESNET, "--out", str(out)]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_training_then_exact_fp32_evaluation_matches_cpu(tmp_path):
+    """The CUDA default (bf16 autocast, fused neuron) trains; evaluation in exact float32 (TF32
+    off) on CUDA gives the CPU's logits bit for bit."""
+    out = tmp_path / "cuda"
+    args = [a if a != "cpu" else "cuda" for a in TINY_RESNET]
+    assert main(["train", *args, "--out", str(out)]) == 0
+    from spikeline.pipeline.checkpoint import load_run_model
+    from spikeline.pipeline.train import exact_fp32
+
+    model, _ = load_run_model(out, "last")
+    torch.manual_seed(2)
+    frames = (torch.rand(2, 4, 2, 34, 34) < 0.2).float()
+    with torch.no_grad(), exact_fp32():
+        cpu = model(frames)
+        gpu = model.to("cuda")(frames.to("cuda")).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=0)
