@@ -179,7 +179,7 @@ def load_splits(name: str, *, T: int | None = None, size=None, augment: bool = T
     validation set is carved out), ``limit_test`` the validation and the test sets."""
     from .samples import stratified_split
 
-    kwargs = dict(data_dir=data_dir, T=T, size=size, cache_dir=cache_dir, seed=seed)
+    kwargs = {"data_dir": data_dir, "T": T, "size": size, "cache_dir": cache_dir, "seed": seed}
     train_aug = load_dataset(name, "train", augment=augment, **kwargs)
     train_plain = load_dataset(name, "train", augment=False, **kwargs) if augment else train_aug
     test = load_dataset(name, "test", augment=False, **kwargs)

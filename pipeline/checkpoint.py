@@ -64,7 +64,7 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def _epoch_of(path: Path) -> int | None:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # missing, truncated or foreign: repaired below when last.pt can
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: repaired from last.pt
         return None
 
 

@@ -27,9 +27,21 @@ from pathlib import Path
 
 from spikeline.errors import BadInput
 
-__all__ = ["TrainConfig", "Runtime", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "TIMINGS",
-           "DEFAULT_LR", "NEURON_FIELDS", "parse_size", "positive_int", "load_toml",
-           "resolve", "option_fields"]
+__all__ = [
+    "AMP_MODES",
+    "DEFAULT_LR",
+    "NEURON_FIELDS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "TIMINGS",
+    "Runtime",
+    "TrainConfig",
+    "load_toml",
+    "option_fields",
+    "parse_size",
+    "positive_int",
+    "resolve",
+]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -172,7 +184,7 @@ class TrainConfig:
                      parse=_parse_float, check=nonneg_float, commands=_MODEL)
     T: int | None = opt(None, "time steps (default: the dataset's)", parse=_parse_int,
                         check=positive_int, commands=_MODEL)
-    size: list[int] | None = opt(None, "frame size N or HxW (default: the dataset's)",
+    size: list[int] | None = opt(None, "frame size N or HxW (default: the dataset's)",  # noqa: RUF009
                                  parse=parse_size, check=size_check, commands=_MODEL)
     encoding: str = opt("binary", "input encoding: binary (a pixel spikes in a bin where it "
                         "saw an event) or counts", choices=("binary", "counts"), commands=_MODEL)
@@ -180,7 +192,7 @@ class TrainConfig:
                        parse=parse_bool, commands=_MODEL)
     width: int | None = opt(None, "channel scale of the model (64 = paper widths for "
                             "ResNets/VGG)", parse=_parse_int, check=positive_int, commands=_MODEL)
-    depths: list[int] | None = opt(None, "ResNets: residual blocks per stage, e.g. 2,2,2",
+    depths: list[int] | None = opt(None, "ResNets: residual blocks per stage, e.g. 2,2,2",  # noqa: RUF009
                                    parse=parse_int_list, check=positive_int_list,
                                    commands=_MODEL)
     connect: str | None = opt(None, "SEW ResNets only: element-wise connect function "
@@ -242,7 +254,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -251,7 +263,7 @@ class TrainConfig:
 class Runtime:
     """How this invocation runs (not part of the run's identity)."""
 
-    out: str | os.PathLike = opt(None, "run directory", flag="--out", cli=False)
+    out: str | os.PathLike = opt(None, "run directory", flag="--out", cli=False)  # noqa: RUF009
     device: str = opt("auto", "cpu, cuda or auto", choices=("cpu", "cuda", "auto"),
                       commands=_MODEL)
     workers: int = opt(0, "data loader processes", parse=_parse_int, check=nonneg_int)

@@ -8,7 +8,6 @@ over a few batches, for each heads mode on the *same* initial weights and the sa
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

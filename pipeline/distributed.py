@@ -18,8 +18,15 @@ from torch import nn
 
 from spikeline.errors import BadInput, SpikelineError
 
-__all__ = ["Ranks", "session", "resolve_device", "broadcast_buffers", "ranks_identical",
-           "all_reduce_sum", "any_rank"]
+__all__ = [
+    "Ranks",
+    "all_reduce_sum",
+    "any_rank",
+    "broadcast_buffers",
+    "ranks_identical",
+    "resolve_device",
+    "session",
+]
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -52,13 +52,32 @@ from spikeline.errors import BadInput, SpikelineError
 
 from . import distributed as ddp
 from .blocks import recalibrate_norms
-from .checkpoint import (FORMAT, build_from_spec, load_checkpoint, repair_best, rng_state,
-                         save_epoch, set_rng_state)
+from .checkpoint import (
+    FORMAT,
+    build_from_spec,
+    load_checkpoint,
+    repair_best,
+    rng_state,
+    save_epoch,
+    set_rng_state,
+)
 from .config import NEURON_FIELDS, Runtime, TrainConfig
 
-__all__ = ["TrainConfig", "Runtime", "TrainResult", "train", "evaluate_model", "exact_fp32",
-           "model_spec_for", "build_heads", "neuron_params", "lambda_at", "seed_everything",
-           "derive_seed", "resolve_device"]
+__all__ = [
+    "Runtime",
+    "TrainConfig",
+    "TrainResult",
+    "build_heads",
+    "derive_seed",
+    "evaluate_model",
+    "exact_fp32",
+    "lambda_at",
+    "model_spec_for",
+    "neuron_params",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 resolve_device = ddp.resolve_device
@@ -391,7 +410,7 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool) 
 
         plot_curves(state.history, run_dir / "curves.png",
                     title=f"{c.model} / heads {c.heads} / {c.dataset}")
-    except Exception as err:  # a plot must never stop a training run
+    except Exception as err:  # noqa: BLE001 - a plot must never stop a training run
         log.warning("could not draw curves.png: %s", err)
 
 

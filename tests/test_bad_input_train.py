@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-
-from spikeline.cli import main
 from spikeline.pipeline import checkpoint as ckpt_mod
 from spikeline.pipeline.checkpoint import load_checkpoint
+
+from spikeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,5 +118,5 @@ def test_evaluate_model_builds_no_graph():
     seen = []
     model.readout.register_forward_hook(lambda _m, _i, out: seen.append(out.requires_grad))
     batch = [(torch.rand(2, 8, 2, 34, 34), torch.tensor([0, 1]))]
-    correct, count = evaluate_model(model, batch, torch.device("cpu"))
+    _correct, count = evaluate_model(model, batch, torch.device("cpu"))
     assert count == 2 and seen == [False]

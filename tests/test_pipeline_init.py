@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-
-from spikeline.cli import main
 from spikeline.pipeline.blocks import BiasNorm, grid_init_
 from spikeline.pipeline.diagnose import PAPER_SIZE, diagnose_init
 from spikeline.pipeline.models import MODELS
 from spikeline.pipeline.quantize import quantize_weight
+
+from spikeline.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,7 +59,7 @@ def test_biasnorm_under_bf16_autocast_keeps_float32_statistics():
     z = torch.randn(3, 2, 8, 5, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv = torch.nn.functional.conv2d(z.flatten(0, 1), torch.randn(8, 8, 1, 1))
-        scaled, bias = norm(conv.unflatten(0, (3, 2)))
+        scaled, _bias = norm(conv.unflatten(0, (3, 2)))
     assert norm.running_mean.dtype == torch.float32 and conv.dtype == torch.bfloat16
     assert torch.isfinite(norm.running_var).all() and scaled.dtype == torch.float32
 

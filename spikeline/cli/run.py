@@ -10,7 +10,6 @@ from spikeline.errors import SpikelineError
 from .energy import count_in_batches
 from .inputs import encode, inputs_from_dataset, positive_int
 
-
 # `run` trains a demo by default: evolutionary heads, 4 epochs (train's defaults otherwise)
 RUN_DEFAULTS = {"heads": "evolutionary", "epochs": 4}
 
@@ -40,6 +39,8 @@ def _step(name: str) -> None:
 
 
 def run(args) -> int:
+    import nir
+
     from spikeline.deploy.energy import load_hardware_models, price
     from spikeline.deploy.export import export_run
     from spikeline.deploy.report import build_report, summary_text, write_report
@@ -48,8 +49,6 @@ def run(args) -> int:
     from spikeline.pipeline.config import TrainConfig
 
     from .train import train_from_args
-
-    import nir
 
     started = time.time()
     run_dir = Path(args.out)
@@ -127,8 +126,8 @@ def deployed_test_accuracy(export_dir, config, args):
     """The exported graph's accuracy on the whole test split (fixed-point simulator)."""
     import nir
 
-    from spikeline.deploy.accuracy import deployed_accuracy
     from spikeline.datasets.registry import load_splits, make_loader
+    from spikeline.deploy.accuracy import deployed_accuracy
 
     graph = nir.read(Path(export_dir) / "model.nir")
     test = load_splits(config.dataset, T=config.T, size=tuple(config.size), augment=False,

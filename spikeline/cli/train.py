@@ -196,10 +196,10 @@ def runtime_from_args(args, command: str, out):
 
 def train_from_args(args, command: str, base: dict | None = None):
     """Compose data and config from ``args`` and train; returns ``TrainResult``."""
+    from spikeline.paths import output_dir
     from spikeline.pipeline.checkpoint import load_checkpoint
     from spikeline.pipeline.config import TrainConfig
     from spikeline.pipeline.train import train
-    from spikeline.paths import output_dir
 
     runtime = runtime_from_args(args, command, args.out)
     _progress_logging(runtime.progress)
@@ -281,7 +281,6 @@ def handle_evaluate(args) -> int:
 
 
 def handle_diagnose_gradients(args) -> int:
-    from spikeline.pipeline.config import TrainConfig
     from spikeline.pipeline.diagnose import diagnose_gradients
 
     modes = [m.strip() for m in args.heads.split(",") if m.strip()]
@@ -310,8 +309,8 @@ def handle_diagnose_gradients(args) -> int:
 
 
 def handle_diagnose_init(args) -> int:
-    from spikeline.pipeline.diagnose import diagnose_init
     from spikeline.paths import output_file
+    from spikeline.pipeline.diagnose import diagnose_init
 
     if args.json:
         output_file(args.json, "--json")
