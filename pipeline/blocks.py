@@ -102,6 +102,17 @@ class BiasNorm(nn.Module):
 
 
 @torch.no_grad()
+def set_fold_aware(model: nn.Module, on: bool) -> int:
+    """Switch every BiasNorm synapse of ``model`` to (or from) its deployed, folded form;
+    returns how many synapses it switched."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, _Synapse) and m.norm is not None:
+            m.fold_aware = on
+            count += 1
+    return count
+
+
 def recalibrate_norms(model: nn.Module, loader, device: torch.device, max_batches: int) -> int:
     """Recompute every BiasNorm's running mean and variance as plain averages over up to
     ``max_batches`` training batches, with the weights as they are now ("precise BN").
@@ -112,8 +123,9 @@ def recalibrate_norms(model: nn.Module, loader, device: torch.device, max_batche
     the statistics the final weights produce.  Returns the number of batches used.
     """
     norms = [m for m in model.modules() if isinstance(m, BiasNorm)]
-    if not norms or max_batches < 1:
-        return 0
+    if not norms or max_batches < 1 or any(getattr(m, "fold_aware", False)
+                                           for m in model.modules()):
+        return 0  # folded synapses do not run their norms: the statistics stay frozen
     sums = {m: [0.0, 0.0] for m in norms}
 
     def record(module, inputs, _output):
@@ -147,7 +159,15 @@ class _Synapse(nn.Module):
     """Weights -> synaptic input ``z``, then the optional BiasNorm or voltage bias.
 
     ``forward`` returns ``(z, bias)``; ``bias`` (or None) is added to the voltage each step.
+
+    ``fold_aware`` (set by training for its last ``--fold-finetune-epochs``): a synapse with a
+    BiasNorm computes exactly what the export deploys, ``z = x * q(s * q(W))`` and bias
+    ``qb(beta - s * mean)`` with the frozen running statistics (``deploy/fold.py``'s
+    expressions), with straight-through gradients into ``W``, ``gamma`` and ``beta``: the
+    network is fine-tuned in the form it is deployed in.
     """
+
+    fold_aware = False
 
     def __init__(self, out_channels: int, norm: bool, bias: bool, scale: int):
         super().__init__()
@@ -156,9 +176,23 @@ class _Synapse(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def weighted(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_weight(x, quantize_weight(self.weight, self.scale))
+
+    def apply_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _folded_forward(self, x: torch.Tensor):
+        norm = self.norm
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        w = quantize_weight(self.weight, self.scale)
+        w = quantize_weight(w * scale.view([-1] + [1] * (w.dim() - 1)), self.scale)
+        z = self.apply_weight(x, w)
+        bias = quantize_bias(norm.shift - scale * norm.running_mean, self.scale)
+        return z, bias.view([-1] + [1] * (z.dim() - 3))
+
     def forward(self, x: torch.Tensor):
+        if self.norm is not None and self.fold_aware:
+            return self._folded_forward(x)
         z = self.weighted(x)
         if self.norm is not None:
             return self.norm(z)
@@ -181,8 +215,7 @@ class ConvSynapse(_Synapse):
                             scale)
         self.weight = nn.Parameter(weight_scale * weight)
 
-    def weighted(self, x):
-        w = quantize_weight(self.weight, self.scale)
+    def apply_weight(self, x, w):
         z = F.conv2d(x.flatten(0, 1), w, None, self.stride, self.padding, self.dilation,
                      self.groups)
         return z.unflatten(0, x.shape[:2])
@@ -198,8 +231,8 @@ class DenseSynapse(_Synapse):
         weight = grid_init_(torch.empty(out_neurons, in_neurons), scale)
         self.weight = nn.Parameter(weight_scale * weight)
 
-    def weighted(self, x):
-        return F.linear(x, quantize_weight(self.weight, self.scale))
+    def apply_weight(self, x, w):
+        return F.linear(x, w)
 
 
 class PoolSynapse(_Synapse):
@@ -217,13 +250,13 @@ class PoolSynapse(_Synapse):
         self.padding = _pair(padding)
         self.weight = nn.Parameter(torch.tensor(float(weight_scale)), requires_grad=False)
 
-    def weighted(self, x):
+    def apply_weight(self, x, weight):
         kh, kw = self.kernel_size
         h, w = x.shape[-2:]
         x = F.pad(x, (0, w % kw, 0, h % kh))
         summed = F.avg_pool2d(x.flatten(0, 1), self.kernel_size, self.stride, self.padding,
                               divisor_override=1)
-        return summed.unflatten(0, x.shape[:2]) * quantize_weight(self.weight, self.scale)
+        return summed.unflatten(0, x.shape[:2]) * weight
 
 
 class LIF(nn.Module):

@@ -240,6 +240,11 @@ class TrainConfig:
                                    "with each epoch's final weights before evaluating (0: off)",
                                    parse=_parse_int, check=nonneg_int)
 
+    fold_finetune_epochs: int = opt(0, "train the last N epochs in the deployed form (BatchNorm "
+                                    "folded into the 8-bit weights and bias, statistics frozen), "
+                                    "so that the validated network is the deployed one",
+                                    parse=_parse_int, check=nonneg_int)
+
     def __post_init__(self):
         if isinstance(self.amp, bool):  # checkpoints before amp became a mode
             self.amp = "auto" if self.amp else "off"
@@ -355,6 +360,13 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.connect is not None and not c.model.startswith("sew_"):
         raise BadInput(f"--connect (connect): applies to SEW ResNets only (sew_*), not "
                        f"{c.model!r}: a Spiking ResNet adds its residual before the neuron")
+    if c.fold_finetune_epochs >= c.epochs:
+        raise BadInput(f"--fold-finetune-epochs (fold_finetune_epochs): must be below --epochs "
+                       f"({c.epochs}): the folded form needs BatchNorm statistics from earlier "
+                       f"epochs, got {c.fold_finetune_epochs}")
+    if c.fold_finetune_epochs and c.rezero:
+        raise BadInput("--fold-finetune-epochs (fold_finetune_epochs): not available with "
+                       "--rezero (the fold multiplies the gate into the weights before rounding)")
     if c.T is None:
         c.T = int(default_T)
     if c.size is None:

@@ -51,7 +51,7 @@ from spikeline.atomic import atomic_file
 from spikeline.errors import BadInput, SpikelineError
 
 from . import distributed as ddp
-from .blocks import recalibrate_norms
+from .blocks import recalibrate_norms, set_fold_aware
 from .checkpoint import (
     FORMAT,
     build_from_spec,
@@ -326,6 +326,8 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
     from tqdm.auto import tqdm
 
     c, device = state.config, ranks.device
+    if c.fold_finetune_epochs:
+        set_fold_aware(state.heads.model, epoch >= c.epochs - c.fold_finetune_epochs)
     seed_everything(derive_seed(c.seed, epoch, ranks.rank))
     sampler = DistributedSampler(data.train, num_replicas=ranks.world, rank=ranks.rank,
                                  shuffle=True, seed=c.seed, drop_last=False)
@@ -416,9 +418,13 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool) 
 
 def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
               runtime: Runtime, ranks: ddp.Ranks) -> float:
-    """Test accuracy of best.pt's main network: evaluated once, for the chosen checkpoint."""
+    """Test accuracy of best.pt's main network: evaluated once, for the chosen checkpoint
+    (in its folded form when best.pt comes from a fold-aware epoch)."""
     best = load_checkpoint(run_dir / "best.pt") if ranks.world == 1 or ranks.is_main else None
     model = build_from_spec(state.spec).to(ranks.device)
+    c = state.config
+    if c.fold_finetune_epochs and state.best["epoch"] > c.epochs - c.fold_finetune_epochs:
+        set_fold_aware(model, True)
     if ranks.world > 1:
         model.load_state_dict(state.heads.model.state_dict())  # replaced by rank 0's below
         import torch.distributed as dist

@@ -131,3 +131,39 @@ def test_cuda_bf16_training_then_exact_fp32_evaluation_matches_cpu(tmp_path):
         cpu = model(frames)
         gpu = model.to("cuda")(frames.to("cuda")).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=0)
+
+
+def test_fold_aware_synapse_computes_exactly_the_export():
+    """In its fold-aware form a BatchNorm network's logits equal the folded export's."""
+    from spikeline.deploy.fold import fold_model
+    from spikeline.pipeline.blocks import set_fold_aware
+    from spikeline.pipeline.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", input_size=(34, 34), width=8, depths=(1, 1, 1)).eval()
+    for m in model.modules():
+        if isinstance(m, BiasNorm):
+            with torch.no_grad():
+                m.running_var.uniform_(0.3, 3)
+                m.running_mean.uniform_(-1, 1)
+                m.weight.uniform_(0.5, 1.5)
+                m.shift.uniform_(-0.5, 0.5)
+    frames = (torch.rand(2, 4, 2, 34, 34) < 0.2).float()
+    with torch.no_grad():
+        folded = fold_model(model)(frames)
+        plain = model(frames)
+        assert set_fold_aware(model, True) > 0
+        aware = model(frames)
+    torch.testing.assert_close(aware, folded, rtol=0, atol=0)
+    assert not torch.equal(plain, folded)  # the fold does change the network
+    # gradients reach the weights and the norm's affine parameters through the folded form
+    model.train()
+    model(frames).sum().backward()
+    syn = model.stages[0][1].conv1
+    assert syn.weight.grad is not None and syn.norm.weight.grad is not None
+    assert float(syn.weight.grad.abs().sum()) > 0
+
+
+def test_fold_finetune_epochs_needs_earlier_epochs(capsys):
+    assert main(["train", "--print-config", "--epochs", "2", "--fold-finetune-epochs", "2"]) == 2
+    assert "--fold-finetune-epochs" in capsys.readouterr().err

@@ -259,6 +259,11 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
     test = load_data(config, data_dir, cache_dir).test
     loader = make_loader(test, batch_size or config.batch_size, shuffle=False,
                          workers=workers, seed=config.seed)
+    if config.fold_finetune_epochs and int(ckpt["epoch"]) > \
+            config.epochs - config.fold_finetune_epochs:
+        from spikeline.pipeline.blocks import set_fold_aware
+
+        set_fold_aware(model, True)  # trained in its folded form: evaluate it so
     model.to(dev)
     correct, count = evaluate_model(model, loader, dev)
     return {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
