@@ -101,7 +101,6 @@ class BiasNorm(nn.Module):
         return scale.detach(), (self.shift - scale * self.running_mean).detach()
 
 
-@torch.no_grad()
 def set_fold_aware(model: nn.Module, on: bool) -> int:
     """Switch every BiasNorm synapse of ``model`` to (or from) its deployed, folded form;
     returns how many synapses it switched."""
@@ -113,6 +112,7 @@ def set_fold_aware(model: nn.Module, on: bool) -> int:
     return count
 
 
+@torch.no_grad()
 def recalibrate_norms(model: nn.Module, loader, device: torch.device, max_batches: int) -> int:
     """Recompute every BiasNorm's running mean and variance as plain averages over up to
     ``max_batches`` training batches, with the weights as they are now ("precise BN").

@@ -391,7 +391,10 @@ def evaluate_epoch(state: _State, loader, val_loader, ranks: ddp.Ranks) -> float
 def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool) -> None:
     """Append the epoch's metrics, write last.pt and (when best) best.pt, draw the curves."""
     c = state.config
-    is_best = record["val_acc"] > state.best["val_acc"]
+    # with fold-aware fine-tuning only the folded epochs compete: best.pt is then exactly the
+    # network that was validated and will be deployed
+    eligible = not c.fold_finetune_epochs or record["epoch"] > c.epochs - c.fold_finetune_epochs
+    is_best = eligible and record["val_acc"] > state.best["val_acc"]
     if is_best:
         state.best = {"val_acc": record["val_acc"], "epoch": record["epoch"]}
     payload = {
@@ -493,12 +496,14 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
                 finished = False
                 break
         identical = ddp.ranks_identical(state.heads, ranks)
+        # no best.pt yet when a run stopped before its fold-aware epochs
         test_acc = test_best(run_dir, state, data, make_loader, runtime, ranks) \
-            if state.history else None
+            if state.best["epoch"] else None
         summary = {
             "finished": finished, "epochs_done": len(state.history),
             "iteration": state.iteration, "total_iterations": state.total,
-            "best": state.best, "val_acc": state.best["val_acc"] if state.history else None,
+            "best": state.best,
+            "val_acc": state.best["val_acc"] if state.best["epoch"] else None,
             "test_acc": test_acc, "test_checkpoint": "best.pt",
             "num_val": len(data.val), "num_test": len(data.test),
             "world_size": ranks.world, "ddp_ranks_identical": identical,

@@ -167,3 +167,29 @@ def test_fold_aware_synapse_computes_exactly_the_export():
 def test_fold_finetune_epochs_needs_earlier_epochs(capsys):
     assert main(["train", "--print-config", "--epochs", "2", "--fold-finetune-epochs", "2"]) == 2
     assert "--fold-finetune-epochs" in capsys.readouterr().err
+
+
+def test_fold_finetune_makes_the_tested_network_the_deployed_one(tmp_path):
+    """With --fold-finetune-epochs, best.pt comes from a folded epoch and its test accuracy is
+    the deployed (exported, fixed-point) accuracy, sample for sample."""
+    import nir
+
+    from spikeline.cli.train import load_data, resolve_config
+    from spikeline.datasets.registry import make_loader
+    from spikeline.deploy.accuracy import deployed_accuracy
+    from spikeline.deploy.export import export_run
+    from spikeline.pipeline.config import TrainConfig
+
+    out = tmp_path / "fold"
+    args = [a for a in TINY_RESNET if a not in ("--max-steps", "2")]
+    args[args.index("--epochs") + 1] = "2"
+    assert main(["train", *args, "--fold-finetune-epochs", "1", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["epoch"] == 2
+    export = export_run(out, tmp_path / "export", formats=("nir",))
+    config = resolve_config(TrainConfig(**json.loads((out / "config.json").read_text())["config"]))
+    test = load_data(config).test
+    deployed = deployed_accuracy(nir.read(export.out_dir / "model.nir"),
+                                 make_loader(test, 8, shuffle=False))
+    assert deployed.count == summary["num_test"]
+    assert deployed.accuracy == summary["test_acc"]

@@ -257,6 +257,7 @@ def test_recalibrate_norms_sets_statistics_of_the_current_weights():
     var = torch.stack([z.var(dims, unbiased=True) for z in seen]).mean(0)
     torch.testing.assert_close(first.running_mean, mean)
     torch.testing.assert_close(first.running_var, var)
+    assert first.running_var.grad_fn is None and first.running_mean.grad_fn is None
     model.eval()
     recalibrate_norms(model, batches, torch.device("cpu"), max_batches=1)
     assert not model.training  # the mode it had is restored
