@@ -145,6 +145,13 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) 
         if value is not None:
             spec[key] = list(value) if key == "depths" else value
     if config.timing != "ideal":  # build_model takes timing= where per-hop timing is supported
+        import inspect
+
+        from spikeline.pipeline.models import build_model
+
+        if "timing" not in inspect.signature(build_model).parameters:
+            raise BadInput(f"--timing (timing): {config.timing!r} needs a build_model that "
+                           "takes timing=, which this installation lacks")
         spec["timing"] = config.timing
     return spec
 
