@@ -90,6 +90,9 @@ def test_tiny_residual_run_end_to_end(tmp_path):
     assert summary["model"] == "resnet20" and summary["num_test"] == 16
     assert 0 <= summary["deployed_test_acc"] <= 1 and 0 <= summary["trained_test_acc"] <= 1
     assert summary["verify"]["nir"]["mismatches"] == 0
+    train_summary = json.loads((out / "summary.json").read_text())
+    assert train_summary["deployed_test_acc"] == summary["deployed_test_acc"]
+    assert train_summary["test_acc"] == summary["trained_test_acc"]
 
 
 def test_print_config_of_the_cifar10dvs_recipe_resolves(capsys):

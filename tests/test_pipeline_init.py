@@ -189,3 +189,43 @@ def test_fold_finetune_makes_the_tested_network_the_deployed_one(tmp_path):
                                  make_loader(test, 8, shuffle=False))
     assert deployed.count == summary["num_test"]
     assert deployed.accuracy == summary["test_acc"]
+
+
+def test_deployed_accuracy_honours_the_graphs_readout_window(monkeypatch):
+    """input_pad_steps zero frames are appended to the T input steps; the logits average the
+    output voltage over steps [readout_start, T + L)."""
+    import nir
+
+    from spikeline.deploy import simulate as sim
+    from spikeline.deploy.accuracy import deployed_accuracy, readout_window
+    from spikeline.errors import BadInput
+
+    seen = []
+
+    def fake_simulate(graph, x, mode="auto"):
+        seen.append((x.shape[0], float(x[4:].abs().sum())))
+        # step t drives class t: 10 on steps 0-1, 1 afterwards, so the window decides
+        steps, n = x.shape[0], x.shape[1]
+        v = torch.zeros(steps, n, 10)
+        for t in range(steps):
+            v[t, :, t] = 10.0 if t < 2 else 1.0
+        return sim.Simulation({"out": v}, "out")
+
+    monkeypatch.setattr(sim, "simulate", fake_simulate)
+    graph = nir.NIRGraph(nodes={}, edges=[], metadata={"input_pad_steps": 3,
+                                                       "readout_start": 2})
+    assert readout_window(graph) == (3, 2)
+    frames = torch.ones(2, 4, 2, 5, 5)  # N=2, T=4
+    # full window: steps 0 and 1 dominate (class 0 wins the argmax tie-break); from step 2 on
+    # every class 2..6 scores equally and class 2 wins
+    assert deployed_accuracy(graph, [(frames, torch.tensor([2, 2]))]).accuracy == 1.0
+    assert seen[-1] == (7, 0.0)  # T + L steps, the L appended ones are zero
+    graph.metadata = {"input_pad_steps": 0, "readout_start": 0}
+    assert deployed_accuracy(graph, [(frames, torch.tensor([0, 0]))]).accuracy == 1.0
+    assert seen[-1][0] == 4
+    graph.metadata = {"readout_start": 4}
+    with pytest.raises(BadInput, match="readout_start"):
+        deployed_accuracy(graph, [(frames, torch.tensor([0, 0]))])
+    graph.metadata = {"readout_start": -1}
+    with pytest.raises(BadInput, match="readout_start"):
+        readout_window(graph)

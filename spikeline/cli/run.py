@@ -64,6 +64,8 @@ def run(args) -> int:
     for fmt, why in export.skipped.items():
         print(f"  {fmt:7s} not written: {why}")
     deployed = deployed_test_accuracy(export.out_dir, config, args)
+    _add_to_summary(run_dir / "summary.json", {"deployed_test_acc": deployed.accuracy,
+                                               "deployed_num_test": deployed.count})
     print(f"  test accuracy on the test split ({deployed.count} samples): trained "
           f"{100 * accuracy:.2f}%, deployed (folded, quantized, fixed-point) "
           f"{100 * deployed.accuracy:.2f}%, delta {100 * (deployed.accuracy - accuracy):+.2f} "
@@ -135,3 +137,13 @@ def deployed_test_accuracy(export_dir, config, args):
                        data_dir=args.data_dir, cache_dir=args.cache_dir).test
     return deployed_accuracy(graph, make_loader(test, config.batch_size, shuffle=False),
                              config.encoding)
+
+
+def _add_to_summary(path: Path, fields: dict) -> None:
+    """The training run's summary.json, with the deployed accuracy next to the trained one."""
+    from spikeline.atomic import atomic_file
+
+    summary = json.loads(path.read_text())
+    summary.update(fields)
+    with atomic_file(path) as fh:
+        fh.write((json.dumps(summary, indent=2) + "\n").encode())
