@@ -169,12 +169,12 @@ def test_fold_finetune_makes_the_tested_network_the_deployed_one(tmp_path):
     """With --fold-finetune-epochs, best.pt comes from a folded epoch and its test accuracy is
     the deployed (exported, fixed-point) accuracy, sample for sample."""
     import nir
-
-    from spikeline.cli.train import load_data, resolve_config
     from spikeline.datasets.registry import make_loader
     from spikeline.deploy.accuracy import deployed_accuracy
     from spikeline.deploy.export import export_run
     from spikeline.pipeline.config import TrainConfig
+
+    from spikeline.cli.train import load_data, resolve_config
 
     out = tmp_path / "fold"
     args = [a for a in TINY_RESNET if a not in ("--max-steps", "2")]
@@ -195,9 +195,9 @@ def test_deployed_accuracy_honours_the_graphs_readout_window(monkeypatch):
     """input_pad_steps zero frames are appended to the T input steps; the logits average the
     output voltage over steps [readout_start, T + L)."""
     import nir
-
     from spikeline.deploy import simulate as sim
     from spikeline.deploy.accuracy import deployed_accuracy, readout_window
+
     from spikeline.errors import BadInput
 
     seen = []
