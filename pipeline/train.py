@@ -266,6 +266,7 @@ class _State:
     iteration: int = 0
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
+    world: int = 1
 
 
 def prepare(config: TrainConfig | None, runtime: Runtime, data, ranks: ddp.Ranks) -> _State:
@@ -297,7 +298,7 @@ def prepare(config: TrainConfig | None, runtime: Runtime, data, ranks: ddp.Ranks
     per_rank = math.ceil(len(data.train) / ranks.world)
     total = config.epochs * math.ceil(per_rank / config.batch_size)
     state = _State(config, spec, heads, ddp.wrap(_LossModule(heads), ranks), optimizer,
-                   make_scheduler(config, optimizer, total), total)
+                   make_scheduler(config, optimizer, total), total, world=ranks.world)
     if ckpt is not None:
         if ckpt["total_iterations"] != total:
             raise SpikelineError(
@@ -395,8 +396,8 @@ def evaluate_epoch(state: _State, loader, val_loader, ranks: ddp.Ranks) -> float
     return float(counts[0] / max(counts[1], 1))
 
 
-def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool) -> None:
-    """Append the epoch's metrics, write last.pt and (when best) best.pt, draw the curves."""
+def update_best(state: _State, record: dict) -> bool:
+    """Is this epoch the best so far on validation?  (Every rank decides alike.)"""
     c = state.config
     # with fold-aware fine-tuning only the folded epochs compete: best.pt is then exactly the
     # network that was validated and will be deployed
@@ -404,6 +405,13 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool) 
     is_best = eligible and record["val_acc"] > state.best["val_acc"]
     if is_best:
         state.best = {"val_acc": record["val_acc"], "epoch": record["epoch"]}
+    return is_best
+
+
+def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool,
+                     is_best: bool) -> None:
+    """Append the epoch's metrics, write last.pt and (when best) best.pt, draw the curves."""
+    c = state.config
     payload = {
         "format": FORMAT, "config": c.to_dict(), "model_spec": state.spec,
         "epoch": record["epoch"], "iteration": state.iteration,
@@ -412,7 +420,7 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool) 
         "optimizer": state.optimizer.state_dict(),
         "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
         "rng": rng_state(), "history": state.history, "best": state.best,
-        "partial_epoch": partial,
+        "partial_epoch": partial, "world_size": state.world,
     }
     with open(run_dir / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -493,8 +501,9 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             state.history.append(record)
+            is_best = update_best(state, record)
             if ranks.is_main:
-                save_epoch_state(state, record, run_dir, partial=cut)
+                save_epoch_state(state, record, run_dir, partial=cut, is_best=is_best)
                 _say(f"epoch {epoch + 1}/{c.epochs}  loss {record['train_loss']:.4f}  "
                      f"train {100 * record['train_acc']:.1f}%  val {100 * val_acc:.1f}%  "
                      f"lr {record['lr']:.3g}  {record['seconds']:.1f}s", runtime.progress)
