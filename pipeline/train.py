@@ -345,6 +345,7 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
                          shuffle=False, workers=runtime.workers,
                          seed=derive_seed(c.seed, epoch, ranks.rank, 1))
     state.heads.train()
+    state.lr_used = state.optimizer.param_groups[0]["lr"]
     use_amp = _use_amp(c, device)
     stats = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
@@ -464,6 +465,45 @@ def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
 
 # --- the loop ----------------------------------------------------------------------------------
 
+def _epoch_record(state: _State, epoch: int, stats, val_acc: float, seconds: float) -> dict:
+    c = state.config
+    return {
+        "epoch": epoch + 1, "iteration": state.iteration,
+        "train_loss": float(stats[0] / max(stats[2], 1)),
+        "train_acc": float(stats[1] / max(stats[2], 1)), "val_acc": val_acc,
+        "lr": float(state.lr_used),
+        # lambda(i) of the epoch's last step; it weighs the heads in evolutionary mode
+        "lambda": (lambda_at(c.lam, state.iteration - 1, state.total)
+                   if c.heads == "evolutionary" else None),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _should_stop(state: _State, epoch: int, runtime: Runtime) -> bool:
+    return (runtime.stop_after is not None and epoch - state.start_epoch >= runtime.stop_after) \
+        or (runtime.max_steps is not None and state.iteration >= runtime.max_steps)
+
+
+def finish(state: _State, finished: bool, run_dir: Path, data, make_loader: LoaderFactory,
+           runtime: Runtime, ranks: ddp.Ranks) -> dict:
+    """Test best.pt once and write summary.json; returns the summary."""
+    identical = ddp.ranks_identical(state.heads, ranks)
+    # no best.pt yet when a run stopped before its fold-aware epochs
+    chosen = bool(state.best["epoch"])
+    summary = {
+        "finished": finished, "epochs_done": len(state.history),
+        "iteration": state.iteration, "total_iterations": state.total, "best": state.best,
+        "val_acc": state.best["val_acc"] if chosen else None,
+        "test_acc": test_best(run_dir, state, data, make_loader, runtime, ranks) if chosen
+        else None,
+        "test_checkpoint": "best.pt", "num_val": len(data.val), "num_test": len(data.test),
+        "world_size": ranks.world, "ddp_ranks_identical": identical,
+    }
+    if ranks.is_main:
+        _write_json(run_dir / "summary.json", summary)
+    return summary
+
+
 def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: LoaderFactory,
           ) -> TrainResult:
     """Train (or, with ``runtime.resume``, continue) a run in ``runtime.out``.
@@ -476,30 +516,19 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
     with ddp.session(runtime.device) as ranks:
         state = prepare(config, runtime, data, ranks)
         c = state.config
-        val_loader = make_loader(
-            torch.utils.data.Subset(data.val, list(range(ranks.rank, len(data.val),
-                                                         ranks.world))),
-            c.batch_size, shuffle=False, workers=runtime.workers, seed=c.seed)
+        val_shard = torch.utils.data.Subset(data.val, list(range(ranks.rank, len(data.val),
+                                                                 ranks.world)))
+        val_loader = make_loader(val_shard, c.batch_size, shuffle=False,
+                                 workers=runtime.workers, seed=c.seed)
         finished = True
         for epoch in range(state.start_epoch, c.epochs):
-            if (runtime.stop_after is not None and epoch - state.start_epoch >= runtime.stop_after) \
-                    or (runtime.max_steps is not None and state.iteration >= runtime.max_steps):
+            if _should_stop(state, epoch, runtime):
                 finished = False
                 break
             t0 = time.perf_counter()
-            state.lr_used = state.optimizer.param_groups[0]["lr"]
             stats, loader, cut = train_epoch(state, epoch, data, make_loader, runtime, ranks)
             val_acc = evaluate_epoch(state, loader, val_loader, ranks)
-            record = {
-                "epoch": epoch + 1, "iteration": state.iteration,
-                "train_loss": float(stats[0] / max(stats[2], 1)),
-                "train_acc": float(stats[1] / max(stats[2], 1)), "val_acc": val_acc,
-                "lr": float(state.lr_used),
-                # lambda(i) of the epoch's last step; it weighs the heads in evolutionary mode
-                "lambda": (lambda_at(c.lam, state.iteration - 1, state.total)
-                           if c.heads == "evolutionary" else None),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
+            record = _epoch_record(state, epoch, stats, val_acc, time.perf_counter() - t0)
             state.history.append(record)
             is_best = update_best(state, record)
             if ranks.is_main:
@@ -511,21 +540,7 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
             if cut:
                 finished = False
                 break
-        identical = ddp.ranks_identical(state.heads, ranks)
-        # no best.pt yet when a run stopped before its fold-aware epochs
-        test_acc = test_best(run_dir, state, data, make_loader, runtime, ranks) \
-            if state.best["epoch"] else None
-        summary = {
-            "finished": finished, "epochs_done": len(state.history),
-            "iteration": state.iteration, "total_iterations": state.total,
-            "best": state.best,
-            "val_acc": state.best["val_acc"] if state.best["epoch"] else None,
-            "test_acc": test_acc, "test_checkpoint": "best.pt",
-            "num_val": len(data.val), "num_test": len(data.test),
-            "world_size": ranks.world, "ddp_ranks_identical": identical,
-        }
-        if ranks.is_main:
-            _write_json(run_dir / "summary.json", summary)
+        summary = finish(state, finished, run_dir, data, make_loader, runtime, ranks)
         return TrainResult(heads=state.heads, history=state.history, best=state.best,
-                           run_dir=run_dir, finished=finished, ddp_ranks_identical=identical,
-                           summary=summary)
+                           run_dir=run_dir, finished=finished,
+                           ddp_ranks_identical=summary["ddp_ranks_identical"], summary=summary)
