@@ -21,7 +21,7 @@ import torch
 
 from spikeline.errors import BadInput
 
-__all__ = ["DeployedAccuracy", "deployed_accuracy", "readout_window"]
+__all__ = ["DeployedAccuracy", "deployed_accuracy", "deployed_logits", "readout_window"]
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,30 @@ def readout_window(graph: nir.NIRGraph) -> tuple[int, int]:
 @torch.no_grad()
 def deployed_accuracy(graph: nir.NIRGraph, loader, encoding: str = "binary",
                       mode: str = "loihi") -> DeployedAccuracy:
-    """Accuracy of ``graph`` over ``loader``'s ``(frames [N, T, C, H, W], labels [N])``."""
-    from spikeline.deploy.simulate import simulate
-    from spikeline.pipeline.models import encode_frames
+    """Accuracy of ``graph`` over ``loader``'s ``(frames [N, T, C, H, W], labels [N])``, in
+    exact float32 (TF32 off, no autocast)."""
+    from spikeline.pipeline.train import exact_fp32
 
     pad, start = readout_window(graph)
     correct = count = 0
-    for frames, labels in loader:
-        x = encode_frames(frames.float().transpose(0, 1), encoding)  # [T, N, C, H, W]
-        if pad:
-            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
-        if start >= x.shape[0]:
-            raise BadInput(f"NIR metadata readout_start {start} leaves no step of the "
-                           f"{x.shape[0]} the network runs")
-        voltage = simulate(graph, x, mode=mode).output  # [T + L, N, classes]
-        logits = voltage[start:].mean(0)
-        correct += int((logits.argmax(-1) == labels).sum())
-        count += int(labels.numel())
+    with exact_fp32():
+        for frames, labels in loader:
+            logits = deployed_logits(graph, frames, encoding, mode, pad, start)
+            correct += int((logits.argmax(-1) == labels).sum())
+            count += int(labels.numel())
     return DeployedAccuracy(correct, count, pad, start)
+
+
+def deployed_logits(graph: nir.NIRGraph, frames: torch.Tensor, encoding: str, mode: str,
+                    pad: int, start: int) -> torch.Tensor:
+    """``[N, classes]``: the output voltage averaged over steps ``[start, T + pad)``."""
+    from spikeline.deploy.simulate import simulate
+    from spikeline.pipeline.models import encode_frames
+
+    x = encode_frames(frames.float().transpose(0, 1), encoding)  # [T, N, C, H, W]
+    if pad:
+        x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+    if start >= x.shape[0]:
+        raise BadInput(f"NIR metadata readout_start {start} leaves no step of the "
+                       f"{x.shape[0]} the network runs")
+    return simulate(graph, x, mode=mode).output[start:].mean(0)  # [T + L, N, classes] -> mean
