@@ -9,6 +9,8 @@ after two warm-up steps; it repeats steps until ``--seconds`` have passed (at le
 
 1. ``resnet18``: ``build_model('resnet18')`` (Spiking ResNet-18, paper widths), 48x48, T=10,
    without heads and with evolutionary shortcut heads (the training-only overhead).
+   ``--modes eager,compile,compile_bf16`` instead times the main network alone (no heads) in
+   each execution mode, with the peak device memory of the timed steps (CUDA only).
 2. ``conv_stack``: the same SLAYER CUBA conv stack built from lava-dl 0.6.0's
    ``slayer.block.cuba`` blocks and from ``pipeline/blocks.py`` (spike-identical, see
    tests/test_pipeline_lava_equivalence.py), same weights, same input.
@@ -76,6 +78,67 @@ def bench_resnet18(args, device) -> list[dict]:
     return rows
 
 
+def bench_resnet18_modes(args, device) -> list[dict]:
+    """Spiking ResNet-18 training steps per second: eager fp32, torch.compile fp32, and
+    torch.compile under bf16 autocast; peak memory of the timed steps on CUDA."""
+    from spikeline.pipeline.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (args.batch, args.T, 2, args.size, args.size), generator=g)
+    x, y = x.float().to(device), torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    rows = []
+    for mode in [m for m in args.modes.split(",") if m]:
+        torch.manual_seed(0)
+        model = build_model("resnet18", in_channels=2, num_classes=10,
+                            input_size=(args.size, args.size), width=args.width).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        forward = torch.compile(model) if mode.startswith("compile") else model
+        bf16 = mode.endswith("bf16")
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(forward(x), y)
+            loss.backward()
+            opt.step()
+
+        row = {"bench": "resnet18_modes", "mode": mode, "device": str(device),
+               "batch": args.batch, "T": args.T, "size": args.size, "width": args.width}
+        try:
+            t0 = time.perf_counter()
+            step()  # the first step compiles
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            first = time.perf_counter() - t0
+            sec, n = measure(step, args.seconds, args.min_steps, device)
+        except Exception as err:  # a compiler failure is a result, not a crash of the bench
+            rows.append({**row, "error": repr(err)[:500]})
+            continue
+        rows.append({**row, "steps": n, "first_step_s": round(first, 2),
+                     "s_per_step": round(sec, 4), "samples_per_s": round(args.batch / sec, 2),
+                     "peak_mem_GiB": (round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                                      if device.type == "cuda" else None)})
+    base = next((r for r in rows if r.get("mode") == "eager" and "samples_per_s" in r), None)
+    for r in rows:
+        if base and "samples_per_s" in r:
+            r["speedup_vs_eager"] = round(r["samples_per_s"] / base["samples_per_s"], 3)
+    return rows
+
+
+def _lava_arch_fix() -> None:
+    """lava-dl 0.6.0 JIT-builds its CUDA kernels for TORCH_CUDA_ARCH_LIST = '8.0' on every
+    capability >= 8 (``slayer/jitconfig.py``); Hopper (9.0) then has no kernel image.  Ask for
+    the device's own architecture before first use."""
+    if not torch.cuda.is_available():
+        return
+    major, minor = torch.cuda.get_device_capability()
+    if major >= 9:
+        from lava.lib.dl.slayer import jitconfig
+
+        jitconfig.TORCH_CUDA_ARCH_LIST = f"{major}.{minor}"
+
+
 def _stacks(size: int):
     """The same conv stack from lava-dl's and from our blocks, with the same weights."""
     import lava.lib.dl.slayer as slayer
@@ -119,6 +182,8 @@ def bench_conv_stack(args, device) -> list[dict]:
     from spikeline.pipeline.blocks import from_lava
 
     try:
+        if device.type == "cuda":
+            _lava_arch_fix()
         lava, ours = _stacks(args.size)
     except Exception as err:  # lava-dl missing or broken
         return [{"bench": "conv_stack", "impl": "lava-dl", "error": repr(err)}]
@@ -163,6 +228,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0, help="timed seconds per measurement")
     ap.add_argument("--min-steps", type=int, default=2)
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--skip-stack", action="store_true")
+    ap.add_argument("--modes", default=None,
+                    help="time ResNet-18 in these modes instead (eager,compile,compile_bf16)")
+    ap.add_argument("--width", type=int, default=64, help="ResNet-18 channel scale (--modes)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if args.threads:
@@ -173,6 +242,10 @@ def main(argv=None) -> int:
                       "threads": torch.get_num_threads(), "python": platform.python_version(),
                       "cpu": platform.processor() or platform.machine(),
                       "loadavg_1min": round(os.getloadavg()[0], 2)}), flush=True)
+    if args.modes:
+        for row in bench_resnet18_modes(args, device):
+            print(json.dumps(row), flush=True)
+        return 0
     rows = [] if args.skip_resnet else bench_resnet18(args, device)
     for row in rows:
         print(json.dumps(row), flush=True)
@@ -180,7 +253,7 @@ def main(argv=None) -> int:
         print(json.dumps({"bench": "resnet18", "ratio": "evolutionary_heads/none",
                           "samples_per_s_ratio": round(rows[1]["samples_per_s"]
                                                        / rows[0]["samples_per_s"], 3)}))
-    stack = bench_conv_stack(args, device)
+    stack = [] if args.skip_stack else bench_conv_stack(args, device)
     for row in stack:
         print(json.dumps(row), flush=True)
     speed = {r["impl"]: r["samples_per_s"] for r in stack if "samples_per_s" in r}

@@ -1,15 +1,15 @@
 """CIFAR10-DVS (Li et al. 2017): 10,000 DVS128 recordings of CIFAR-10 images, 10 classes.
 
 Read through ``tonic.datasets.CIFAR10DVS`` (AEDAT4 files, decoded by the ``aedat`` package).
-The dataset has no official split: ``load_samples`` makes a seeded stratified one with 10% of
-each class for testing (9,000 / 1,000 = 900 / 100 per class, as in the paper), over the files
-sorted by path.
+The dataset has no official split.  ``load_samples`` makes a fixed per-class one: over the files
+sorted by path, the first 90% of each class train and the last 10% test (9,000 / 1,000 = the
+first 900 / last 100 of each class, the paper's proportions).  No seed moves it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .samples import DatasetInfo, stratified_split
+from .samples import DatasetInfo, per_class_head_split
 from .tonic_offline import TonicSamples, open_offline, sorted_order
 
 # tonic.datasets.CIFAR10DVS.url (kept here so that listing datasets does not import Tonic)
@@ -31,11 +31,12 @@ def where_to_get(location: Path) -> str:
 
 
 def load_samples(split: str, data_dir: Path, cache_dir: Path, seed: int) -> TonicSamples:
-    """``split`` of CIFAR10-DVS under ``data_dir``; ``cache_dir`` is unused."""
+    """``split`` of CIFAR10-DVS under ``data_dir``; ``cache_dir`` and ``seed`` are unused (the
+    split is fixed)."""
     from tonic.datasets import CIFAR10DVS
 
     dataset = open_offline(CIFAR10DVS, data_dir, where_to_get)
     order = sorted_order(dataset)
     labels = [dataset.targets[i] for i in order]
-    train, test = stratified_split(labels, TEST_FRACTION, seed)
+    train, test = per_class_head_split(labels, 1.0 - TEST_FRACTION)
     return TonicSamples(dataset, order[train if split == "train" else test], data_dir)

@@ -8,11 +8,12 @@ sample index)``: the same seed gives the same batches whatever the number of loa
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from spikeline.errors import SpikelineError
 
@@ -24,6 +25,10 @@ from .samples import DatasetInfo, EventSamples, default_cache_dir, default_data_
 _MODULES = {module.INFO.name: module for module in (ndigits, nmnist, dvsgesture, cifar10dvs)}
 DATASETS: dict[str, DatasetInfo] = {name: module.INFO for name, module in _MODULES.items()}
 SPLITS = ("train", "test")
+# Seed of the train/test split of datasets without an official one (ndigits) and of the
+# validation split carved from every training split.  Fixed: a run's --seed changes the
+# initialisation, data order and augmentation, never which samples are tested.
+SPLIT_SEED = 0
 
 
 class FrameDataset(Dataset):
@@ -88,8 +93,8 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None,
     :data:`DATASETS`); ``augment``: random roll (up to +-5 px) and, for mirror-symmetric
     datasets (``DatasetInfo.mirror_symmetric``), a left-right flip (p = 0.5);
     ``cache_dir``: frames and generated data (default ``$SPIKELINE_CACHE`` or
-    ``~/.cache/spikeline``); ``seed``: the train/test split where the dataset has none of its
-    own (use the same seed for both splits) and the first epoch's augmentation.
+    ``~/.cache/spikeline``); ``seed``: the first epoch's augmentation.  The train/test split
+    does not depend on it (``SPLIT_SEED``).
     """
     if name not in DATASETS:
         raise SpikelineError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
@@ -102,7 +107,7 @@ def load_dataset(name: str, split: str, *, data_dir: str | Path | None = None,
         raise SpikelineError(f"{name}: {err}") from None
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    samples = _MODULES[name].load_samples(split, data_dir, cache_dir, seed)
+    samples = _MODULES[name].load_samples(split, data_dir, cache_dir, SPLIT_SEED)
     cache = FrameCache(cache_dir / "frames", name, to_frames.config(),
                        to_frames.output_shape(info.sensor_size[2]))
     augmentation = RandomFlipRoll(flip_p=0.5 if info.mirror_symmetric else 0.0)
@@ -135,3 +140,57 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: in
                               num_workers=workers, drop_last=drop_last,
                               generator=torch.Generator().manual_seed(seed),
                               epoch_seeds=np.random.default_rng(seed))
+
+
+def fixed_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` samples of a fixed random permutation (the same for every run), so a
+    small subset still covers all classes."""
+    if limit is None or limit <= 0 or limit >= len(dataset):
+        return dataset
+    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return Subset(dataset, sorted(perm[:limit].tolist()))
+
+
+def _labels(dataset: Dataset) -> np.ndarray:
+    if isinstance(dataset, Subset):
+        return _labels(dataset.dataset)[np.asarray(dataset.indices)]
+    return np.asarray(dataset.labels)
+
+
+@dataclass
+class Splits:
+    """Training, validation and test sets of one dataset, and what the model needs to know.
+
+    ``val`` is carved from the training split: ``val_fraction`` of each class, drawn with
+    ``SPLIT_SEED`` (fixed, independent of the run's seed), served without augmentation.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+
+
+def load_splits(name: str, *, T: int | None = None, size=None, augment: bool = True,
+                val_fraction: float = 0.1, limit_train: int | None = None,
+                limit_test: int | None = None, data_dir=None, cache_dir=None,
+                seed: int = 0) -> Splits:
+    """``Splits`` of dataset ``name``: ``limit_train`` caps the training set (after the
+    validation set is carved out), ``limit_test`` the validation and the test sets."""
+    from .samples import stratified_split
+
+    kwargs = {"data_dir": data_dir, "T": T, "size": size, "cache_dir": cache_dir, "seed": seed}
+    train_aug = load_dataset(name, "train", augment=augment, **kwargs)
+    train_plain = load_dataset(name, "train", augment=False, **kwargs) if augment else train_aug
+    test = load_dataset(name, "test", augment=False, **kwargs)
+    try:
+        fit, val = stratified_split(train_aug.labels, val_fraction, SPLIT_SEED)
+    except ValueError as err:
+        raise SpikelineError(f"--val-fraction: {err}") from None
+    if len(fit) == 0 or len(val) == 0:
+        raise SpikelineError(f"{name}: the training split ({len(train_aug)} samples) is too small "
+                             f"to hold out a validation fraction of {val_fraction}")
+    return Splits(train=fixed_subset(Subset(train_aug, fit.tolist()), limit_train),
+                  val=fixed_subset(Subset(train_plain, val.tolist()), limit_test),
+                  test=fixed_subset(test, limit_test),
+                  num_classes=DATASETS[name].num_classes)

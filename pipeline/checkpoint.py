@@ -15,15 +15,20 @@ A checkpoint is a plain dict of tensors and primitive containers, so that
     scheduler         lr_scheduler.state_dict()
     rng               torch / numpy / python (/ cuda) RNG states and the data position
     history           the metrics.jsonl records so far (list of dicts)
-    best              {"test_acc", "epoch"} of the best epoch so far
+    best              {"val_acc", "epoch"} of the best epoch so far (chosen on validation)
+    partial_epoch     True when --max-steps cut the epoch short (such a run is not resumable)
 
 ``save_checkpoint`` writes a temporary file in the same directory and ``os.replace``s it, so a
-crash mid-write never leaves a truncated ``last.pt``/``best.pt``.
+crash mid-write never leaves a truncated ``last.pt``/``best.pt``.  ``save_epoch`` writes
+``last.pt`` first and then copies it to ``best.pt`` when the epoch is the best: a kill between
+the two leaves a ``last.pt`` whose ``best`` record names its own epoch, and ``repair_best``
+(run on resume and before a run's ``best.pt`` is read) restores ``best.pt`` from it.
 """
 from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,46 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     with atomic_file(path, fsync=True) as fh:
         torch.save(payload, fh)
     return path
+
+
+def save_epoch(run_dir: str | os.PathLike, payload: dict, is_best: bool) -> None:
+    """``last.pt`` <- ``payload``, then ``best.pt`` <- a copy of it when ``is_best``."""
+    run_dir = Path(run_dir)
+    save_checkpoint(run_dir / "last.pt", payload)
+    if is_best:
+        _copy_atomic(run_dir / "last.pt", run_dir / "best.pt")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with atomic_file(dst, fsync=True) as fh, open(src, "rb") as source:
+        shutil.copyfileobj(source, fh, 1 << 20)
+
+
+def _epoch_of(path: Path) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: repaired from last.pt
+        return None
+
+
+def repair_best(run_dir: str | os.PathLike, last: dict | None = None) -> bool:
+    """Restore ``best.pt`` from ``last.pt`` when a kill fell between their writes.
+
+    ``last.pt``'s ``best`` record names the best epoch; when that is ``last.pt``'s own epoch,
+    ``last.pt`` holds the best weights, and ``best.pt`` must be a copy of it.  Returns True when
+    ``best.pt`` was rewritten.
+    """
+    run_dir = Path(run_dir)
+    last_path = run_dir / "last.pt"
+    if not last_path.is_file():
+        return False
+    if last is None:
+        last = load_checkpoint(last_path)
+    best_epoch = int(last.get("best", {}).get("epoch", 0))
+    if best_epoch != int(last["epoch"]) or _epoch_of(run_dir / "best.pt") == best_epoch:
+        return False
+    _copy_atomic(last_path, run_dir / "best.pt")
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -63,6 +108,8 @@ def resolve_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Path:
     """``best``/``last`` -> ``RUN_DIR/best.pt``/``last.pt``; anything else is a path."""
     run_dir = Path(run_dir)
     if which in ("best", "last"):
+        if which == "best":
+            repair_best(run_dir)
         path = run_dir / f"{which}.pt"
         if not path.is_file():
             raise SpikelineError(f"{run_dir} holds no {which}.pt: is it a `spikeline train` "

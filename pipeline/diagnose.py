@@ -8,7 +8,6 @@ over a few batches, for each heads mode on the *same* initial weights and the sa
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -50,49 +49,35 @@ def gradient_norms(heads: nn.Module, batches, progress: float = 0.0,
              "grad_norm": float(sums[k] / count)} for k, (name, p) in enumerate(params)]
 
 
-def diagnose_gradients(model: str, modes: list[str], *, dataset: str = "ndigits",
-                       batches: int = 3, batch_size: int = 16, T: int | None = None,
-                       size=None, lam: float = 0.25, progress: float = 0.0, seed: int = 0,
-                       width: int | None = None, depths: list[int] | None = None,
-                       encoding: str = "binary", data_dir=None, device: str = "cpu",
-                       out: str | Path | None = None, neuron: dict | None = None) -> dict:
-    """Gradient norms of ``model`` for each heads mode in ``modes``; writes
-    ``OUT/gradients.json`` and ``OUT/gradients.png`` when ``out`` is given.  ``neuron``
-    overrides CubaParams fields (threshold, decays, tau_grad, scale_grad)."""
-    from spikeline.datasets.registry import make_loader
+def diagnose_gradients(configs: list, data, make_loader, *, batches: int = 3,
+                       progress: float = 0.0, device: str = "cpu",
+                       out: str | Path | None = None) -> dict:
+    """Gradient norms of one model under each of ``configs`` (TrainConfigs that differ in
+    ``heads`` only), on the same initial weights and the same ``batches`` batches of
+    ``data.train``; writes ``OUT/gradients.json`` and ``OUT/gradients.png`` when ``out`` is
+    given."""
+    from .train import build_heads, model_spec_for, resolve_device, seed_everything
 
-    from .train import (TrainConfig, _resolve, build_heads, load_splits, model_spec_for,
-                        resolve_device, seed_everything)
-
-    if not modes:
+    if not configs:
         raise SpikelineError("--heads needs at least one mode")
-    if batches < 1 or batch_size < 1:
-        raise SpikelineError("--batches and --batch-size must be >= 1")
     dev = resolve_device(device)
-    config = _resolve(TrainConfig(dataset=dataset, model=model, heads=modes[0], lam=lam, T=T,
-                                  size=size, encoding=encoding, width=width, depths=depths,
-                                  batch_size=batch_size, augment=False, seed=seed,
-                                  limit_train=batches * batch_size, limit_test=1,
-                                  **(neuron or {})))
-    for mode in modes:  # validate every mode before any work
-        _resolve(dataclasses.replace(config, heads=mode))
-    train_ds, _ = load_splits(config, data_dir)
-    loader = make_loader(train_ds, batch_size, shuffle=True, seed=seed)
-    data = [batch for _, batch in zip(range(batches), loader)]
-    spec = model_spec_for(config, train_ds[0][0])
+    config = configs[0]
+    loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed)
+    batches_ = [batch for _, batch in zip(range(batches), loader)]
+    spec = model_spec_for(config, data.train[0][0], data.num_classes)
     per_mode, first, ratio = {}, {}, {}
-    for mode in modes:
-        seed_everything(seed)  # identical initial network weights for every mode
-        heads = build_heads(dataclasses.replace(config, heads=mode), spec).to(dev)
-        rows = gradient_norms(heads, data, progress, dev)
-        per_mode[mode] = rows
-        first[mode] = rows[0]["grad_norm"]
+    for c in configs:
+        seed_everything(c.seed)  # identical initial network weights for every mode
+        heads = build_heads(c, spec).to(dev)
+        rows = gradient_norms(heads, batches_, progress, dev)
+        per_mode[c.heads] = rows
+        first[c.heads] = rows[0]["grad_norm"]
         last = rows[-1]["grad_norm"]
-        ratio[mode] = first[mode] / last if last > 0 else None  # strict JSON: no Infinity
+        ratio[c.heads] = first[c.heads] / last if last > 0 else None  # strict JSON
     result = {
-        "model": model, "dataset": dataset, "T": config.T, "size": config.size,
-        "batches": len(data), "batch_size": batch_size, "seed": seed, "lam": lam,
-        "progress": progress, "model_spec": spec,
+        "model": config.model, "dataset": config.dataset, "T": config.T, "size": config.size,
+        "batches": len(batches_), "batch_size": config.batch_size, "seed": config.seed,
+        "lam": config.lam, "progress": progress, "model_spec": spec,
         "first_layer_grad_norm": first, "first_over_last": ratio, "layers": per_mode,
     }
     if out is not None:
@@ -102,6 +87,84 @@ def diagnose_gradients(model: str, modes: list[str], *, dataset: str = "ndigits"
         from .plots import plot_grad_norms
 
         plot_grad_norms(per_mode, out / "gradients.png",
-                        title=f"{model} on {dataset}: gradient norm per weight tensor")
+                        title=f"{config.model} on {config.dataset}: gradient norm per weight "
+                        "tensor")
         result["files"] = [str(out / "gradients.json"), str(out / "gradients.png")]
     return result
+
+
+# The input size each model is meant for: the CNN for ndigits' 34x34 sensor, every other model
+# for CIFAR10-DVS resized to 48x48 (the shortcut-heads paper's setting).
+PAPER_SIZE = {"cnn": 34}
+DEFAULT_PAPER_SIZE = 48
+
+
+def diagnose_init(model: str, *, size=None, T: int = 10, width: int | None = None,
+                  batch_size: int = 2, seed: int = 0, rate: float = 0.1,
+                  num_classes: int = 10) -> dict:
+    """Dead layers at initialisation.
+
+    Builds ``model`` (default widths) at ``size`` (default: ``PAPER_SIZE``), feeds one batch
+    of random binary event frames (each pixel and polarity spikes with probability ``rate``)
+    with random labels, and reports per synaptic layer (conv/dense synapse, in order):
+    ``nonzero_weight_fraction`` of the 8-bit quantized weights, the L2 ``grad_norm`` of the
+    weights under the cross-entropy of the main logits, and the ``output_rate`` of the spiking
+    layer it feeds (None for the readout); plus ``main_logits_nonzero``.
+    """
+    from .blocks import LIF, ConvSynapse, DenseSynapse
+    from .models import MODELS, build_model
+    from .quantize import quantize_weight
+
+    if model not in MODELS:
+        raise SpikelineError(f"--model: unknown model {model!r}; known: {', '.join(MODELS)}")
+    if size is None:
+        size = PAPER_SIZE.get(model, DEFAULT_PAPER_SIZE)
+    h, w = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(seed)
+    options = {} if width is None else {"width": width}
+    net = build_model(model, in_channels=2, num_classes=num_classes, input_size=(h, w),
+                      **options)
+    net.train()
+    synapses = [(n, m) for n, m in net.named_modules() if isinstance(m, (ConvSynapse,
+                                                                          DenseSynapse))]
+    lifs = [(n, m) for n, m in net.named_modules() if isinstance(m, LIF)]
+    rates = {}
+    hooks = [m.register_forward_hook(
+        lambda mod, _i, o, n=n: rates.__setitem__(n, float(o.detach().float().mean())))
+        for n, m in lifs]
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.rand(batch_size, T, 2, h, w, generator=gen) < rate).float()
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    try:
+        logits = net(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+    finally:
+        for hk in hooks:
+            hk.remove()
+    lif_names = [n for n, _ in lifs]
+    rows = []
+    for name, syn in synapses:
+        q = quantize_weight(syn.weight.detach(), syn.scale)
+        grad = syn.weight.grad
+        rows.append({
+            "name": name, "shape": list(syn.weight.shape),
+            "nonzero_weight_fraction": float((q != 0).float().mean()),
+            "grad_norm": 0.0 if grad is None else float(grad.double().norm()),
+            "output_rate": _rate_of(name, lif_names, rates),
+        })
+    return {"model": model, "size": [h, w], "T": T, "batch_size": batch_size,
+            "input_rate": rate, "seed": seed,
+            "main_logits_nonzero": bool((logits.detach() != 0).any()),
+            "logits_std": float(logits.detach().std()), "layers": rows}
+
+
+def _rate_of(synapse_name: str, lif_names: list[str], rates: dict) -> float | None:
+    """The spike rate of the neurons a synapse drives: the first LIF after it in module order
+    within the same parent (``conv1`` -> ``lif1``, ``stages.0.0.synapse`` -> ``stages.0.0.lif``,
+    a shortcut ``down`` -> the block's ``lif2``)."""
+    parent, _, leaf = synapse_name.rpartition(".")
+    candidates = {"conv1": "lif1", "conv2": "lif2", "down": "lif2", "synapse": "lif"}
+    target = f"{parent}.{candidates.get(leaf, '')}" if parent else candidates.get(leaf, "")
+    if leaf == "down" and f"{parent}.down_lif" in rates:
+        target = f"{parent}.down_lif"
+    return rates.get(target)

@@ -30,7 +30,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss (left) and train/test accuracy (right) per epoch from metrics records."""
+    """Loss (left) and train/validation accuracy (right) per epoch from metrics records."""
     fig, axes = _figure(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     ax = axes[0][0]
@@ -41,7 +41,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
     ax.legend()
     ax = axes[0][1]
     ax.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    ax.plot(epochs, [100 * h["test_acc"] for h in history], "s-", label="test")
+    ax.plot(epochs, [100 * h["val_acc"] for h in history], "s-", label="validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)

@@ -25,7 +25,9 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_every_artifact(run_dir):
     summary = json.loads((run_dir / "pipeline.json").read_text())
-    assert 0 <= summary["test_accuracy"] <= 1
+    assert 0 <= summary["trained_test_acc"] <= 1 and 0 <= summary["deployed_test_acc"] <= 1
+    assert summary["deployed_minus_trained"] == pytest.approx(
+        summary["deployed_test_acc"] - summary["trained_test_acc"])
     assert {b: v["mismatches"] for b, v in summary["verify"].items()} == {
         "nir": 0, "lava": 0, "spikingjelly": 0, "snntorch": 0}
     assert summary["energy_per_inference_J"]["cmos45_int8"]["snn"] > 0
@@ -72,3 +74,52 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys):
     assert main(["import", str(tmp_path / "bad.nir"), "--out", str(tmp_path / "o.nir")]) == 2
     err = capsys.readouterr().err
     assert "missing.nir" in err and "bad.nir" in err
+
+
+def test_tiny_residual_run_end_to_end(tmp_path):
+    """A Spiking ResNet (BatchNorm, residuals) through train -> export -> deployed accuracy ->
+    verify -> energy, and the summary shows trained next to deployed accuracy."""
+    out = tmp_path / "res"
+    code = main(["run", "--dataset", "ndigits", "--model", "resnet20", "--width", "8",
+                 "--depths", "1,1,1", "--epochs", "1", "--limit-train", "32", "--limit-test",
+                 "16", "--T", "4", "--batch-size", "16", "--recalibrate-batches", "1",
+                 "--verify-samples", "1", "--energy-samples", "2", "--backends", "nir",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["model"] == "resnet20" and summary["num_test"] == 16
+    assert 0 <= summary["deployed_test_acc"] <= 1 and 0 <= summary["trained_test_acc"] <= 1
+    assert summary["verify"]["nir"]["mismatches"] == 0
+    train_summary = json.loads((out / "summary.json").read_text())
+    assert train_summary["deployed_test_acc"] == summary["deployed_test_acc"]
+    assert train_summary["test_acc"] == summary["trained_test_acc"]
+
+
+def test_print_config_of_the_cifar10dvs_recipe_resolves(capsys):
+    recipe = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "cifar10dvs_resnet18.toml"
+    assert main(["train", "--print-config", "--config", str(recipe), "--epochs", "3"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["dataset"] == "cifar10dvs" and config["model"] == "resnet18"
+    assert config["T"] == 10 and config["size"] == [48, 48] and config["heads"] == "evolutionary"
+    assert config["lam"] == 0.25 and config["epochs"] == 3  # the flag overrides the recipe
+    assert config["lr"] == 1e-3 and config["batch_size"] == 128
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
+    import os
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "gpu"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run"], cwd=root, env=env,
+                          check=False, capture_output=True, text=True, timeout=1500)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    checks = {r["check"]: r for r in lines if "check" in r}
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert checks["env"]["dry_run"] is True
+    assert checks["summary"]["failed_steps"] == 0
+    modes = {r["mode"] for r in lines if r.get("bench") == "resnet18_modes" and
+             "samples_per_s" in r}
+    assert modes == {"eager", "compile", "compile_bf16"}
+    assert (tmp_path / "gpu" / "results.jsonl").is_file()

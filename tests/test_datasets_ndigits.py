@@ -80,8 +80,20 @@ def test_ndigits_dataset(ndigits_cache):
     resized, _ = load_dataset("ndigits", "train", T=4, size=16, cache_dir=ndigits_cache)[0]
     assert resized.shape == (4, 2, 16, 16)
     np.testing.assert_allclose(resized.sum(), frames.sum(), rtol=1e-5)
-    other_split = load_dataset("ndigits", "test", cache_dir=ndigits_cache, seed=1)
-    assert not np.array_equal(other_split.samples.indices, test.samples.indices)
+    same_split = load_dataset("ndigits", "test", cache_dir=ndigits_cache, seed=1)
+    assert np.array_equal(same_split.samples.indices, test.samples.indices)  # seed-independent
+
+
+def test_validation_split_is_fixed_disjoint_and_unaugmented(ndigits_cache):
+    from spikeline.datasets.registry import load_splits
+
+    a = load_splits("ndigits", T=4, cache_dir=ndigits_cache, seed=0)
+    b = load_splits("ndigits", T=4, cache_dir=ndigits_cache, seed=7)
+    assert a.val.indices == b.val.indices and a.train.indices == b.train.indices
+    assert not set(a.val.indices) & set(a.train.indices)
+    assert len(a.val) == pytest.approx(0.1 * (len(a.val) + len(a.train)), abs=10)
+    assert a.val.dataset.augment is None and a.train.dataset.augment is not None
+    assert torch.equal(a.val[0][0], b.val[0][0])
 
 
 def test_ndigits_corrupt_event_cache_is_regenerated(tmp_path, monkeypatch):

@@ -28,11 +28,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
+    from spikeline.cli.train import load_data, loader_factory, resolve_config
     from spikeline.pipeline.train import Runtime, TrainConfig, train
 
-    config = TrainConfig(dataset="ndigits", model="cnn", heads="shortcut", T=8, epochs=1,
-                         batch_size=8, limit_train=32, limit_test=16)
-    result = train(config, Runtime(out=out, device="cpu", progress=False))
+    config = resolve_config(TrainConfig(dataset="ndigits", model="cnn", heads="shortcut", T=8,
+                                        epochs=1, batch_size=8, limit_train=32, limit_test=16))
+    result = train(config, Runtime(out=out, device="cpu", progress=False), load_data(config),
+                   loader_factory())
     torch.save({"state": result.heads.state_dict(), "history": result.history,
                 "identical": result.ddp_ranks_identical}, os.path.join(out, f"rank{rank}.pt"))
 

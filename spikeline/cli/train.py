@@ -1,77 +1,29 @@
-"""`spikeline train`, `spikeline evaluate` and `spikeline diagnose gradients`."""
+"""`spikeline train`, `spikeline evaluate` and `spikeline diagnose gradients|init`.
+
+Every train option comes from ``pipeline/config.py`` (``TrainConfig`` and ``Runtime`` field
+metadata): this module only composes the datasets, hands them to ``pipeline.train.train`` and
+prints.  ``--config FILE.toml`` supplies any ``TrainConfig`` field; flags override it;
+``--print-config`` prints the resolved config as JSON and exits.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import sys
 
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput, SpikelineError
 
-# CLI option -> TrainConfig field, for the options that define a run
-_CONFIG_OPTIONS = {
-    "dataset": "dataset", "model": "model", "heads": "heads", "lam": "lam", "T": "T",
-    "size": "size", "encoding": "encoding", "rezero": "rezero", "width": "width",
-    "depths": "depths", "connect": "connect", "epochs": "epochs", "batch_size": "batch_size",
-    "optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
-    "weight_decay": "weight_decay", "schedule": "schedule", "augment": "augment",
-    "seed": "seed", "limit_train": "limit_train", "limit_test": "limit_test", "amp": "amp",
-    "threshold": "threshold", "current_decay": "current_decay",
-    "voltage_decay": "voltage_decay", "tau_grad": "tau_grad", "scale_grad": "scale_grad",
-    "recalibrate_batches": "recalibrate_batches", "timing": "timing",
-}
+from .options import add_options, given
 
 
-def _size(text: str):
-    """``48`` or ``48x40`` (H x W)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got {text!r}")
-    return parts
+def _config_options(p: argparse.ArgumentParser, command: str, defaults: dict | None = None,
+                    skip: tuple[str, ...] = ()) -> None:
+    from spikeline.pipeline.config import Runtime, TrainConfig
 
-
-def _int_list(text: str):
-    try:
-        return [int(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
-            from None
-
-
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, help="dataset name (default ndigits)")
-    p.add_argument("--data-dir", default=None, help="where downloaded datasets live")
-    p.add_argument("--T", type=int, default=None, help="time steps (default: the dataset's)")
-    p.add_argument("--size", type=_size, default=None,
-                   help="frame size N or HxW (default: the dataset's)")
-    p.add_argument("--encoding", default=None, choices=["binary", "counts"],
-                   help="input encoding (default binary: a pixel spikes in a bin where it saw an event)")
-    p.add_argument("--width", type=int, default=None,
-                   help="channel scale of the model (64 = paper widths for ResNets/VGG)")
-    p.add_argument("--depths", type=_int_list, default=None,
-                   help="ResNets: residual blocks per stage, e.g. 2,2,2")
-    p.add_argument("--connect", default=None, choices=["ADD", "AND", "IAND"],
-                   help="SEW ResNets: element-wise connect function")
-    p.add_argument("--timing", default=None, choices=["ideal", "loihi"],
-                   help="ideal (default): no synaptic delay; loihi: one step per synaptic hop "
-                        "as Lava/Loihi run it, so the trained network is the chip's (input "
-                        "padded by the depth, readout over the last T steps)")
-    p.add_argument("--lam", type=float, default=None,
-                   help="lambda of evolutionary training (default 0.25)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    neuron = p.add_argument_group("CUBA-LIF neuron (default: models.DEFAULT_NEURON)")
-    neuron.add_argument("--threshold", type=float, default=None)
-    neuron.add_argument("--current-decay", type=float, default=None)
-    neuron.add_argument("--voltage-decay", type=float, default=None)
-    neuron.add_argument("--tau-grad", type=float, default=None,
-                        help="surrogate width: tau_rho = 100 * tau_grad * threshold")
-    neuron.add_argument("--scale-grad", type=float, default=None,
-                        help="surrogate height: peak slope = 0.1 * scale_grad / (2 tau_rho)")
+    add_options(p, TrainConfig, command, defaults, skip)
+    add_options(p, Runtime, command, skip=skip)
 
 
 def register(subparsers) -> None:
@@ -80,45 +32,22 @@ def register(subparsers) -> None:
         "train", help="train a spiking network (optionally with shortcut heads)",
         description="Train models.build_model(--model) wrapped in shortcut heads (--heads) "
         "with a cosine LR schedule stepped per iteration and lambda(i) = lam (1 - i/I). "
-        "Writes RUN_DIR/{last.pt,best.pt,metrics.jsonl,curves.png,config.json,summary.json}. "
-        "Multi-GPU: torchrun --nproc_per_node K -m spikeline train ... (--batch-size is per "
-        "process).")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-    p.add_argument("--model", default=None, help="model name (default cnn)")
-    p.add_argument("--heads", default=None,
-                   help="none | shortcut | evolutionary | dsn (default none)")
-    _add_model_options(p)
-    p.add_argument("--rezero", action="store_true", default=None,
-                   help="gate residual branches by a scalar initialised at 0")
-    p.add_argument("--epochs", type=int, default=None, help="default 10")
-    p.add_argument("--batch-size", type=int, default=None, help="per process (default 32)")
-    p.add_argument("--optimizer", default=None, choices=["adam", "sgd"], help="default adam")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 1e-3 adam, 0.1 sgd)")
-    p.add_argument("--momentum", type=float, default=None, help="sgd momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="default 0")
-    p.add_argument("--schedule", default=None, choices=["cosine", "constant"],
-                   help="learning rate schedule, per iteration (default cosine)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                   help="no training augmentation")
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                   help="no bf16 autocast (it is only ever used on CUDA)")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N",
-                   help="train on a fixed subset of N samples")
-    p.add_argument("--limit-test", type=int, default=None, metavar="N",
-                   help="test on a fixed subset of N samples")
-    p.add_argument("--recalibrate-batches", type=int, default=None, metavar="N",
-                   help="recompute BatchNorm statistics over N training batches with each "
-                        "epoch's final weights before evaluating (default 16; 0: off)")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--cache-dir", default=None, help="frame cache directory")
+        "best.pt is chosen on a validation split carved from the training data; the test split "
+        "is evaluated once, for best.pt. Writes RUN_DIR/{last.pt,best.pt,metrics.jsonl,"
+        "curves.png,config.json,summary.json}. Multi-GPU: torchrun --nproc_per_node K -m "
+        "spikeline train ... (--batch-size is per process).")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (required unless "
+                   "--print-config)")
+    p.add_argument("--config", metavar="FILE.toml", help="a recipe: TrainConfig fields in TOML "
+                   "(flags given here override it)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON and exit")
+    _config_options(p, "train")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN_DIR from last.pt (its stored config is used)")
-    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
-                   help="stop after this many epochs in this invocation (resume later)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars or per-epoch lines")
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=handle_train)
 
     # ---- evaluate ----------------------------------------------------------------------------
     p = subparsers.add_parser("evaluate", help="test accuracy of a trained run (heads stripped)")
@@ -127,13 +56,13 @@ def register(subparsers) -> None:
                    help="best (default), last, or a path to a checkpoint file")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--limit-test", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--limit-test", type=_nonneg, default=None, metavar="N",
                    help="test subset size (default: the run's; 0 = the whole test split)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=_nonneg, default=0)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(handler=_evaluate)
+    p.set_defaults(handler=handle_evaluate)
 
     # ---- diagnose ----------------------------------------------------------------------------
     p = subparsers.add_parser("diagnose", help="diagnostics of spiking networks")
@@ -148,40 +77,201 @@ def register(subparsers) -> None:
     g.add_argument("--heads", default="none,shortcut,evolutionary",
                    help="comma-separated heads modes to compare (default none,shortcut,"
                    "evolutionary)")
-    _add_model_options(g)
-    g.add_argument("--batches", type=int, default=3)
-    g.add_argument("--batch-size", type=int, default=16)
+    _config_options(g, "diagnose", skip=("batch_size",))
+    g.add_argument("--batches", type=_positive, default=3)
+    g.add_argument("--batch-size", type=_positive, default=16)
     g.add_argument("--progress", type=float, default=0.0,
                    help="training progress i/I at which lambda(i) is taken (default 0)")
     g.add_argument("--out", default="runs/diagnose", help="output directory")
     g.add_argument("--json", action="store_true", help="print the full result as JSON")
-    g.set_defaults(handler=_diagnose)
+    g.set_defaults(handler=handle_diagnose_gradients)
+
+    i = dsub.add_parser(
+        "init", help="dead layers at initialisation: quantized weights, gradients, rates",
+        description="Builds --model at its paper input size (or --size), runs one random "
+        "batch of event frames, and writes per synaptic layer: nonzero_weight_fraction "
+        "(after 8-bit quantization), grad_norm (one batch), output_rate; and "
+        "main_logits_nonzero.")
+    i.add_argument("--model", required=True)
+    i.add_argument("--size", type=_size, default=None,
+                   help="input size N or HxW (default: 48 for CIFAR10-DVS-sized models, "
+                   "34 for cnn)")
+    i.add_argument("--T", type=_positive, default=10, help="time steps (default 10, the paper's)")
+    i.add_argument("--width", type=_positive, default=None, help="channel scale")
+    i.add_argument("--batch-size", type=_positive, default=2)
+    i.add_argument("--seed", type=_nonneg, default=0)
+    i.add_argument("--json", metavar="OUT", default=None, help="write the result here")
+    i.set_defaults(handler=handle_diagnose_init)
 
 
-def _train(args) -> int:
-    from spikeline.pipeline.train import Runtime, TrainConfig, train
+def _arg_type(check):
+    def convert(text):
+        try:
+            value = int(text)
+            check(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err) if "expected" in str(err)
+                                             else f"expected an integer, got {text!r}") from None
+        return value
+    return convert
 
-    given = {field: getattr(args, opt) for opt, field in _CONFIG_OPTIONS.items()
-             if getattr(args, opt, None) is not None}
-    runtime = Runtime(out=args.out, device=args.device, workers=args.workers,
-                      data_dir=args.data_dir, cache_dir=args.cache_dir, resume=args.resume,
-                      stop_after=args.stop_after, progress=args.progress)
-    if args.resume:
-        result = train(None, runtime, overrides=given)
+
+def _positive(text):
+    from spikeline.pipeline.config import positive_int
+
+    return _arg_type(positive_int)(text)
+
+
+def _nonneg(text):
+    from spikeline.pipeline.config import nonneg_int
+
+    return _arg_type(nonneg_int)(text)
+
+
+def _size(text):
+    from spikeline.pipeline.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _progress_logging(enabled: bool) -> None:
+    """Per-epoch lines from the library's logger, on stdout (only the CLI prints)."""
+    logger = logging.getLogger("spikeline.pipeline")
+    if enabled and not any(getattr(h, "_spikeline", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._spikeline = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def config_from_args(args, command: str, base: dict | None = None):
+    """TrainConfig from defaults <- ``base`` <- ``--config`` recipe <- flags, resolved."""
+    from spikeline.pipeline.config import TrainConfig, load_toml
+
+    values = dict(base or {})
+    if getattr(args, "config", None):
+        values.update(load_toml(args.config))
+    values.update(given(args, TrainConfig, command))
+    return resolve_config(TrainConfig(**values))
+
+
+def resolve_config(config):
+    """Fill in the dataset's T and size (from the registry's metadata: nothing is loaded)."""
+    from spikeline.datasets.registry import DATASETS
+    from spikeline.pipeline.config import resolve
+
+    if config.dataset not in DATASETS:
+        raise BadInput(f"--dataset (dataset): unknown dataset {config.dataset!r}; known: "
+                       f"{', '.join(sorted(DATASETS))}")
+    info = DATASETS[config.dataset]
+    return resolve(config, info.default_T, info.default_size)
+
+
+def load_data(config, data_dir=None, cache_dir=None):
+    """The run's ``Splits`` (train with augmentation, fixed validation and test)."""
+    from spikeline.datasets.registry import load_splits
+
+    return load_splits(config.dataset, T=config.T, size=tuple(config.size),
+                       augment=config.augment, val_fraction=config.val_fraction,
+                       limit_train=config.limit_train, limit_test=config.limit_test,
+                       data_dir=data_dir, cache_dir=cache_dir, seed=config.seed)
+
+
+def loader_factory():
+    from spikeline.datasets.registry import make_loader
+
+    return make_loader
+
+
+def runtime_from_args(args, command: str, out):
+    from spikeline.pipeline.config import Runtime
+
+    return Runtime(out=out, resume=bool(getattr(args, "resume", False)),
+                   progress=getattr(args, "progress", True), **given(args, Runtime, command))
+
+
+def train_from_args(args, command: str, base: dict | None = None):
+    """Compose data and config from ``args`` and train; returns ``TrainResult``."""
+    from spikeline.paths import output_dir
+    from spikeline.pipeline.checkpoint import load_checkpoint
+    from spikeline.pipeline.config import TrainConfig
+    from spikeline.pipeline.train import train
+
+    runtime = runtime_from_args(args, command, args.out)
+    _progress_logging(runtime.progress)
+    if runtime.resume:
+        from pathlib import Path
+
+        stored = TrainConfig.from_dict(load_checkpoint(Path(args.out) / "last.pt")["config"])
+        wanted = given(args, TrainConfig, command)
+        diffs = [f"{k}: run has {getattr(stored, k)!r}, asked {v!r}"
+                 for k, v in wanted.items() if v != getattr(stored, k)
+                 and not (k == "size" and list(v) == list(stored.size))]
+        if diffs:
+            raise SpikelineError(f"--resume of {args.out} with options that differ from the "
+                                 "run's config (" + "; ".join(diffs) + "); drop them or "
+                                 "train into a new --out")
+        config = stored
     else:
-        result = train(dataclasses.replace(TrainConfig(), **given), runtime)
-    best = result.best
+        output_dir(args.out, "--out")
+        config = config_from_args(args, command, base)
+    data = load_data(config, runtime.data_dir, runtime.cache_dir)
+    return train(config if not runtime.resume else None, runtime, data, loader_factory())
+
+
+def handle_train(args) -> int:
+    if args.print_config:
+        print(json.dumps(config_from_args(args, "train").to_dict(), indent=2))
+        return 0
+    if not args.out:
+        raise BadInput("--out RUN_DIR is required (unless --print-config)")
+    result = train_from_args(args, "train")
+    s = result.summary
     state = "finished" if result.finished else "stopped (continue with --resume)"
-    print(f"{state}: {len(result.history)} epoch(s) in {result.run_dir}; best test accuracy "
-          f"{100 * best['test_acc']:.2f}% at epoch {best['epoch']}")
+    test = "n/a" if s.get("test_acc") is None else f"{100 * s['test_acc']:.2f}%"
+    val = "n/a" if s.get("val_acc") is None else f"{100 * s['val_acc']:.2f}%"
+    print(f"{state}: {len(result.history)} epoch(s) in {result.run_dir}; best.pt = epoch "
+          f"{result.best['epoch']} (validation {val}); its test accuracy {test} "
+          f"({s.get('num_test')} samples, evaluated once)")
     if result.ddp_ranks_identical is False:
         raise SpikelineError("DDP ranks ended with different weights")
     return 0
 
 
-def _evaluate(args) -> int:
-    from spikeline.pipeline.train import evaluate_run
+def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=None,
+                 cache_dir=None, batch_size: int | None = None, limit_test: int | None = None,
+                 workers: int = 0) -> dict:
+    """Test accuracy of a run's stripped main network (what export deploys)."""
+    from spikeline.datasets.registry import make_loader
+    from spikeline.pipeline.checkpoint import load_run_model
+    from spikeline.pipeline.config import TrainConfig
+    from spikeline.pipeline.train import evaluate_model, resolve_device
 
+    dev = resolve_device(device)
+    model, ckpt = load_run_model(run_dir, which)
+    config = TrainConfig.from_dict(ckpt["config"])
+    if limit_test is not None:
+        config.limit_test = limit_test if limit_test > 0 else None
+    test = load_data(config, data_dir, cache_dir).test
+    loader = make_loader(test, batch_size or config.batch_size, shuffle=False,
+                         workers=workers, seed=config.seed)
+    if config.fold_finetune_epochs and int(ckpt["epoch"]) > \
+            config.epochs - config.fold_finetune_epochs:
+        from spikeline.pipeline.blocks import set_fold_aware
+
+        set_fold_aware(model, True)  # trained in its folded form: evaluate it so
+    model.to(dev)
+    correct, count = evaluate_model(model, loader, dev)
+    return {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
+            "dataset": config.dataset, "model": config.model, "heads": config.heads,
+            "test_acc": correct / max(count, 1), "correct": correct, "num_test": count}
+
+
+def handle_evaluate(args) -> int:
     res = evaluate_run(args.run_dir, args.checkpoint, device=args.device,
                        data_dir=args.data_dir, cache_dir=args.cache_dir,
                        batch_size=args.batch_size, limit_test=args.limit_test,
@@ -195,19 +285,19 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _diagnose(args) -> int:
+def handle_diagnose_gradients(args) -> int:
     from spikeline.pipeline.diagnose import diagnose_gradients
-    from spikeline.pipeline.train import NEURON_FIELDS
 
     modes = [m.strip() for m in args.heads.split(",") if m.strip()]
-    res = diagnose_gradients(
-        args.model, modes, dataset=args.dataset or "ndigits", batches=args.batches,
-        batch_size=args.batch_size, T=args.T, size=args.size,
-        lam=0.25 if args.lam is None else args.lam, progress=args.progress,
-        seed=args.seed or 0, width=args.width, depths=args.depths,
-        encoding=args.encoding or "binary", data_dir=args.data_dir, device=args.device,
-        out=args.out, neuron={k: getattr(args, k) for k in NEURON_FIELDS
-                              if getattr(args, k) is not None})
+    if not modes:
+        raise BadInput("--heads: needs at least one mode")
+    base = {"model": args.model, "heads": modes[0], "batch_size": args.batch_size,
+            "augment": False, "limit_train": args.batches * args.batch_size}
+    config = config_from_args(args, "diagnose", base)
+    configs = [dataclasses.replace(config, heads=m) for m in modes]  # validates every mode
+    data = load_data(config, args.data_dir, args.cache_dir)
+    res = diagnose_gradients(configs, data, loader_factory(), batches=args.batches,
+                             progress=args.progress, device=args.device or "cpu", out=args.out)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -220,4 +310,27 @@ def _diagnose(args) -> int:
         print(f"{mode:<14}{rows[0]['grad_norm']:>14.4g}{rows[-1]['grad_norm']:>14.4g}"
               f"{ratio:>12}")
     print("wrote " + ", ".join(res["files"]))
+    return 0
+
+
+def handle_diagnose_init(args) -> int:
+    from spikeline.paths import output_file
+    from spikeline.pipeline.diagnose import diagnose_init
+
+    if args.json:
+        output_file(args.json, "--json")
+    res = diagnose_init(args.model, size=args.size, T=args.T, width=args.width,
+                        batch_size=args.batch_size, seed=args.seed)
+    if args.json:
+        from spikeline.atomic import atomic_file
+
+        with atomic_file(args.json) as fh:
+            fh.write((json.dumps(res, indent=2) + "\n").encode())
+    worst = min(res["layers"], key=lambda r: r["nonzero_weight_fraction"])
+    dead = [r["name"] for r in res["layers"] if r["grad_norm"] == 0]
+    print(f"{args.model} at {res['size'][0]}x{res['size'][1]}, T={res['T']}: "
+          f"{len(res['layers'])} synaptic layers; fewest nonzero quantized weights "
+          f"{100 * worst['nonzero_weight_fraction']:.1f}% ({worst['name']}); layers with zero "
+          f"gradient: {len(dead)}{' (' + ', '.join(dead) + ')' if dead else ''}; main logits "
+          f"{'nonzero' if res['main_logits_nonzero'] else 'ALL ZERO'}")
     return 0
