@@ -356,6 +356,3 @@ class Dropout(nn.Dropout):
     """Dropout on spikes, independently per step (identity at inference)."""
 
 
-# Former private names, kept so that code written against them keeps working.
-_Synapse = Synapse
-_SpikingBlock = SpikingBlock

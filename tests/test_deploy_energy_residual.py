@@ -40,3 +40,28 @@ def test_energy_on_a_residual_export(tmp_path, name, kind):
     if kind == "ADD" and data["totals"]["macs"] > 0:  # spikes met at a junction: graded
         assert "loihi1" in data["refused"]
     assert (tmp_path / "report" / "energy_layers.png").stat().st_size > 5000
+
+
+def test_energy_of_a_loihi_timed_export_counts_the_padded_steps(tmp_path):
+    """With --timing loihi the graph runs T + latency steps (zero input after T): those steps
+    are simulated and counted, not priced a second time as input-free updates."""
+    import nir
+
+    from spikeline.deploy.energy import count_in_batches
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", input_size=(16, 16), width=8, depths=[1, 1, 1, 1],
+                        timing="loihi")
+    spec = {"name": "resnet18", "input_size": [16, 16], "width": 8, "depths": [1, 1, 1, 1],
+            "timing": "loihi"}
+    export_model(model, spec, tmp_path / "export", config={"T": 4})
+    graph = nir.read(tmp_path / "export" / "model.nir")
+    pad = int(graph.metadata["input_pad_steps"])
+    assert pad > 0
+    x = (np.random.default_rng(0).random((4, 2, 2, 16, 16)) < 0.3).astype(np.float32)
+    counts = count_in_batches(graph, x, latency_steps=pad)
+    by_hand = count_in_batches(graph.__class__(nodes=graph.nodes, edges=graph.edges,
+                                               metadata={**graph.metadata,
+                                                         "input_pad_steps": 0}),
+                               np.concatenate([x, np.zeros((pad, *x.shape[1:]), np.float32)]))
+    assert counts.totals() == by_hand.totals()

@@ -20,7 +20,16 @@ def count_in_batches(graph: nir.NIRGraph, x: np.ndarray, batch_size: int = 8,
                      mode: str = "auto", fanout: str = "structural",
                      latency_steps: int = 0) -> EnergyCounts:
     """Simulate ``graph`` on ``x`` ``[T, N, ...]`` ``batch_size`` samples at a time and return
-    the merged per-inference counts."""
+    the merged per-inference counts.
+
+    A graph trained with hardware timing (``--timing loihi``) says in its metadata how many
+    zero steps follow the input (``input_pad_steps``) so that the last input step reaches the
+    readout; those steps are simulated and counted like the others, and count towards the
+    chip's ``latency_steps`` (only the rest, if any, is priced as input-free updates)."""
+    pad = int((graph.metadata or {}).get("input_pad_steps", 0) or 0)
+    if pad > 0:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
+        latency_steps = max(latency_steps - pad, 0)
     parts = []
     for start in range(0, x.shape[1], batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(x[:, start:start + batch_size]))
