@@ -92,7 +92,7 @@ def bench_resnet18_modes(args, device) -> list[dict]:
         model = build_model("resnet18", in_channels=2, num_classes=10,
                             input_size=(args.size, args.size), width=args.width).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        forward = torch.compile(model) if mode.startswith("compile") else model
+        forward = torch.compile(model, dynamic=False) if mode.startswith("compile") else model
         bf16 = mode.endswith("bf16")
 
         def step():

@@ -1,6 +1,6 @@
 """Run an exported NIR graph in other simulators (SpikingJelly 2.0, snnTorch 1.0).
 
-They implement NIR's float semantics (forward Euler, REFERENCE §5), not Loihi's fixed point, so
+They implement NIR's float semantics (forward Euler, docs/reference.md §5), not Loihi's fixed point, so
 they are checked against our simulator in ``mode='float'`` on the same graph.  What they cannot
 import is lowered first, exactly:
 

@@ -316,12 +316,17 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad
 
 
+# A whole-network torch.compile must not trace into the neuron: its kernels (numba, Triton) are
+# already fused over the time loop, and dynamo cannot trace numba; the neuron runs as one
+# opaque step of the compiled graph.
+@torch.compiler.disable
 def cuba_spikes(x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None):
     """Spikes ``[T, ...]`` of a CUBA-LIF population driven by ``x`` ``[T, ...]``, differentiable
     with lava-dl's surrogate gradient."""
     return _CubaSpike.apply(x, bias, p)
 
 
+@torch.compiler.disable
 def cuba_voltage(x: torch.Tensor, p: CubaParams) -> torch.Tensor:
     """Voltage ``[T, ...]`` of a non-spiking CUBA population (lava-dl's Affine readout)."""
     return _CubaVoltage.apply(x, p)

@@ -38,8 +38,18 @@ def test_run_writes_every_artifact(run_dir):
 
 def test_export_simulate_verify_import_commands(run_dir, tmp_path, capsys):
     export = tmp_path / "export"
-    assert main(["export", str(run_dir), "--format", "nir", "--out", str(export)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--format", "nir", "--out", str(export),
+                 "--cache-dir", str(run_dir.parent / "cache")]) == 0
     assert (export / "model.nir").is_file() and not (export / "model.net").exists()
+    # the deployed network's accuracy on the whole test split, beside the trained one's: the
+    # same graph on the same split as `run` measured
+    printed = capsys.readouterr().out
+    assert "deployed (folded, quantized, fixed-point)" in printed and "trained" in printed
+    pipeline = json.loads((run_dir / "pipeline.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["deployed_test_acc"] == pipeline["deployed_test_acc"]
+    assert summary["trained_test_acc"] == summary["test_acc"] == pipeline["trained_test_acc"]
     graph = nir.read(export / "model.nir")
     x = np.zeros((3, 2, 34, 34), dtype=np.float32)
     x[:, :, 10:20, 10:20] = 1

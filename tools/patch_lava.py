@@ -1,4 +1,4 @@
-"""Make lava-nc 0.10.0 / lava-dl 0.6.0 import on Python 3.11 (REFERENCE.md §4).
+"""Make lava-nc 0.10.0 / lava-dl 0.6.0 import on Python 3.11 (docs/reference.md §4).
 
 Both wheels declare Requires-Python < 3.11; three small source fixes make them work.  Every
 patch point is checked: a file already patched is left alone (the script is idempotent), a file

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: .venv with the CPU torch, spikeline (editable), lava-nc/lava-dl (patched for
-# Python 3.11, REFERENCE.md §4) and the test-only peers (SpikingJelly, snnTorch, NeuroBench).
+# Python 3.11, docs/reference.md §4) and the test-only peers (SpikingJelly, snnTorch, NeuroBench).
 # A second run only checks a stamp and returns; change any input below and it reinstalls.
 set -euo pipefail
 cd "$(dirname "$0")/.."

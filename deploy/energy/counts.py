@@ -28,7 +28,7 @@ whose weight is nonzero (NeuroBench binarises the weights, so pruned / quantised
 weights do not count there); the default ``"structural"`` counts every synapse (Sinabs).
 
 Dense ANN equivalent, **once per inference** (an ANN runs each layer once, not T times;
-REFERENCE §7 / Spikformer convention)::
+docs/reference.md §7 / Spikformer convention)::
 
     FLOPs_conv = k_h k_w * H_out W_out * C_in / groups * C_out      (MACs)
     FLOPs_fc   = in * out   (per position of any leading dims)      (MACs)

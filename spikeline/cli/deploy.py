@@ -22,6 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("--format", default="nir,netx", help="comma list of nir, netx")
     p.add_argument("--out", required=True, metavar="EXPORT_DIR")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
+                   help="skip the deployed network's accuracy on the test split (it needs the "
+                        "run's dataset)")
+    p.add_argument("--data-dir", help="where the run's dataset lives (default $SPIKELINE_DATA)")
+    p.add_argument("--cache-dir", help="frame cache (default $SPIKELINE_CACHE)")
     p.set_defaults(handler=run_export)
 
     p = subparsers.add_parser(
@@ -77,7 +82,55 @@ def run_export(args) -> int:
         print(f"{fmt:7s} {result.out_dir / name}")
     for fmt, why in result.skipped.items():
         print(f"{fmt:7s} not written: {why}")
+    if args.accuracy and args.checkpoint == "best" and "nir" in result.files:
+        print(accuracy_line(report_deployed_accuracy(args.run_dir, result.out_dir,
+                                                     args.data_dir, args.cache_dir)))
     return 0
+
+
+def report_deployed_accuracy(run_dir, export_dir, data_dir=None, cache_dir=None) -> dict:
+    """The exported graph's accuracy on the run's whole test split (fixed-point simulator,
+    which equals Lava), next to the trained network's (best.pt, from summary.json), both
+    written into the run's summary.json.  Returns those fields."""
+    import nir
+
+    from spikeline.atomic import atomic_text
+    from spikeline.datasets.registry import load_splits, make_loader
+    from spikeline.deploy.accuracy import deployed_accuracy
+    from spikeline.pipeline.checkpoint import load_checkpoint
+    from spikeline.pipeline.config import TrainConfig
+
+    run_dir = Path(run_dir)
+    config = TrainConfig.from_dict(load_checkpoint(run_dir / "best.pt")["config"])
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{summary_path}: cannot read the run's summary ({err}); train the run "
+                       "to its end, or export with --no-accuracy") from None
+    test = load_splits(config.dataset, T=config.T, size=tuple(config.size), augment=False,
+                       val_fraction=config.val_fraction, limit_test=config.limit_test,
+                       data_dir=data_dir, cache_dir=cache_dir).test
+    deployed = deployed_accuracy(nir.read(Path(export_dir) / "model.nir"),
+                                 make_loader(test, config.batch_size, shuffle=False),
+                                 config.encoding)
+    trained = summary.get("test_acc")
+    fields = {"trained_test_acc": trained, "deployed_test_acc": deployed.accuracy,
+              "deployed_minus_trained": None if trained is None
+              else deployed.accuracy - trained, "deployed_num_test": deployed.count}
+    summary.update(fields)
+    atomic_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    return fields
+
+
+def accuracy_line(fields: dict) -> str:
+    trained, deployed = fields["trained_test_acc"], fields["deployed_test_acc"]
+    text = (f"test accuracy on the test split ({fields['deployed_num_test']} samples): deployed "
+            f"(folded, quantized, fixed-point) {100 * deployed:.2f}%")
+    if trained is None:
+        return text + " (the trained network's is not in summary.json)"
+    return (f"{text}, trained {100 * trained:.2f}%, delta "
+            f"{100 * fields['deployed_minus_trained']:+.2f} points")
 
 
 def run_simulate(args) -> int:

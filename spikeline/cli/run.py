@@ -8,6 +8,7 @@ from pathlib import Path
 from spikeline.atomic import atomic_text
 from spikeline.errors import VerifyFailed
 
+from .deploy import accuracy_line, report_deployed_accuracy
 from .energy import latency_steps
 from .inputs import encode, inputs_from_dataset, positive_int
 
@@ -56,7 +57,6 @@ def run(args) -> int:
     _step("train")
     result = train_from_args(args, "run", base=RUN_DEFAULTS)
     config = TrainConfig.from_dict(load_checkpoint(run_dir / "best.pt")["config"])
-    accuracy = result.summary.get("test_acc")
 
     _step("export (heads stripped, BatchNorm folded, weights quantized)")
     export = export_run(run_dir, run_dir / "export")
@@ -64,13 +64,8 @@ def run(args) -> int:
         print(f"  {fmt:7s} {export.out_dir / name}")
     for fmt, why in export.skipped.items():
         print(f"  {fmt:7s} not written: {why}")
-    deployed = deployed_test_accuracy(export.out_dir, config, args)
-    _add_to_summary(run_dir / "summary.json", {"deployed_test_acc": deployed.accuracy,
-                                               "deployed_num_test": deployed.count})
-    print(f"  test accuracy on the test split ({deployed.count} samples): trained "
-          f"{100 * accuracy:.2f}%, deployed (folded, quantized, fixed-point) "
-          f"{100 * deployed.accuracy:.2f}%, delta {100 * (deployed.accuracy - accuracy):+.2f} "
-          "points")
+    acc = report_deployed_accuracy(run_dir, export.out_dir, args.data_dir, args.cache_dir)
+    print("  " + accuracy_line(acc))
     meta = json.loads((export.out_dir / "metadata.json").read_text())
     shape, T = tuple(meta["input_shape"]), int(meta["T"])
     samples = max(args.verify_samples, args.energy_samples)
@@ -107,8 +102,7 @@ def run(args) -> int:
     print(summary_text(energy))
 
     summary = {
-        "trained_test_acc": accuracy, "deployed_test_acc": deployed.accuracy,
-        "deployed_minus_trained": deployed.accuracy - accuracy, "num_test": deployed.count,
+        **acc, "num_test": acc["deployed_num_test"],
         "val_acc": result.summary.get("val_acc"), "epochs": config.epochs,
         "model": config.model, "heads": config.heads, "dataset": config.dataset,
         "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
@@ -129,8 +123,8 @@ def run(args) -> int:
     atomic_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, default=str))
     _step("summary")
     print(f"  test accuracy (heads stripped, best.pt chosen on validation): trained "
-          f"{100 * accuracy:.2f}%, deployed {100 * deployed.accuracy:.2f}% "
-          f"({100 * (deployed.accuracy - accuracy):+.2f} points)")
+          f"{100 * acc['trained_test_acc']:.2f}%, deployed {100 * acc['deployed_test_acc']:.2f}%"
+          f" ({100 * acc['deployed_minus_trained']:+.2f} points)")
     print(f"  verify: 0 mismatches, checked by {', '.join(report.checked_by)}"
           + (f"; skipped (see verify.json): {', '.join(skipped)}" if skipped else ""))
     head = energy["energy"].get("lemaire/cmos45_int8")
@@ -144,27 +138,3 @@ def run(args) -> int:
     print(f"  summary: {run_dir / 'pipeline.json'}  ({summary['seconds']} s)")
     return 0
 
-
-def deployed_test_accuracy(export_dir, config, args):
-    """The exported graph's accuracy on the whole test split (fixed-point simulator)."""
-    import nir
-
-    from spikeline.datasets.registry import load_splits, make_loader
-    from spikeline.deploy.accuracy import deployed_accuracy
-
-    graph = nir.read(Path(export_dir) / "model.nir")
-    test = load_splits(config.dataset, T=config.T, size=tuple(config.size), augment=False,
-                       val_fraction=config.val_fraction, limit_test=config.limit_test,
-                       data_dir=args.data_dir, cache_dir=args.cache_dir).test
-    return deployed_accuracy(graph, make_loader(test, config.batch_size, shuffle=False),
-                             config.encoding)
-
-
-def _add_to_summary(path: Path, fields: dict) -> None:
-    """The training run's summary.json, with the deployed accuracy next to the trained one."""
-    from spikeline.atomic import atomic_file
-
-    summary = json.loads(path.read_text())
-    summary.update(fields)
-    with atomic_file(path) as fh:
-        fh.write((json.dumps(summary, indent=2) + "\n").encode())
