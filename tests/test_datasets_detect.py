@@ -165,3 +165,23 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_data_show_draws_detection_frames_with_boxes(monkeypatch, tmp_path, capsys):
+    from spikeline.cli import main
+
+    monkeypatch.setattr(ndigits_detect, "SCENES", 20)
+    ndigits_detect.fingerprint.cache_clear()
+    try:
+        out = tmp_path / "show.png"
+        assert main(["data", "show", "ndigits-detect", "--split", "val", "--index", "1",
+                     "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert main(["data", "show", "ndigits-detect", "--index", "99", "--out", str(out),
+                     "--cache-dir", str(tmp_path / "cache")]) == 2
+        assert "--index 99" in capsys.readouterr().err
+    finally:
+        ndigits_detect.fingerprint.cache_clear()
+    gen1_folder(tmp_path / "data")
+    assert main(["data", "show", "gen1", "--data-dir", str(tmp_path / "data"), "--index", "0",
+                 "--out", str(tmp_path / "g.png"), "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -22,11 +22,13 @@ def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="look at datasets and build their frame cache")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    show = actions.add_parser("show", help="draw one sample's frames to a PNG")
-    _add_dataset_options(show)
+    show = actions.add_parser("show", help="draw one sample's frames to a PNG (detection sets: "
+                                           "with their boxes)")
+    _add_dataset_options(show, detection=True)
     show.add_argument("--index", type=int, default=0, help="sample index in the split")
     show.add_argument("--out", required=True, help="PNG file to write")
-    show.add_argument("--split", choices=SPLITS, default="train")
+    show.add_argument("--split", choices=("train", "val", "test"), default="train",
+                      help="val: detection sets only")
     show.set_defaults(handler=_show)
 
     prepare = actions.add_parser("prepare", help="bin every sample of both splits into the "
@@ -36,8 +38,11 @@ def register(subparsers) -> None:
     prepare.set_defaults(handler=_prepare)
 
 
-def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=sorted(DATASETS))
+def _add_dataset_options(parser: argparse.ArgumentParser, detection: bool = False) -> None:
+    from spikeline.datasets.detection import DETECTION_DATASETS
+
+    names = sorted(DATASETS) + (sorted(DETECTION_DATASETS) if detection else [])
+    parser.add_argument("dataset", choices=names)
     parser.add_argument("--T", type=int, help="time bins (default: the dataset's)")
     parser.add_argument("--data-dir", help="folder with downloaded datasets "
                                            "(default $SPIKELINE_DATA or ~/data)")
@@ -78,6 +83,10 @@ def _show(args) -> int:
     from spikeline.atomic import atomic_file
 
     out = output_file(args.out, "--out")
+    if args.dataset not in DATASETS:
+        return _show_detection(args, out)
+    if args.split not in SPLITS:
+        raise BadInput(f"--split {args.split}: {args.dataset} has splits {', '.join(SPLITS)}")
     dataset = load_dataset(args.dataset, args.split, data_dir=args.data_dir, T=args.T,
                            cache_dir=args.cache_dir)
     if not 0 <= args.index < len(dataset):
@@ -98,6 +107,23 @@ def _show(args) -> int:
     with atomic_file(out) as fh:
         figure.savefig(fh, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
+    print(f"wrote {out}")
+    return 0
+
+
+def _show_detection(args, out) -> int:
+    from spikeline.datasets import gen1
+    from spikeline.datasets.detection import draw_detections, load_detection
+
+    dataset = load_detection(args.dataset, args.split, data_dir=args.data_dir, T=args.T,
+                             cache_dir=args.cache_dir)
+    if not 0 <= args.index < len(dataset):
+        raise BadInput(f"--index {args.index}: {args.dataset} {args.split} has samples "
+                       f"0 to {len(dataset) - 1}")
+    frames, boxes = dataset.read(args.index)
+    names = gen1.CLASSES if args.dataset == "gen1" else None
+    draw_detections(frames, boxes, out, f"{args.dataset} {args.split} #{args.index}: "
+                    f"{len(boxes)} boxes (ON red, OFF blue)", class_names=names)
     print(f"wrote {out}")
     return 0
 
