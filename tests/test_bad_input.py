@@ -614,3 +614,12 @@ def test_cifar10dvs_loader_shares_the_aedat4_checks(tmp_path, monkeypatch):
     write_aedat4(dataset.samples.path(4), t, x, y, p)
     with pytest.raises(BadInput, match="corrupt timestamp"):
         dataset[4]
+
+
+def test_export_of_an_unfinished_run_says_its_accuracy_was_not_measured(run_dir, tmp_path,
+                                                                        capsys):
+    """No summary.json (training did not finish): the export is written, and the deployed
+    accuracy is reported as not measured, never as a number."""
+    code, err = run(["export", run_dir, "--out", tmp_path / "e"], capsys)
+    assert code == 0 and (tmp_path / "e" / "manifest.json").is_file()
+    assert "deployed accuracy: not measured" in err and "summary.json" in err

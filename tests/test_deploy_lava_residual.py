@@ -35,7 +35,7 @@ EXPORT_SIZE = (16, 16)  # exports run through the CLI and Lava
 
 def _events_dir() -> pathlib.Path | None:
     here = pathlib.Path(__file__).resolve().parent
-    for d in (here / "data", here.parents[1] / "shared" / "data" / "events"):
+    for d in (here / "data" / "events", here.parents[1] / "shared" / "data" / "events"):
         if (d / "nmnist_sample.bin").is_file():
             return d
     return None
@@ -284,8 +284,7 @@ def test_trained_loihi_resnets_verify_on_lava_on_real_recordings(tmp_path):
     """Train each residual kind for a few batches of ndigits with --timing loihi, export, and
     verify on Lava on the three real recordings (3 samples each)."""
     events = _events_dir()
-    if events is None:
-        pytest.skip("no real recordings in tests/data or ../shared/data/events")
+    assert events is not None, "the real recordings ship in tests/data/events"
     files = [events / f for f in ("davis346_street.aedat4", "nmnist_sample.bin",
                                   "prophesee_evt2.raw")]
     for name in ("resnet18", "sew_resnet18"):
