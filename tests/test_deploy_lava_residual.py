@@ -41,6 +41,24 @@ def _events_dir() -> pathlib.Path | None:
     return None
 
 
+def _planted(export, bad, fault: str, pick_delay, factor: float):
+    """A copy of ``export`` whose graph carries one fault: one weight one grid step x 64 off
+    (``weight``), or the delay node ``pick_delay(graph)`` scaled by ``factor`` (``delay``).
+    The folder is consistent (manifest rewritten): only verify can tell it is wrong."""
+    bad.mkdir()
+    for f in ("folded.pt", "metadata.json"):
+        (bad / f).write_bytes((export / f).read_bytes())
+    graph = nir.read(export / "model.nir")
+    if fault == "weight":
+        graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # +64 steps
+    else:
+        delay = pick_delay(graph)
+        graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * factor)
+    nir.write(bad / "model.nir", graph)
+    write_manifest(bad)
+    return bad
+
+
 def _options(name):
     if name.startswith(("resnet", "sew")):
         return {"width": 8, "depths": (1,) * (3 if name in ("resnet19", "resnet20") else 4)}
@@ -210,18 +228,8 @@ def test_planted_faults_fail_verify_with_exit_1(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "nir checked" in ok.stdout
     for fault in ("weight", "delay"):
-        bad = tmp_path / fault
-        bad.mkdir()
-        for f in ("folded.pt", "metadata.json"):
-            (bad / f).write_bytes((export / f).read_bytes())
-        graph = nir.read(export / "model.nir")
-        if fault == "weight":
-            graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # +64 steps
-        else:
-            delay = _nth(graph, nir.Delay, 3)
-            graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * 2)
-        nir.write(bad / "model.nir", graph)
-        write_manifest(bad)  # a consistent folder whose graph is wrong: only verify can tell
+        bad = _planted(export, tmp_path / fault, fault,
+                       lambda graph: _nth(graph, nir.Delay, 3), factor=2)
         res = _cli("verify", bad, "--backends", "nir", "--input", tmp_path / "x.npy")
         assert res.returncode == 1, (fault, res.stdout, res.stderr)
         assert "mismatch" in res.stdout and "FAILED" in res.stderr + res.stdout
@@ -260,19 +268,10 @@ def test_lava_catches_planted_weight_and_delay_faults(tmp_path):
     export = _loihi_export(tmp_path / "good", "sew_resnet18")
     x = _frames(t=4, size=EXPORT_SIZE).transpose(0, 1)
     for fault in ("weight", "delay"):
-        bad = tmp_path / fault
-        bad.mkdir()
-        for f in ("folded.pt", "metadata.json"):
-            (bad / f).write_bytes((export / f).read_bytes())
-        graph = nir.read(export / "model.nir")
-        if fault == "weight":
-            graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # +64 steps
-        else:  # the SEW identity term, two steps late, made three
-            delay = next(n for n, node in graph.nodes.items()
-                         if isinstance(node, nir.Delay) and np.allclose(node.delay, 2 * DT))
-            graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * 1.5)
-        nir.write(bad / "model.nir", graph)
-        write_manifest(bad)
+        # the delay fault: the SEW identity term, two steps late, made three
+        bad = _planted(export, tmp_path / fault, fault, lambda graph: next(
+            n for n, node in graph.nodes.items()
+            if isinstance(node, nir.Delay) and np.allclose(node.delay, 2 * DT)), factor=1.5)
         report = verify_export(bad, x, backends=("lava",))
         assert report.backends[0].status == "mismatch", (fault, report.backends[0])
         assert not report.ok
