@@ -74,6 +74,9 @@ def session(device_name: str):
         yield Ranks(world, rank, device)
     finally:
         if own_group and dist.is_initialized():
+            import gc
+
+            gc.collect()  # DDP reducers left unreferenced let go of the group before it goes
             dist.destroy_process_group()
 
 

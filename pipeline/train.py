@@ -534,6 +534,11 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
                 finished = False
                 break
         summary = finish(state, finished, run_dir, data, make_loader, runtime, ranks)
+        # DDP's reducer holds the process group: free it while every rank is still in the
+        # group, else its teardown can wait forever on a rank that already left (seen: the
+        # 2-process gloo test hung in ~ProcessGroupGloo on a fresh clone)
+        state.loss_module = None
+        ddp.barrier(ranks)
         return TrainResult(heads=state.heads, history=state.history, best=state.best,
                            run_dir=run_dir, finished=finished,
                            ddp_ranks_identical=summary["ddp_ranks_identical"], summary=summary)
