@@ -160,11 +160,17 @@ def set_rng_state(state: dict, loader_generator: torch.Generator | None = None) 
 # --- rebuilding the deployable network -----------------------------------------------------
 
 def build_from_spec(spec: dict):
-    """``models.build_model`` from a checkpoint's ``model_spec`` (untrained weights)."""
+    """The network a checkpoint's ``model_spec`` describes (untrained weights).
+
+    Classifiers (``models.build_model``), or, with ``"task": "detection"``, a detector of
+    ``ems.DETECTORS`` (``anchors`` as nested ``[[w, h], ...]`` lists per level, and optional
+    ``strides``; ``deployable`` picks the all-spike form that exports)."""
     from spikeline.pipeline.models import build_model
 
     kwargs = dict(spec)
     name = kwargs.pop("name")
+    if kwargs.pop("task", "classify") == "detection":
+        return _build_detector(name, kwargs)
     for key in ("input_size", "depths"):
         if kwargs.get(key) is not None:
             kwargs[key] = tuple(kwargs[key])
@@ -174,6 +180,23 @@ def build_from_spec(spec: dict):
 
         kwargs["neuron"] = CubaParams(**neuron)
     return build_model(name, **kwargs)
+
+
+def _build_detector(name: str, kwargs: dict):
+    from spikeline.pipeline.detection import Anchors
+    from spikeline.pipeline.ems import DETECTORS
+    from spikeline.pipeline.neuron import CubaParams
+
+    if name not in DETECTORS:
+        raise KeyError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
+    if isinstance(kwargs.get("neuron"), dict):
+        kwargs["neuron"] = CubaParams(**kwargs["neuron"])
+    anchors, strides = kwargs.pop("anchors", None), kwargs.pop("strides", None)
+    if anchors is not None:
+        sizes = tuple(tuple((float(w), float(h)) for w, h in level) for level in anchors)
+        kwargs["anchors"] = Anchors(sizes, tuple(strides) if strides else (16, 32))
+    kwargs.pop("input_size", None)  # the detector is fully convolutional
+    return DETECTORS[name](**kwargs)
 
 
 def load_run_model(run_dir: str | os.PathLike, which: str = "best", map_location="cpu"):
