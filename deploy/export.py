@@ -4,6 +4,7 @@
 
     model.nir       the whole graph (residual edges included), NIR 1.0.8
     model.net       lava-dl netx HDF5, for sequential networks
+    readout.npz     detectors only: the off-chip Detect readout (``deploy/detector.py``)
     folded.pt       the folded, quantized network: the reference every backend is checked
                     against (``torch.load(..., weights_only=True)``)
     metadata.json   spikeline version, training config, model spec, quantization, formats
@@ -34,6 +35,7 @@ from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, Spikelin
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
 from spikeline.pipeline.models import SpikingNet
 
+from .detector import is_detection
 from .fold import fold_model
 from .to_netx import write_netx
 from .nir_params import DT
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("nir", "netx")
 FILES = {"nir": "model.nir", "netx": "model.net"}
 MANIFEST = "manifest.json"
-EXPORT_FILES = ("model.nir", "model.net", "folded.pt", "metadata.json")  # under the manifest
+EXPORT_FILES = ("model.nir", "model.net", "readout.npz", "folded.pt", "metadata.json")  # under the manifest
 QUANTIZATION = {
     "weights": "8-bit mantissas on the 2/64 grid, in [-256, 254]/64 (lava-dl quantize_8bit)",
     "weight_scale": 64,
@@ -83,6 +85,8 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     written removed, and the new manifest written.  A failure while writing (a full disk, an
     internal error) leaves the previous export untouched and valid."""
     formats = check_formats(formats)
+    if is_detection(spec):
+        return export_detector(model, spec, out_dir, formats, config)
     out = Path(out_dir)
     folded = fold_model(model)  # before touching the folder: a failure here changes nothing
     input_shape = (int(spec.get("in_channels", 2)), *(int(v) for v in spec["input_size"]))
@@ -116,9 +120,77 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
         staged.enter_context(atomic_path(out / "metadata.json")).write_text(
             json.dumps(meta, indent=2, default=str))
         (out / MANIFEST).unlink(missing_ok=True)  # uncommitted from here to the new manifest
-    for fmt, name in FILES.items():  # a file of an earlier export must not pass for this one
-        if fmt not in result.files and (out / name).exists():
+    _remove_stale(out, result.files.values())
+    write_manifest(out)
+    return result
+
+
+def _remove_stale(out: Path, written) -> None:
+    """A file of an earlier export must not pass for one of this export."""
+    written = {*written, "metadata.json"}
+    for name in EXPORT_FILES:
+        if name not in written and (out / name).exists():
             (out / name).unlink()
+
+
+def _input_shape(spec: dict, config: dict | None) -> tuple[int, int, int]:
+    size = spec.get("input_size") or (config or {}).get("size")
+    if size is None:
+        raise BadInput("the model spec has no input_size and the training config no size: "
+                       "the export needs the input's height and width")
+    return (int(spec.get("in_channels", 2)), *(int(v) for v in size))
+
+
+def export_detector(model, spec: dict, out_dir, formats=FORMATS,
+                    config: dict | None = None) -> ExportResult:
+    """Export a deployable detector (``deploy/detector.py``): ``model.nir`` holds the spiking
+    part (stem, backbone, neck) with two Output nodes, P4 and P5; ``readout.npz`` the off-chip
+    Detect readout; ``folded.pt`` and ``metadata.json`` as for classifiers.  The published
+    (real-valued) form is refused (``ExportUnsupported``).  Written in the same two phases as
+    ``export_model``."""
+    import numpy as np
+
+    from .detector import check_deployable, detector_to_nir, readout_arrays
+
+    check_deployable(model)
+    if "nir" not in formats:
+        raise ExportUnsupported("a detector exports through NIR: --format must include nir")
+    out = Path(out_dir)
+    folded = fold_model(model)
+    input_shape = _input_shape(spec, config)
+    nir_export = detector_to_nir(folded, input_shape,
+                                 metadata={"spikeline_version": __version__})
+    arrays, readout_meta = readout_arrays(folded, nir_export.graph)
+    result = ExportResult(out)
+    if "netx" in formats:
+        result.skipped["netx"] = ("netx HDF5 holds one sequential chain of layers ending in one "
+                                  "output; the detector has residual shortcut edges and two "
+                                  "outputs (P4, P5)")
+    graph_meta = nir_export.graph.metadata
+    meta = {"spikeline_version": __version__, "task": "detection", "model_spec": spec,
+            "training_config": config or {}, "input_shape": list(input_shape),
+            "input_encoding": folded.encoding, "T": (config or {}).get("T"),
+            "dataset": (config or {}).get("dataset"), "dt": DT, "quantization": QUANTIZATION,
+            "heads": "removed", "output_nodes": graph_meta["output_nodes"],
+            "readout": readout_meta,
+            "timing": "ideal", "latency_steps": graph_meta["latency_steps"],
+            "input_pad_steps": 0, "readout_start": 0,
+            "chip_steps_per_sample": None if (config or {}).get("T") is None
+            else int(config["T"]) + graph_meta["latency_steps"]}
+    with ExitStack() as staged:
+        nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
+        result.files["nir"] = "model.nir"
+        with open(staged.enter_context(atomic_path(out / "readout.npz")), "wb") as fh:
+            np.savez(fh, **arrays)
+        result.files["readout"] = "readout.npz"
+        torch.save({"model_spec": spec, "state_dict": folded.state_dict()},
+                   staged.enter_context(atomic_path(out / "folded.pt")))
+        result.files["folded"] = "folded.pt"
+        meta["files"], meta["skipped"] = result.files, result.skipped
+        staged.enter_context(atomic_path(out / "metadata.json")).write_text(
+            json.dumps(meta, indent=2, default=str))
+        (out / MANIFEST).unlink(missing_ok=True)
+    _remove_stale(out, result.files.values())
     write_manifest(out)
     return result
 
@@ -248,7 +320,12 @@ def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BadInput(f"{path}: parameter {name!r} holds NaN or Inf")
     try:
-        export = model_to_nir(model, tuple(meta["input_shape"]))
+        if is_detection(saved["model_spec"]):
+            from .detector import detector_to_nir
+
+            export = detector_to_nir(model, tuple(meta["input_shape"]))
+        else:
+            export = model_to_nir(model, tuple(meta["input_shape"]))
     except SpikelineError:
         raise
     except Exception as err:

@@ -52,6 +52,11 @@ def lower_for_peers(graph: nir.NIRGraph) -> nir.NIRGraph:
         if isinstance(node, nir.SumPool2d):
             channels, *size = (int(v) for v in node.input_type["input"])
             nodes[name] = _sumpool_as_conv(node, channels, size)
+    outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(outputs) > 1:
+        raise PeerUnsupported(f"the graph has {len(outputs)} Output nodes {outputs}; the peer "
+                              "comparison keeps one output population (the last spiking one "
+                              "and what feeds it), so it would certify only part of the graph")
     steps = walk(graph)
     spiking = [n for n in steps.order if isinstance(nodes[n], nir.CubaLIF)]
     if not spiking:

@@ -16,6 +16,9 @@ Neurons, forward Euler with the graph's ``dt`` (``metadata['dt']``, else 1e-4)::
 ``mode='loihi'`` runs CubaLIF/CubaLI nodes whose parameters encode 12-bit decays (what
 ``to_nir`` writes) with the fixed-point neuron of ``pipeline/neuron.py``, the same code the
 network was trained with; ``'auto'`` does so wherever the parameters allow, ``'float'`` never.
+
+A graph has one Input node and one or more Output nodes (a detector's spiking part ends in two,
+the P4 and P5 spike maps its off-chip readout takes); every node's output is recorded.
 """
 from __future__ import annotations
 
@@ -262,13 +265,25 @@ def _is_zero(value) -> bool:
 
 @dataclass
 class Simulation:
-    """Every node's output over time, ``[T, N, *shape]`` (spikes for spiking neurons)."""
+    """Every node's output over time, ``[T, N, *shape]`` (spikes for spiking neurons).
+
+    ``output_nodes``: the graph's Output nodes (a detector's spiking part has two: P4 and P5);
+    ``output_node`` the first of them; ``output`` the value of the only one (an error when
+    there are several: read ``outputs[name]`` for each of ``output_nodes``)."""
 
     outputs: dict[str, torch.Tensor]
     output_node: str
+    output_nodes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.output_nodes:
+            self.output_nodes = (self.output_node,)
 
     @property
     def output(self) -> torch.Tensor:
+        if len(self.output_nodes) > 1:
+            raise SpikelineError(f"the graph has {len(self.output_nodes)} Output nodes "
+                                 f"{list(self.output_nodes)}: read each one from `outputs`")
         return self.outputs[self.output_node]
 
 
@@ -290,9 +305,13 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
     order, back = steps.order, steps.back
     inputs = [n for n in order if isinstance(graph.nodes[n], nir.Input)]
     outputs = [n for n in order if isinstance(graph.nodes[n], nir.Output)]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise SpikelineError(f"the graph needs exactly one Input and one Output node; it has "
-                             f"inputs {inputs} and outputs {outputs}")
+    if len(inputs) != 1 or not outputs:
+        raise SpikelineError(f"the graph needs exactly one Input node and at least one Output "
+                             f"node; it has inputs {inputs} and outputs {outputs}")
+    named = (graph.metadata or {}).get("output_nodes")
+    named = [] if named is None else [str(v) for v in np.atleast_1d(named)]
+    if sorted(named) == sorted(outputs):  # the order the exporter gave them (e.g. P4, P5)
+        outputs = named
     expected = tuple(int(v) for v in graph.nodes[inputs[0]].input_type["input"])
     x = torch.as_tensor(x, dtype=torch.float32)
     if tuple(x.shape[2:]) != expected:
@@ -301,7 +320,7 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
     runners = {n: _make_runner(n, graph.nodes[n], mode, dt, fire_at_threshold) for n in order}
     preds = steps.preds
     run = _run_steps if back else _run_layers
-    return Simulation(run(order, runners, preds, inputs[0], x), outputs[0])
+    return Simulation(run(order, runners, preds, inputs[0], x), outputs[0], tuple(outputs))
 
 
 def _gather(name, preds, values, x, input_name, previous=None):

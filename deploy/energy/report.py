@@ -20,7 +20,10 @@ JSON-ready dict:
 - ``refused``: {estimate key: reason} for pricings a model refuses (graded events on Loihi 1);
 - top level, for the primary (first) estimate: ``convention``, ``hardware``, ``snn``, ``ann``,
   ``break_even_rate``;
-- ``meta``: T, samples, fan-out mode, counting conventions and whatever the caller adds.
+- ``meta``: T, samples, fan-out mode, counting conventions and whatever the caller adds;
+- ``readout`` (detectors only, :mod:`.readout`): the off-chip Detect readout's MACs per level,
+  listed apart from the spiking part, and per estimate key its price and the SNN / ANN totals
+  and ratio with it.
 
 Every file is written atomically.  Charts are drawn with matplotlib's Agg canvas.
 """
@@ -90,7 +93,8 @@ def _model_entry(est: EnergyEstimate, model: HardwareModel | None) -> dict:
 def build_report(counts: EnergyCounts, estimates: Sequence[EnergyEstimate],
                  models: Mapping[str, HardwareModel] | None = None,
                  meta: Mapping | None = None,
-                 refused: Mapping[str, str] | None = None) -> dict:
+                 refused: Mapping[str, str] | None = None,
+                 readout: Mapping | None = None) -> dict:
     """JSON-ready report of ``counts`` priced by ``estimates`` (see module docstring); the
     first estimate is the primary one (top-level fields, per-layer ``snn_J`` / ``ann_J``)."""
     models = models or {}
@@ -129,6 +133,8 @@ def build_report(counts: EnergyCounts, estimates: Sequence[EnergyEstimate],
     report_meta.update(dict(meta or {}))
     report = {"meta": report_meta, "layers": layers, "totals": totals, "neurons": neurons,
               "energy": energy, "refused": dict(refused or {})}
+    if readout is not None:
+        report["readout"] = dict(readout)
     if primary is not None:
         report.update({"convention": primary.convention, "hardware": primary.model,
                        "snn": primary.snn.to_dict(), "ann": primary.ann.to_dict(),
@@ -217,6 +223,21 @@ def to_markdown(report: Mapping) -> str:
                      f"{_joules(e['snn']['compute_J'])} | {_joules(e['snn']['memory_J'])} | "
                      f"{_joules(e['snn']['total_J'])} | {_joules(e['ann']['total_J'])} "
                      f"({e['ann_hardware']}) | {ratio} | {be} |")
+    if "readout" in report:
+        r = report["readout"]
+        lines += ["", f"Off-chip readout (Detect, {r['where']}): "
+                  + ", ".join(f"{lv['level']} {_num(lv['macs'])} MACs on "
+                              f"{lv['in_channels']}x{lv['height']}x{lv['width']} spikes"
+                              for lv in r["levels"]), "",
+                  "| convention | hardware | readout (SNN side) | readout (ANN side) | "
+                  "SNN + readout | ANN (whole architecture) | ANN / SNN |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for key, e in r["energy"].items():
+            ratio = "-" if e["ratio"] is None else f"{e['ratio']:.3g}x"
+            conv, _, hw = key.rpartition("/")
+            lines.append(f"| {conv or 'event'} | {hw} | {_joules(e['readout_snn_J'])} | "
+                         f"{_joules(e['readout_ann_J'])} | {_joules(e['snn_total_J'])} | "
+                         f"{_joules(e['ann_total_J'])} | {ratio} |")
     for key, why in report.get("refused", {}).items():
         lines.append(f"| refused | {key} | | | | | | |")
         lines.append("")
@@ -239,6 +260,16 @@ def summary_text(report: Mapping) -> str:
         lines.append(f"  {key + _label(e):<30} SNN {_joules(e['snn']['total_J']):>10} "
                      f"(memory {_joules(e['snn']['memory_J'])})   ANN "
                      f"{_joules(e['ann']['total_J']):>10}   ANN/SNN {ratio}{extra}")
+    if "readout" in report:
+        r = report["readout"]
+        lines.append(f"off-chip readout (Detect, not in the graph): {_num(r['macs'])} MACs + "
+                     f"{_num(r['bias_adds'])} bias adds on {_num(r['input_spikes'])} input "
+                     "spikes; with it (SNN = spiking part + readout, ANN = whole architecture):")
+        for key, e in r["energy"].items():
+            ratio = "-" if e["ratio"] is None else f"{e['ratio']:.3g}x"
+            lines.append(f"  {key:<30} readout {_joules(e['readout_snn_J']):>10}   SNN "
+                         f"{_joules(e['snn_total_J']):>10}   ANN {_joules(e['ann_total_J']):>10}"
+                         f"   ANN/SNN {ratio}")
     for key, why in report.get("refused", {}).items():
         lines.append(f"  {key:<30} refused: {why}")
     return "\n".join(lines)

@@ -84,14 +84,79 @@ def run_export(args) -> int:
     for fmt, why in result.skipped.items():
         print(f"{fmt:7s} not written: {why}")
     if args.accuracy and args.checkpoint == "best" and "nir" in result.files:
+        detector = "readout" in result.files
         try:
-            fields = report_deployed_accuracy(args.run_dir, result.out_dir, args.data_dir,
-                                              args.cache_dir)
+            if detector:
+                fields = report_deployed_map(args.run_dir, result.out_dir, args.data_dir,
+                                             args.cache_dir)
+            else:
+                fields = report_deployed_accuracy(args.run_dir, result.out_dir, args.data_dir,
+                                                  args.cache_dir)
         except SpikelineError as why:  # the export is complete; say what was not measured
-            print(f"deployed accuracy: not measured ({why})", file=sys.stderr)
+            print(f"deployed {'mAP' if detector else 'accuracy'}: not measured ({why})",
+                  file=sys.stderr)
         else:
-            print(accuracy_line(fields))
+            print(map_line(fields) if detector else accuracy_line(fields))
     return 0
+
+
+def report_deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None,
+                        limit: int | None = None, batch_size: int = 50) -> dict:
+    """A detector's mAP on the run's test split, deployed (``model.nir`` in the fixed-point
+    simulator + the off-chip ``readout.npz``, decode, NMS, pycocotools) next to the trained
+    network's (``best.pt``, float, unfolded, the same decode / NMS / scorer), both written
+    into the run's ``summary.json`` (created when absent).  ``limit``: the first K scenes."""
+    import nir
+    import torch
+
+    from spikeline.atomic import atomic_text
+    from spikeline.datasets.detection import detection_collate, load_detection
+    from spikeline.deploy.detector import deployed_detections, detection_map, load_readout
+    from spikeline.pipeline.checkpoint import load_run_model
+    from spikeline.pipeline.detection import decode, nms
+
+    run_dir, export_dir = Path(run_dir), Path(export_dir)
+    model, ckpt = load_run_model(run_dir)
+    config, spec = ckpt.get("config") or {}, ckpt["model_spec"]
+    if not config.get("dataset") or not config.get("T"):
+        raise BadInput(f"{run_dir / 'best.pt'}: the training config names no dataset or T")
+    size = tuple(int(v) for v in (config.get("size") or spec.get("input_size")))
+    test = load_detection(config["dataset"], "test", T=int(config["T"]), size=size,
+                          data_dir=data_dir, cache_dir=cache_dir)
+    if limit is not None:
+        test = torch.utils.data.Subset(test, range(min(limit, len(test))))
+    loader = torch.utils.data.DataLoader(test, batch_size=batch_size,
+                                         collate_fn=detection_collate)
+    graph, readout = nir.read(export_dir / "model.nir"), load_readout(export_dir / "readout.npz")
+    encoding = spec.get("encoding", "binary")
+    nc = readout.num_classes
+    deployed = detection_map(lambda f: deployed_detections(graph, readout, f, encoding), loader,
+                             nc, size)
+    with torch.no_grad():
+        trained = detection_map(lambda f: nms(decode(model(f), model.head.anchors), 0.001, 0.6),
+                                loader, nc, size)
+    fields = {"trained_test_mAP50": trained["mAP50"], "trained_test_mAP50_95": trained["mAP50_95"],
+              "deployed_test_mAP50": deployed["mAP50"],
+              "deployed_test_mAP50_95": deployed["mAP50_95"],
+              "deployed_minus_trained_mAP50": deployed["mAP50"] - trained["mAP50"],
+              "deployed_num_test": deployed["count"]}
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{summary_path}: cannot read the run's summary ({err})") from None
+    summary.update(fields)
+    atomic_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    return fields
+
+
+def map_line(fields: dict) -> str:
+    return (f"mAP on the test split ({fields['deployed_num_test']} scenes): deployed (folded, "
+            f"quantized, fixed-point spiking part + off-chip readout) mAP@0.5 "
+            f"{fields['deployed_test_mAP50']:.4f} / mAP@0.5:0.95 "
+            f"{fields['deployed_test_mAP50_95']:.4f}; trained {fields['trained_test_mAP50']:.4f}"
+            f" / {fields['trained_test_mAP50_95']:.4f}; delta mAP@0.5 "
+            f"{fields['deployed_minus_trained_mAP50']:+.4f}")
 
 
 def report_deployed_accuracy(run_dir, export_dir, data_dir=None, cache_dir=None) -> dict:
@@ -157,6 +222,21 @@ def run_simulate(args) -> int:
         source["input_pad_steps"] = pad
     with torch.no_grad():
         sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), args.mode, args.dt)
+    if len(sim.output_nodes) > 1:  # a detector's spiking part: P4 and P5 spike maps
+        if save is not None:
+            raise BadInput(f"--save-output saves one output; {path} has "
+                           f"{len(sim.output_nodes)} ({', '.join(sim.output_nodes)})")
+        summary = {
+            "model": str(path), "source": source, "T": int(x.shape[0]),
+            "samples": int(x.shape[1]), "output_nodes": list(sim.output_nodes),
+            "outputs": {n: {"shape": list(sim.outputs[n].shape[2:]),
+                            "spikes_per_sample": sim.outputs[n].flatten(2).sum(-1).sum(0)
+                            .tolist()} for n in sim.output_nodes},
+            "spikes_per_node": {n: int(v.sum()) for n, v in sim.outputs.items()
+                                if _is_spiking(graph.nodes[n])},
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
     out = sim.output
     summary = {
         "model": str(path), "source": source, "T": int(x.shape[0]), "samples": int(x.shape[1]),

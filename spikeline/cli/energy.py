@@ -104,7 +104,14 @@ def run(args) -> int:
             "input_shape": list(shape), "memory_model": memory.source}
     if metadata:
         meta["export_metadata"] = metadata
-    report = build_report(counts, estimates, {m.name: m for m in chosen}, meta, refused)
+    readout = None
+    if isinstance(metadata.get("readout"), dict):  # a detector: its Detect readout is off-chip
+        from spikeline.deploy.energy.readout import readout_report
+
+        readout = readout_report(metadata["readout"], counts, estimates,
+                                 {m.name: m for m in chosen})
+    report = build_report(counts, estimates, {m.name: m for m in chosen}, meta, refused,
+                          readout)
     print(summary_text(report))
     if args.json:
         print(f"wrote {write_json(report, args.json)}")

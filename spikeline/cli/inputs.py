@@ -232,12 +232,14 @@ def inputs_from_array(path, shape, graph=None) -> np.ndarray:
 
 def inputs_from_dataset(name, samples: int, T: int, shape, split="test", data_dir=None,
                         cache_dir=None) -> np.ndarray:
+    from spikeline.datasets.detection import DETECTION_DATASETS, load_detection
     from spikeline.datasets.registry import load_dataset
 
     if len(shape) != 3:
         raise BadInput(f"--dataset: the model input {list(shape)} is not [C, H, W]")
-    dataset = load_dataset(name, split, T=T, size=tuple(shape[1:]), data_dir=data_dir,
-                           cache_dir=cache_dir)
+    load = load_detection if name in DETECTION_DATASETS else load_dataset  # frames come first
+    dataset = load(name, split, T=T, size=tuple(shape[1:]), data_dir=data_dir,
+                   cache_dir=cache_dir)
     count = min(samples, len(dataset))
     if count < 1:
         raise BadInput(f"--dataset {name}: the {split} split is empty")

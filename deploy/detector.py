@@ -1,0 +1,262 @@
+"""The deployable EMS-YOLO detector on a chip: a spiking part with two outputs, a readout off it.
+
+What runs where (``pipeline/ems.py``, ``deployable=True``)::
+
+    on chip    stem -> backbone (4 stages) -> neck {reduce -> p5 ; p4 on the stride-16 map}
+               every signal between layers is binary spikes: one NIR graph, two Output nodes
+               (``output_p4``, ``output_p5``) carrying the P4 and P5 spike maps
+    off chip   Detect: per level l, a 1x1 convolution with bias on the spike map at every step,
+               averaged over the T steps (``readout.npz``), then YOLOv5 decoding and NMS
+
+The readout equation (level ``l``, sample ``n``, anchor ``a``, output ``o`` of ``O = 5 +
+classes``, cell ``(y, x)``; ``s_l[t]`` the spikes the graph's Output node ``l`` emits)::
+
+    raw_l[n, a, y, x, o] = b_l[a O + o] + sum_c W_l[a O + o, c] * (1/T) sum_t s_l[t, n, c, y, x]
+
+(a convolution is linear, so the mean over T of the per-step convolution equals one
+convolution of the mean spike map: a host evaluates it once per inference on the spike
+counts).  Decoding (``pipeline.detection.decode``) with ``anchors_l`` and ``stride_l``::
+
+    xy = (2 sigmoid(raw_xy) - 0.5 + cell) * stride_l     wh = (2 sigmoid(raw_wh))^2 * anchor
+    score = sigmoid(raw_obj) * sigmoid(raw_cls)
+
+The readout is off-chip because its output is real-valued with a bias (a score, not a spike)
+and it is read once per inference; its input is spikes, so a chip *could* accumulate it, but
+EMS-YOLO's Detect and its energy convention treat it as a dense MAC layer.
+
+The published (non-deployable) detector passes real-valued membrane potentials between blocks
+(and max-pools them); binary-spike cores cannot send those, so it is refused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
+
+from .nir_params import DT
+from .to_nir import Export, _Exporter
+
+__all__ = ["LEVELS", "READOUT_EQUATION", "is_detection", "check_deployable", "detector_to_nir",
+           "detector_latency", "readout_arrays", "Readout", "load_readout", "encode_input",
+           "readout_raw", "reference_features", "deployed_detections", "detection_map"]
+
+LEVELS = ("p4", "p5")
+READOUT_FILE = "readout.npz"
+READOUT_EQUATION = ("raw_l[n,a,y,x,o] = b_l[a*O+o] + sum_c W_l[a*O+o,c] * mean_t "
+                    "s_l[t,n,c,y,x]  (O = 5 + classes; s_l = spikes of the graph's Output node "
+                    "of level l)")
+DECODE_EQUATION = ("xy = (2 sigmoid(raw_xy) - 0.5 + cell) * stride_l; wh = (2 sigmoid(raw_wh))^2 "
+                   "* anchor; score = sigmoid(raw_obj) * sigmoid(raw_cls); then per-class NMS")
+
+
+def is_detection(spec: dict | None) -> bool:
+    return isinstance(spec, dict) and spec.get("task") == "detection"
+
+
+def check_deployable(model) -> None:
+    """Refuse the published detector: its blocks pass membrane potentials, not spikes."""
+    if not getattr(model, "deployable", False):
+        raise ExportUnsupported(
+            "the published EMS-YOLO detector (deployable=False) passes real-valued membrane "
+            "potentials between blocks (membrane shortcuts, max pooling and concatenation of "
+            "real values), which cannot travel between the cores of a binary-spike chip; train "
+            "the deployable form (model spec \"deployable\": true: spikes between every block, "
+            "strided 1x1 shortcut convolutions) and export that")
+
+
+def _channels_hw(shape) -> tuple[int, int, int]:
+    c, h, w = (int(v) for v in shape)
+    return c, h, w
+
+
+def detector_to_nir(folded, input_shape: tuple[int, int, int],
+                    metadata: dict | None = None) -> Export:
+    """The spiking part of a folded deployable detector as one NIR graph whose two Output
+    nodes carry the P4 and P5 spike maps (``metadata['output_nodes']`` in level order)."""
+    check_deployable(folded)
+    if getattr(folded, "timing", "ideal") != "ideal":
+        raise ExportUnsupported("NIR export: only ideal timing is implemented for detectors")
+    ex = _Exporter()
+    inp = ex.b.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
+    sources, shape = ex.module(folded.stem, [inp], tuple(input_shape))
+    maps = []
+    for stage in folded.backbone:
+        sources, shape = ex.module(stage, sources, shape)
+        maps.append((sources, shape))
+    (s16, shape16), (s32, shape32) = maps[-2], maps[-1]
+    top, top_shape = ex.module(folded.neck["reduce"], s32, shape32)
+    p5, shape5 = ex.module(folded.neck["p5"], top, top_shape)
+    p4, shape4 = ex.module(folded.neck["p4"], s16, shape16)
+    outs = [ex.b.add(f"output_{level}", nir.Output(output_type={"output": np.array(s)}), src)
+            for level, src, s in (("p4", p4, shape4), ("p5", p5, shape5))]
+    latency = detector_latency(folded)
+    meta = {"dt": DT, "input_encoding": folded.encoding, "output_nodes": outs,
+            "output_node": outs[0], "timing": "ideal", "latency_steps": latency,
+            "input_pad_steps": 0, "readout_start": 0,
+            "readout": f"off-chip ({READOUT_FILE}): {READOUT_EQUATION}", **(metadata or {})}
+    return Export(nir.NIRGraph(nodes=ex.b.nodes, edges=ex.b.edges, metadata=meta),
+                  ex.b.modules)
+
+
+def detector_latency(model) -> int:
+    """Synaptic hops from the input to the deeper of the two outputs (P5)."""
+    from spikeline.pipeline.timing import hops
+
+    trunk = hops(model.stem) + sum(hops(s) for s in model.backbone)
+    p5 = trunk + hops(model.neck["reduce"]) + hops(model.neck["p5"])
+    p4 = trunk - hops(model.backbone[-1]) + hops(model.neck["p4"])
+    return int(max(p4, p5))
+
+
+def readout_arrays(folded, graph: nir.NIRGraph) -> tuple[dict[str, np.ndarray], dict]:
+    """``(arrays for readout.npz, its description for metadata.json)``."""
+    head = folded.head
+    outs = list(graph.metadata["output_nodes"])
+    arrays = {"levels": np.array(LEVELS), "input_nodes": np.array(outs),
+              "strides": np.array(head.anchors.strides, dtype=np.int64),
+              "anchors": np.array(head.anchors.sizes, dtype=np.float64),
+              "num_classes": np.array(head.num_classes, dtype=np.int64)}
+    levels = []
+    for level, conv, out in zip(LEVELS, head.convs, outs):
+        weight = conv.weight.detach().cpu().numpy().astype(np.float32)[:, :, 0, 0]
+        arrays[f"weight_{level}"] = weight
+        arrays[f"bias_{level}"] = conv.bias.detach().cpu().numpy().astype(np.float32)
+        c, h, w = (int(v) for v in graph.nodes[out].output_type["output"])
+        source = next(src for src, dst in graph.edges if dst == out)
+        levels.append({"level": level, "input_node": out, "source_node": source,
+                       "in_channels": c, "out_channels": int(weight.shape[0]), "height": h,
+                       "width": w})
+    meta = {"file": READOUT_FILE, "where": "off-chip (host): real-valued output with a bias",
+            "equation": READOUT_EQUATION, "decode": DECODE_EQUATION,
+            "anchors": [[list(map(float, a)) for a in lv] for lv in head.anchors.sizes],
+            "strides": list(head.anchors.strides), "num_classes": int(head.num_classes),
+            "outputs_per_anchor": int(head.outputs), "levels": levels,
+            "nms": {"conf": 0.001, "iou": 0.6}}
+    return arrays, meta
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The off-chip Detect stage read from ``readout.npz``."""
+
+    input_nodes: tuple[str, ...]
+    weights: tuple[torch.Tensor, ...]  # [A*O, C] per level
+    biases: tuple[torch.Tensor, ...]
+    anchors: object  # pipeline.detection.Anchors
+    num_classes: int
+
+    def raw(self, spikes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level ``[T, N, C, H, W]`` spikes -> ``[N, A, H, W, O]`` raw outputs (the same
+        operations as ``pipeline.detection.Detect``, so the result is bit for bit its own)."""
+        out = []
+        a, o = self.anchors.per_level, 5 + self.num_classes
+        for w, b, h in zip(self.weights, self.biases, spikes):
+            steps, n = h.shape[:2]
+            y = F.conv2d(h.flatten(0, 1).float(), w[:, :, None, None], b)
+            y = y.unflatten(0, (steps, n)).mean(0)
+            out.append(y.view(n, a, o, *y.shape[-2:]).permute(0, 1, 3, 4, 2).contiguous())
+        return out
+
+
+def load_readout(path) -> Readout:
+    from spikeline.pipeline.detection import Anchors
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        anchors = Anchors(tuple(tuple((float(w), float(h)) for w, h in lv)
+                                for lv in data["anchors"]),
+                          tuple(int(s) for s in data["strides"]))
+        levels = [str(v) for v in data["levels"]]
+        weights = tuple(torch.from_numpy(np.asarray(data[f"weight_{lv}"], np.float32))
+                        for lv in levels)
+        biases = tuple(torch.from_numpy(np.asarray(data[f"bias_{lv}"], np.float32))
+                       for lv in levels)
+        nc = int(data["num_classes"])
+        inputs = tuple(str(v) for v in data["input_nodes"])
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise BadInput(f"{path}: not a readable detector readout ({type(err).__name__}: "
+                       f"{err})") from None
+    for lv, w, b in zip(levels, weights, biases):
+        if w.ndim != 2 or b.shape != (w.shape[0],) or w.shape[0] != anchors.per_level * (5 + nc):
+            raise BadInput(f"{path}: level {lv}: weight {tuple(w.shape)} and bias "
+                           f"{tuple(b.shape)} do not make {anchors.per_level} x (5 + {nc}) "
+                           "outputs")
+        if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+            raise BadInput(f"{path}: level {lv} holds NaN or Inf")
+    if len(inputs) != len(levels):
+        raise BadInput(f"{path}: {len(inputs)} input nodes for {len(levels)} levels")
+    return Readout(inputs, weights, biases, anchors, nc)
+
+
+def encode_input(model, frames_nt: torch.Tensor) -> torch.Tensor:
+    """``[N, T, C, H, W]`` event counts -> ``[T, N, C, H, W]`` what the graph receives."""
+    from spikeline.pipeline.models import encode_frames
+
+    return encode_frames(frames_nt.float().transpose(0, 1), model.encoding)
+
+
+def reference_features(model, x_nt: torch.Tensor):
+    """``([P4, P5] spikes [T, N, ...], raw head outputs)`` of the folded reference network."""
+    with torch.no_grad():
+        features = model.features(x_nt)
+        return features, model.head(features)
+
+
+def readout_raw(graph: nir.NIRGraph, readout: Readout, x: torch.Tensor, mode: str = "loihi",
+                sim=None):
+    """``(simulation, raw outputs)``: the graph simulated on ``x [T, N, ...]`` and the off-chip
+    readout applied to the Output nodes it names."""
+    from .simulate import simulate
+
+    if sim is None:
+        sim = simulate(graph, x, mode=mode)
+    missing = [n for n in readout.input_nodes if n not in sim.outputs]
+    if missing:
+        raise SpikelineError(f"the readout reads nodes {missing}, which the graph does not have")
+    return sim, readout.raw([sim.outputs[n] for n in readout.input_nodes])
+
+
+def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encoding: str,
+                        conf: float = 0.001, iou: float = 0.6) -> list[torch.Tensor]:
+    """NMS'd ``[k, 6]`` rows per sample of the deployed detector on ``[N, T, C, H, W]``."""
+    from spikeline.pipeline.detection import decode, nms
+    from spikeline.pipeline.models import encode_frames
+
+    x = encode_frames(frames_nt.float().transpose(0, 1), encoding)
+    _, raw = readout_raw(graph, readout, x)
+    return nms(decode(raw, readout.anchors), conf, iou)
+
+
+def _truths(targets: torch.Tensor, n: int, size: tuple[int, int]):
+    h, w = size
+    out = []
+    for i in range(n):
+        mine = targets[targets[:, 0] == i]
+        cx, cy = mine[:, 2] * w, mine[:, 3] * h
+        bw, bh = mine[:, 4] * w, mine[:, 5] * h
+        xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+        out.append((xyxy.numpy(), mine[:, 1].numpy()))
+    return out
+
+
+@torch.no_grad()
+def detection_map(predict, loader, num_classes: int, size: tuple[int, int]) -> dict:
+    """COCO mAP (pycocotools) of ``predict(frames [N, T, C, H, W]) -> [k, 6] rows per sample``
+    over ``loader``'s ``(frames, targets [m, 6])`` batches (``detection_collate``)."""
+    from spikeline.pipeline.detection import mean_average_precision
+    from spikeline.pipeline.train import exact_fp32
+
+    preds, truths = [], []
+    with exact_fp32():
+        for frames, targets in loader:
+            preds += [r.numpy() for r in predict(frames)]
+            truths += _truths(targets, frames.shape[0], size)
+    scores = mean_average_precision(preds, truths, num_classes)
+    scores["count"] = len(truths)
+    return scores
