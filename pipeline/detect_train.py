@@ -15,8 +15,8 @@
   IoU 0.6, 300 boxes per image).  ``best.pt`` is chosen by validation mAP@0.5.
 
 Anchors come from the dataset: ``ems.NDIGITS_ANCHORS`` (made for its 64 px frames) and
-EMS-YOLO's ``detection.GEN1_ANCHORS`` (for Gen1 frames resized to 320 x 320), both scaled to the
-run's frame size per axis.
+EMS-YOLO's ``detection.GEN1_ANCHORS`` (YOLOv5 anchors for its Gen1 inputs at 640 px), both
+scaled to the run's frame size per axis.
 """
 from __future__ import annotations
 
@@ -41,9 +41,11 @@ CONF_THRESHOLD, NMS_IOU, MAX_DET = 0.001, 0.6, 300
 def _anchor_table() -> dict[str, tuple[Anchors, tuple[int, int]]]:
     from .ems import NDIGITS_ANCHORS
 
-    # dataset -> (anchors, the (H, W) frame size they are given for)
+    # dataset -> (anchors, the (H, W) frame size they are given for): EMS-YOLO's Gen1 anchors
+    # are YOLOv5 anchors, in pixels of the network input, and its Gen1 command trains at
+    # --img 640 (https://github.com/BICLab/EMS-YOLO README and g1-resnet/train_g1.py)
     return {"ndigits-detect": (NDIGITS_ANCHORS, (64, 64)),
-            "gen1": (Anchors(GEN1_ANCHORS), (320, 320))}
+            "gen1": (Anchors(GEN1_ANCHORS), (640, 640))}
 
 
 def anchors_for(dataset: str, size) -> Anchors:
