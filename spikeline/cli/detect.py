@@ -3,8 +3,8 @@
 The recording is read by ``datasets.events.read_events`` (the readers `spikeline simulate
 --events` uses), binned into the run's T frames of counts over its whole duration and resized
 to the run's frame size (``inputs.fit_frames``); the detector runs in exact float32 and its
-boxes go through NMS.  Writes ``OUT/detections.png`` (every time bin with the predicted boxes,
-and the true ones for a dataset sample) and ``OUT/detections.json``.
+boxes go through NMS and are cut to the frame.  Writes ``OUT/detections.png`` (every time bin
+with the predicted boxes, and the true ones for a dataset sample) and ``OUT/detections.json``.
 """
 from __future__ import annotations
 
@@ -126,6 +126,9 @@ def handle_detect(args) -> int:
     with exact_fp32():
         rows = predict(model, torch.from_numpy(frames)[None].to(device), args.conf,
                        args.iou)[0].cpu().numpy()
+    # boxes cut to the frame, as YOLOv5's detect.py draws them (mAP is scored unclipped)
+    rows[:, [0, 2]] = rows[:, [0, 2]].clip(0, size[1])
+    rows[:, [1, 3]] = rows[:, [1, 3]].clip(0, size[0])
     names = _class_names(ckpt["config"]["dataset"])
     boxes = [{"xyxy": [round(float(v), 3) for v in r[:4]], "score": round(float(r[4]), 5),
               "class": int(r[5]), **({"name": names[int(r[5])]} if names else {})}
