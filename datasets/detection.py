@@ -24,8 +24,8 @@ from .cache import FrameCache
 from .frames import ToFrames, resize_frames
 from .samples import DatasetInfo, default_cache_dir, default_data_dir
 
-__all__ = ["DETECTION_DATASETS", "DetectionFrames", "load_detection", "detection_collate",
-           "draw_detections"]
+__all__ = ["DETECTION_DATASETS", "DetectionFrames", "load_detection", "load_detection_splits",
+           "detection_collate", "make_detection_loader", "draw_detections"]
 
 DETECTION_DATASETS: dict[str, DatasetInfo] = {m.INFO.name: m.INFO
                                               for m in (ndigits_detect, gen1)}
@@ -102,6 +102,28 @@ def load_detection(name: str, split: str, *, data_dir: str | Path | None = None,
         config = to_frames.config()
     cache = FrameCache(cache_dir / "frames", name, config, to_frames.output_shape())
     return DetectionFrames(name, samples, to_frames, cache)
+
+
+def load_detection_splits(name: str, *, T: int | None = None, size=None,
+                          limit_train: int | None = None, limit_test: int | None = None,
+                          data_dir=None, cache_dir=None):
+    """``registry.Splits`` of detection dataset ``name``: its own fixed train, val and test
+    splits (no validation fraction is carved: both sets ship one), ``limit_train`` and
+    ``limit_test`` as for classification (fixed subsets)."""
+    from .registry import Splits, fixed_subset
+
+    kwargs = {"data_dir": data_dir, "T": T, "size": size, "cache_dir": cache_dir}
+    return Splits(train=fixed_subset(load_detection(name, "train", **kwargs), limit_train),
+                  val=fixed_subset(load_detection(name, "val", **kwargs), limit_test),
+                  test=fixed_subset(load_detection(name, "test", **kwargs), limit_test),
+                  num_classes=DETECTION_DATASETS[name].num_classes)
+
+
+def make_detection_loader(dataset, batch_size: int, **kwargs):
+    """``registry.make_loader`` batching with ``detection_collate``: ``(x, targets [m, 6])``."""
+    from .registry import make_loader
+
+    return make_loader(dataset, batch_size, collate_fn=detection_collate, **kwargs)
 
 
 def draw_detections(frames: np.ndarray, boxes: Boxes, out, title: str = "",

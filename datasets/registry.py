@@ -130,14 +130,15 @@ class _EpochSeededLoader(DataLoader):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int = 0,
-                seed: int = 0, drop_last: bool = False) -> DataLoader:
+                seed: int = 0, drop_last: bool = False, collate_fn=None) -> DataLoader:
     """Batches ``(x [N, T, 2, H, W] float32, y [N] int64)`` of ``dataset``, reproducible: the
     shuffle order comes from a ``torch.Generator`` seeded with ``seed`` and each epoch's
     augmentation from a numpy generator seeded with ``seed``, so two loaders with the same seed
     yield identical epochs, with any number of ``workers`` (Torch seeds numpy in each worker
-    itself)."""
+    itself).  ``collate_fn``: how samples are batched (default torch's; detection sets pass
+    ``detection.detection_collate``)."""
     return _EpochSeededLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                              num_workers=workers, drop_last=drop_last,
+                              num_workers=workers, drop_last=drop_last, collate_fn=collate_fn,
                               generator=torch.Generator().manual_seed(seed),
                               epoch_seeds=np.random.default_rng(seed))
 

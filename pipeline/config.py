@@ -33,6 +33,7 @@ __all__ = [
     "NEURON_FIELDS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "TASKS",
     "TIMINGS",
     "Runtime",
     "TrainConfig",
@@ -47,6 +48,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")  # auto: bf16 autocast on CUDA, none on CPU
 TIMINGS = ("ideal", "loihi")
+TASKS = ("classify", "detection")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
 NEURON_FIELDS = ("threshold", "current_decay", "voltage_decay", "tau_grad", "scale_grad")
 
@@ -175,8 +177,11 @@ _MODEL = ("train", "run", "diagnose")  # options that shape the model and its da
 class TrainConfig:
     """What defines a run (stored in every checkpoint; ``resume`` reuses it)."""
 
+    task: str = opt("classify", "what the run trains: classify (a classifier, --heads) or "
+                    "detection (an EMS-YOLO detector on a detection dataset: ndigits-detect, "
+                    "gen1)", choices=TASKS, commands=("train",))
     dataset: str = opt("ndigits", "dataset name", commands=_MODEL)
-    model: str = opt("cnn", "model name: cnn, vgg11, resnet18, resnet19, resnet20, resnet34, sew_resnet18, sew_resnet34", commands=("train", "run"))
+    model: str = opt("cnn", "model name: cnn, vgg11, resnet18, resnet19, resnet20, resnet34, sew_resnet18, sew_resnet34; with --task detection: ems_res10, ems_res18", commands=("train", "run"))
     heads: str = opt("none", "shortcut heads: none | shortcut | evolutionary | dsn",
                      choices=("none", "shortcut", "evolutionary", "dsn"),
                      commands=("train", "run"))
@@ -221,13 +226,14 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "weight decay", parse=_parse_float, check=nonneg_float)
     schedule: str = opt("cosine", "learning rate schedule, per iteration", choices=SCHEDULES)
     augment: bool = opt(True, "training augmentation (random roll; flip where the dataset is "
-                        "mirror-symmetric)", parse=parse_bool)
+                        "mirror-symmetric; detection datasets: none)", parse=parse_bool)
     seed: int = opt(0, "random seed of the initialisation, data order and augmentation "
                     "(the dataset splits do not depend on it)", parse=_parse_int,
                     check=nonneg_int, commands=_MODEL)
     val_fraction: float = opt(0.1, "fraction of each class of the training split held out "
                               "for validation (fixed, seeded independently of --seed); best.pt "
-                              "is chosen on it", parse=_parse_float, check=val_fraction)
+                              "is chosen on it (detection datasets have a fixed validation "
+                              "split)", parse=_parse_float, check=val_fraction)
     limit_train: int | None = opt(None, "train on a fixed subset of N samples",
                                   parse=_parse_int, check=positive_int)
     limit_test: int | None = opt(None, "validate and test on fixed subsets of N samples",
@@ -239,6 +245,19 @@ class TrainConfig:
     recalibrate_batches: int = opt(16, "recompute BatchNorm statistics over N training batches "
                                    "with each epoch's final weights before evaluating (0: off)",
                                    parse=_parse_int, check=nonneg_int)
+
+    # detection (--task detection) only
+    deployable: bool = opt(True, "detection: build the all-spike form of the detector that "
+                           "exports (false: EMS-YOLO's published real-valued form, which does "
+                           "not)", parse=parse_bool, commands=("train",))
+    box_gain: float = opt(0.05, "detection: gain of the box (CIoU) loss (EMS-YOLO's 0.05)",
+                          parse=_parse_float, check=nonneg_float, commands=("train",))
+    obj_gain: float = opt(1.0, "detection: gain of the objectness loss, scaled by "
+                          "(image/640)^2 as YOLOv5 does (EMS-YOLO's 1.0)", parse=_parse_float,
+                          check=nonneg_float, commands=("train",))
+    cls_gain: float = opt(0.5, "detection: gain of the class loss, scaled by classes/80 as "
+                          "YOLOv5 does (EMS-YOLO's 0.5)", parse=_parse_float,
+                          check=nonneg_float, commands=("train",))
 
     fold_finetune_epochs: int = opt(0, "train the last N epochs in the deployed form (BatchNorm "
                                     "folded into the 8-bit weights and bias, statistics frozen), "

@@ -29,8 +29,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Loss (left) and train/validation accuracy (right) per epoch from metrics records."""
+def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "",
+                series=(("train_acc", "train"), ("val_acc", "validation")),
+                ylabel: str = "accuracy (%)", scale: float = 100.0) -> Path:
+    """Loss (left) and the scores ``series`` (``(record key, label)``, times ``scale``;
+    default train/validation accuracy in %) per epoch from metrics records (right)."""
     fig, axes = _figure(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     ax = axes[0][0]
@@ -40,10 +43,10 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     ax = axes[0][1]
-    ax.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    ax.plot(epochs, [100 * h["val_acc"] for h in history], "s-", label="validation")
+    for (key, label), marker in zip(series, ("o-", "s-", "^-", "d-")):
+        ax.plot(epochs, [scale * h[key] for h in history], marker, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     from matplotlib.ticker import MaxNLocator

@@ -1,5 +1,11 @@
 """Training loop: shortcut heads, cosine LR, atomic resumable checkpoints, DDP, bf16 AMP.
 
+One loop for every task: ``config.task`` picks a task object (``ClassifyTask`` here,
+``detect_train.DetectionTask`` for EMS-YOLO detectors) that says what is built (its spec and
+training module), how a batch's loss is summed, how a split is scored and which validation
+metric chooses ``best.pt`` (``val_acc``; ``val_map50`` for detection).  What follows describes
+classification; detection differs only in those points (see ``detect_train``).
+
 ``train(config, runtime, data, make_loader)`` trains ``models.build_model(config.model)`` wrapped
 in ``heads.ShortcutHeads(mode=config.heads, lam=config.lam)`` on ``data.train``; the caller (the
 CLI) composes the datasets (``datasets.registry.load_splits``) and hands them in with the
@@ -66,6 +72,7 @@ from .config import NEURON_FIELDS, Runtime, TrainConfig
 __all__ = [
     "Runtime",
     "TrainConfig",
+    "ClassifyTask",
     "TrainResult",
     "build_heads",
     "derive_seed",
@@ -76,6 +83,7 @@ __all__ = [
     "neuron_params",
     "resolve_device",
     "seed_everything",
+    "task_for",
     "train",
 ]
 
@@ -227,6 +235,81 @@ def evaluate_model(model: nn.Module, loader, device: torch.device) -> tuple[int,
     return correct, count
 
 
+@dataclass(frozen=True)
+class ClassifyTask:
+    """Training a classifier with shortcut heads: what the loop builds and how it scores.
+
+    The interface every task has: ``metric`` (the record key that chooses best.pt),
+    ``sharded_eval`` (a split's score is a sum over samples, so ranks score shards),
+    ``check``, ``spec``, ``build`` (the training module: ``.model`` is what is deployed,
+    ``.loss(x, y, progress) -> (loss, aux)``), ``batch_size_of``, ``batch_stats`` /
+    ``train_metrics`` / ``postfix`` (the epoch's running sums and what they mean),
+    ``evaluate`` (``{name: value}``, recorded as ``val_<name>`` / ``test_<name>``),
+    ``epoch_line`` and the curves' ``plot_*``."""
+
+    name: str = "classify"
+    metric: str = "val_acc"
+    sharded_eval: bool = True
+    plot_series: tuple = (("train_acc", "train"), ("val_acc", "validation"))
+    plot_label: str = "accuracy (%)"
+    plot_scale: float = 100.0
+
+    def check(self, config: TrainConfig) -> None:
+        from .detect_train import check_detection_config
+
+        check_detection_config(config)  # a detector or detection dataset is refused here
+
+    def spec(self, config: TrainConfig, sample: torch.Tensor, num_classes: int) -> dict:
+        return model_spec_for(config, sample, num_classes)
+
+    def build(self, config: TrainConfig, spec: dict) -> nn.Module:
+        self.check(config)
+        return build_heads(config, spec)
+
+    def batch_size_of(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        return int(y.numel())
+
+    def zero_stats(self) -> torch.Tensor:
+        return torch.zeros(3, dtype=torch.float64)
+
+    def batch_stats(self, loss, logits, y, n: int) -> torch.Tensor:
+        """``[loss * n, correct, n]``."""
+        correct = int((logits.detach().argmax(1) == y).sum())
+        return torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
+
+    def train_metrics(self, stats) -> dict:
+        return {"train_loss": float(stats[0] / max(stats[2], 1)),
+                "train_acc": float(stats[1] / max(stats[2], 1))}
+
+    def postfix(self, stats) -> dict:
+        return {"loss": f"{stats[0] / stats[2]:.3f}", "acc": f"{stats[1] / stats[2]:.3f}"}
+
+    def evaluate(self, model: nn.Module, loader, ranks: ddp.Ranks) -> dict:
+        counts = torch.tensor(evaluate_model(model, loader, ranks.device), dtype=torch.float64)
+        counts = ddp.all_reduce_sum(counts, ranks)
+        return {"acc": float(counts[0] / max(counts[1], 1))}
+
+    def epoch_line(self, record: dict) -> str:
+        return (f"loss {record['train_loss']:.4f}  train {100 * record['train_acc']:.1f}%  "
+                f"val {100 * record['val_acc']:.1f}%")
+
+
+def task_for(config: TrainConfig):
+    """The task object of ``config.task``."""
+    if config.task == "detection":
+        from .detect_train import DetectionTask
+
+        return DetectionTask()
+    return ClassifyTask()
+
+
+def _eval_subset(dataset, task, ranks: ddp.Ranks):
+    """This rank's part of an evaluation split (all of it when the task cannot shard)."""
+    if not task.sharded_eval:
+        return dataset
+    return torch.utils.data.Subset(dataset, list(range(ranks.rank, len(dataset), ranks.world)))
+
+
 def _write_json(path: Path, data) -> None:
     with atomic_file(path) as fh:
         fh.write((json.dumps(data, indent=2) + "\n").encode())
@@ -255,10 +338,11 @@ class _State:
     optimizer: torch.optim.Optimizer
     scheduler: object
     total: int  # I, optimizer steps of the whole run
+    task: object = field(default_factory=ClassifyTask)
     start_epoch: int = 0
     iteration: int = 0
     history: list = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
+    best: dict = field(default_factory=dict)  # {task.metric: value, "epoch": e}
     world: int = 1
 
 
@@ -283,15 +367,18 @@ def prepare(config: TrainConfig | None, runtime: Runtime, data, ranks: ddp.Ranks
     if len(data.train) == 0 or len(data.val) == 0 or len(data.test) == 0:
         raise SpikelineError(f"dataset {config.dataset!r} gave an empty train, validation or "
                              "test split")
+    task = task_for(config)
+    task.check(config)
     seed_everything(config.seed)
-    spec = model_spec_for(config, data.train[0][0], data.num_classes)
+    spec = task.spec(config, data.train[0][0], data.num_classes)
     seed_everything(config.seed)
-    heads = build_heads(config, spec).to(ranks.device)
+    heads = task.build(config, spec).to(ranks.device)
     optimizer = make_optimizer(config, heads.parameters())
     per_rank = math.ceil(len(data.train) / ranks.world)
     total = config.epochs * math.ceil(per_rank / config.batch_size)
     state = _State(config, spec, heads, ddp.wrap(_LossModule(heads), ranks), optimizer,
-                   make_scheduler(config, optimizer, total), total, world=ranks.world)
+                   make_scheduler(config, optimizer, total), total, task=task,
+                   best={task.metric: -1.0, "epoch": 0}, world=ranks.world)
     if ckpt is not None:
         if ckpt["total_iterations"] != total:
             raise SpikelineError(
@@ -321,8 +408,9 @@ def _use_amp(config: TrainConfig, device: torch.device) -> bool:
 
 def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
                 runtime: Runtime, ranks: ddp.Ranks):
-    """One epoch of optimizer steps; returns ``(stats [loss*n, correct, n], loader, cut)``
-    (``cut``: --max-steps ended the epoch early)."""
+    """One epoch of optimizer steps; returns ``(stats, loader, cut)``: ``stats`` the task's
+    running sums (classification ``[loss*n, correct, n]``), ``cut``: --max-steps ended the
+    epoch early."""
     from torch.utils.data.distributed import DistributedSampler
     from tqdm.auto import tqdm
 
@@ -340,7 +428,7 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
     state.heads.train()
     state.lr_used = state.optimizer.param_groups[0]["lr"]
     use_amp = _use_amp(c, device)
-    stats = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+    stats = state.task.zero_stats()  # the task's sums (classification: loss * n, correct, n)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
                disable=not (runtime.progress and ranks.is_main), dynamic_ncols=True)
     cut = False
@@ -350,7 +438,7 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss, logits = state.loss_module(x, y, state.iteration / state.total)
+            loss, aux = state.loss_module(x, y, state.iteration / state.total)
         if ddp.any_rank(not bool(torch.isfinite(loss.detach()).all()), ranks):
             kept = (f"the last good checkpoint {Path(runtime.out) / 'last.pt'} (epoch "
                     f"{state.history[-1]['epoch']}) is kept" if state.history
@@ -366,10 +454,9 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
         if state.scheduler is not None:
             state.scheduler.step()
         state.iteration += 1
-        n = y.numel()
-        correct = int((logits.detach().argmax(1) == y).sum())
-        stats += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
-        bar.set_postfix(loss=f"{stats[0] / stats[2]:.3f}", acc=f"{stats[1] / stats[2]:.3f}")
+        batch = state.task.batch_stats(loss, aux, y, state.task.batch_size_of(x, y))
+        stats += batch
+        bar.set_postfix(**state.task.postfix(stats))
     bar.close()
     if runtime.max_steps is not None and state.iteration >= runtime.max_steps \
             and state.iteration < (epoch + 1) * (state.total // c.epochs):
@@ -377,17 +464,15 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
     return ddp.all_reduce_sum(stats, ranks), loader, cut
 
 
-def evaluate_epoch(state: _State, loader, val_loader, ranks: ddp.Ranks) -> float:
-    """Recalibrate BatchNorm statistics with the epoch's final weights, then validation
-    accuracy (summed over ranks)."""
+def evaluate_epoch(state: _State, loader, val_loader, ranks: ddp.Ranks) -> dict:
+    """Recalibrate BatchNorm statistics with the epoch's final weights, then the validation
+    scores ``{"val_<name>": value}`` (accuracy summed over ranks; mAP over the whole split)."""
     if recalibrate_norms(state.heads.model, loader, ranks.device,
                          state.config.recalibrate_batches):
         ddp.broadcast_buffers(state.heads, ranks)
-    counts = torch.tensor(evaluate_model(state.heads.model, val_loader, ranks.device),
-                          dtype=torch.float64)
-    counts = ddp.all_reduce_sum(counts, ranks)
+    scores = state.task.evaluate(state.heads.model, val_loader, ranks)
     ddp.broadcast_buffers(state.heads, ranks)
-    return float(counts[0] / max(counts[1], 1))
+    return {f"val_{k}": v for k, v in scores.items()}
 
 
 def update_best(state: _State, record: dict) -> bool:
@@ -396,9 +481,10 @@ def update_best(state: _State, record: dict) -> bool:
     # with fold-aware fine-tuning only the folded epochs compete: best.pt is then exactly the
     # network that was validated and will be deployed
     eligible = not c.fold_finetune_epochs or record["epoch"] > c.epochs - c.fold_finetune_epochs
-    is_best = eligible and record["val_acc"] > state.best["val_acc"]
+    metric = state.task.metric
+    is_best = eligible and record[metric] > state.best[metric]
     if is_best:
-        state.best = {"val_acc": record["val_acc"], "epoch": record["epoch"]}
+        state.best = {metric: record[metric], "epoch": record["epoch"]}
     return is_best
 
 
@@ -422,16 +508,19 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool,
     try:
         from .plots import plot_curves
 
+        t = state.task
         plot_curves(state.history, run_dir / "curves.png",
-                    title=f"{c.model} / heads {c.heads} / {c.dataset}")
+                    title=(f"{c.model} / heads {c.heads} / {c.dataset}" if t.name == "classify"
+                           else f"{c.model} / {t.name} / {c.dataset}"),
+                    series=t.plot_series, ylabel=t.plot_label, scale=t.plot_scale)
     except Exception as err:  # noqa: BLE001 - a plot must never stop a training run
         log.warning("could not draw curves.png: %s", err)
 
 
 def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
-              runtime: Runtime, ranks: ddp.Ranks) -> float:
-    """Test accuracy of best.pt's main network: evaluated once, for the chosen checkpoint
-    (in its folded form when best.pt comes from a fold-aware epoch)."""
+              runtime: Runtime, ranks: ddp.Ranks) -> dict:
+    """Test scores ``{"test_<name>": value}`` of best.pt's main network: evaluated once, for
+    the chosen checkpoint (in its folded form when best.pt comes from a fold-aware epoch)."""
     best = load_checkpoint(run_dir / "best.pt") if ranks.world == 1 or ranks.is_main else None
     model = build_from_spec(state.spec).to(ranks.device)
     c = state.config
@@ -447,23 +536,19 @@ def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
             dist.broadcast(tensor, 0)
     else:
         model.load_state_dict(best["model_stripped"])
-    shard = torch.utils.data.Subset(data.test, list(range(ranks.rank, len(data.test),
-                                                          ranks.world)))
-    loader = make_loader(shard, state.config.batch_size, shuffle=False,
-                         workers=runtime.workers, seed=state.config.seed)
-    counts = ddp.all_reduce_sum(torch.tensor(evaluate_model(model, loader, ranks.device),
-                                             dtype=torch.float64), ranks)
-    return float(counts[0] / max(counts[1], 1))
+    loader = make_loader(_eval_subset(data.test, state.task, ranks), state.config.batch_size,
+                         shuffle=False, workers=runtime.workers, seed=state.config.seed)
+    scores = state.task.evaluate(model, loader, ranks)
+    return {f"test_{k}": v for k, v in scores.items()}
 
 
 # --- the loop ----------------------------------------------------------------------------------
 
-def _epoch_record(state: _State, epoch: int, stats, val_acc: float, seconds: float) -> dict:
+def _epoch_record(state: _State, epoch: int, stats, val: dict, seconds: float) -> dict:
     c = state.config
     return {
         "epoch": epoch + 1, "iteration": state.iteration,
-        "train_loss": float(stats[0] / max(stats[2], 1)),
-        "train_acc": float(stats[1] / max(stats[2], 1)), "val_acc": val_acc,
+        **state.task.train_metrics(stats), **val,
         "lr": float(state.lr_used),
         # lambda(i) of the epoch's last step; it weighs the heads in evolutionary mode
         "lambda": (lambda_at(c.lam, state.iteration - 1, state.total)
@@ -483,12 +568,15 @@ def finish(state: _State, finished: bool, run_dir: Path, data, make_loader: Load
     identical = ddp.ranks_identical(state.heads, ranks)
     # no best.pt yet when a run stopped before its fold-aware epochs
     chosen = bool(state.best["epoch"])
+    best_record = next((r for r in state.history if r["epoch"] == state.best["epoch"]), {})
+    val = {k: (v if chosen else None) for k, v in best_record.items() if k.startswith("val_")}
+    val[state.task.metric] = state.best[state.task.metric] if chosen else None
+    test = test_best(run_dir, state, data, make_loader, runtime, ranks) if chosen else None
+    test = test or {"test_" + k[4:]: None for k in val}
     summary = {
         "finished": finished, "epochs_done": len(state.history),
         "iteration": state.iteration, "total_iterations": state.total, "best": state.best,
-        "val_acc": state.best["val_acc"] if chosen else None,
-        "test_acc": test_best(run_dir, state, data, make_loader, runtime, ranks) if chosen
-        else None,
+        "task": state.task.name, **val, **test,
         "test_checkpoint": "best.pt", "num_val": len(data.val), "num_test": len(data.test),
         "world_size": ranks.world, "ddp_ranks_identical": identical,
     }
@@ -502,16 +590,15 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
     """Train (or, with ``runtime.resume``, continue) a run in ``runtime.out``.
 
     ``data``: ``.train``, ``.val``, ``.test`` (torch datasets of ``(frames [T, C, H, W],
-    label)``) and ``.num_classes``; ``make_loader(dataset, batch_size, shuffle=, workers=,
+    label)``, or ``(frames, targets [n, 5])`` for detection) and ``.num_classes``; ``make_loader(dataset, batch_size, shuffle=, workers=,
     seed=)`` batches them.  On resume ``config`` is None or the stored one.
     """
     run_dir = Path(runtime.out)
     with ddp.session(runtime.device) as ranks:
         state = prepare(config, runtime, data, ranks)
         c = state.config
-        val_shard = torch.utils.data.Subset(data.val, list(range(ranks.rank, len(data.val),
-                                                                 ranks.world)))
-        val_loader = make_loader(val_shard, c.batch_size, shuffle=False,
+        val_loader = make_loader(_eval_subset(data.val, state.task, ranks), c.batch_size,
+                                 shuffle=False,
                                  workers=runtime.workers, seed=c.seed)
         finished = True
         for epoch in range(state.start_epoch, c.epochs):
@@ -520,14 +607,13 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
                 break
             t0 = time.perf_counter()
             stats, loader, cut = train_epoch(state, epoch, data, make_loader, runtime, ranks)
-            val_acc = evaluate_epoch(state, loader, val_loader, ranks)
-            record = _epoch_record(state, epoch, stats, val_acc, time.perf_counter() - t0)
+            val = evaluate_epoch(state, loader, val_loader, ranks)
+            record = _epoch_record(state, epoch, stats, val, time.perf_counter() - t0)
             state.history.append(record)
             is_best = update_best(state, record)
             if ranks.is_main:
                 save_epoch_state(state, record, run_dir, partial=cut, is_best=is_best)
-                _say(f"epoch {epoch + 1}/{c.epochs}  loss {record['train_loss']:.4f}  "
-                     f"train {100 * record['train_acc']:.1f}%  val {100 * val_acc:.1f}%  "
+                _say(f"epoch {epoch + 1}/{c.epochs}  {state.task.epoch_line(record)}  "
                      f"lr {record['lr']:.3g}  {record['seconds']:.1f}s", runtime.progress)
             ddp.barrier(ranks)
             if cut:

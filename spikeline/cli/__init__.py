@@ -13,7 +13,7 @@ import sys
 from spikeline.errors import SpikelineError
 
 # Subcommand modules, in the order `spikeline --help` lists them.
-_MODULES = ["data", "train", "deploy", "energy", "run"]
+_MODULES = ["data", "train", "detect", "deploy", "energy", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:

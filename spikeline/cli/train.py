@@ -50,7 +50,11 @@ def register(subparsers) -> None:
     p.set_defaults(handler=handle_train)
 
     # ---- evaluate ----------------------------------------------------------------------------
-    p = subparsers.add_parser("evaluate", help="test accuracy of a trained run (heads stripped)")
+    p = subparsers.add_parser(
+        "evaluate", help="test accuracy (detection: mAP) of a trained run (heads stripped)",
+        description="Scores a run's checkpoint on the test split: accuracy of the stripped "
+        "main network, or for a detection run mAP@0.5 and mAP@0.5:0.95 (pycocotools, after "
+        "NMS at IoU 0.6 with a 0.001 confidence floor, as YOLOv5's val.py).")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--checkpoint", default="best",
                    help="best (default), last, or a path to a checkpoint file")
@@ -61,7 +65,8 @@ def register(subparsers) -> None:
                    help="test subset size (default: the run's; 0 = the whole test split)")
     p.add_argument("--workers", type=_nonneg, default=0)
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="OUT",
+                   help="print one JSON object (--json alone) or write it to OUT")
     p.set_defaults(handler=handle_evaluate)
 
     # ---- diagnose ----------------------------------------------------------------------------
@@ -160,20 +165,34 @@ def config_from_args(args, command: str, base: dict | None = None):
 
 
 def resolve_config(config):
-    """Fill in the dataset's T and size (from the registry's metadata: nothing is loaded)."""
+    """Fill in the dataset's T and size (from the registry's metadata: nothing is loaded);
+    a dataset or model of the other task is refused naming the option."""
+    from spikeline.datasets.detection import DETECTION_DATASETS
     from spikeline.datasets.registry import DATASETS
     from spikeline.pipeline.config import resolve
+    from spikeline.pipeline.detect_train import check_detection_config
 
-    if config.dataset not in DATASETS:
+    known = DETECTION_DATASETS if config.task == "detection" else DATASETS
+    if config.dataset not in {**DATASETS, **DETECTION_DATASETS}:
         raise BadInput(f"--dataset (dataset): unknown dataset {config.dataset!r}; known: "
-                       f"{', '.join(sorted(DATASETS))}")
-    info = DATASETS[config.dataset]
+                       f"{', '.join(sorted(known))}")
+    check_detection_config(config)
+    info = known[config.dataset]
     return resolve(config, info.default_T, info.default_size)
 
 
 def load_data(config, data_dir=None, cache_dir=None):
-    """The run's ``Splits`` (train with augmentation, fixed validation and test)."""
+    """The run's ``Splits`` (train with augmentation, fixed validation and test; detection
+    sets: their own fixed three splits, no augmentation)."""
     from spikeline.datasets.registry import load_splits
+
+    if config.task == "detection":
+        from spikeline.datasets.detection import load_detection_splits
+
+        return load_detection_splits(config.dataset, T=config.T, size=tuple(config.size),
+                                     limit_train=config.limit_train,
+                                     limit_test=config.limit_test, data_dir=data_dir,
+                                     cache_dir=cache_dir)
 
     return load_splits(config.dataset, T=config.T, size=tuple(config.size),
                        augment=config.augment, val_fraction=config.val_fraction,
@@ -181,7 +200,12 @@ def load_data(config, data_dir=None, cache_dir=None):
                        data_dir=data_dir, cache_dir=cache_dir, seed=config.seed)
 
 
-def loader_factory():
+def loader_factory(config=None):
+    """``make_loader`` of the run's task (detection batches with ``detection_collate``)."""
+    if config is not None and config.task == "detection":
+        from spikeline.datasets.detection import make_detection_loader
+
+        return make_detection_loader
     from spikeline.datasets.registry import make_loader
 
     return make_loader
@@ -220,7 +244,8 @@ def train_from_args(args, command: str, base: dict | None = None):
         output_dir(args.out, "--out")
         config = config_from_args(args, command, base)
     data = load_data(config, runtime.data_dir, runtime.cache_dir)
-    return train(config if not runtime.resume else None, runtime, data, loader_factory())
+    return train(config if not runtime.resume else None, runtime, data,
+                 loader_factory(config))
 
 
 def handle_train(args) -> int:
@@ -232,11 +257,18 @@ def handle_train(args) -> int:
     result = train_from_args(args, "train")
     s = result.summary
     state = "finished" if result.finished else "stopped (continue with --resume)"
-    test = "n/a" if s.get("test_acc") is None else f"{100 * s['test_acc']:.2f}%"
-    val = "n/a" if s.get("val_acc") is None else f"{100 * s['val_acc']:.2f}%"
-    print(f"{state}: {len(result.history)} epoch(s) in {result.run_dir}; best.pt = epoch "
-          f"{result.best['epoch']} (validation {val}); its test accuracy {test} "
-          f"({s.get('num_test')} samples, evaluated once)")
+    if s.get("task") == "detection":
+        from spikeline.pipeline.detect_train import summary_numbers
+
+        print(f"{state}: {len(result.history)} epoch(s) in {result.run_dir}; best.pt = epoch "
+              f"{result.best['epoch']}; {summary_numbers(s)} ({s.get('num_test')} test "
+              f"samples, evaluated once)")
+    else:
+        test = "n/a" if s.get("test_acc") is None else f"{100 * s['test_acc']:.2f}%"
+        val = "n/a" if s.get("val_acc") is None else f"{100 * s['val_acc']:.2f}%"
+        print(f"{state}: {len(result.history)} epoch(s) in {result.run_dir}; best.pt = epoch "
+              f"{result.best['epoch']} (validation {val}); its test accuracy {test} "
+              f"({s.get('num_test')} samples, evaluated once)")
     if result.ddp_ranks_identical is False:
         raise SpikelineError("DDP ranks ended with different weights")
     return 0
@@ -246,7 +278,6 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
                  cache_dir=None, batch_size: int | None = None, limit_test: int | None = None,
                  workers: int = 0) -> dict:
     """Test accuracy of a run's stripped main network (what export deploys)."""
-    from spikeline.datasets.registry import make_loader
     from spikeline.pipeline.checkpoint import load_run_model
     from spikeline.pipeline.config import TrainConfig
     from spikeline.pipeline.train import evaluate_model, resolve_device
@@ -257,14 +288,22 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
     if limit_test is not None:
         config.limit_test = limit_test if limit_test > 0 else None
     test = load_data(config, data_dir, cache_dir).test
-    loader = make_loader(test, batch_size or config.batch_size, shuffle=False,
-                         workers=workers, seed=config.seed)
+    loader = loader_factory(config)(test, batch_size or config.batch_size, shuffle=False,
+                                    workers=workers, seed=config.seed)
     if config.fold_finetune_epochs and int(ckpt["epoch"]) > \
             config.epochs - config.fold_finetune_epochs:
         from spikeline.pipeline.blocks import set_fold_aware
 
         set_fold_aware(model, True)  # trained in its folded form: evaluate it so
     model.to(dev)
+    about = {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
+             "dataset": config.dataset, "model": config.model}
+    if config.task == "detection":
+        from spikeline.pipeline.detect_train import evaluate_detector
+
+        scores = evaluate_detector(model, loader, dev)
+        return {**about, "task": "detection", "mAP50": scores["map50"],
+                "mAP50_95": scores["map50_95"], "num_test": len(test)}
     correct, count = evaluate_model(model, loader, dev)
     return {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
             "dataset": config.dataset, "model": config.model, "heads": config.heads,
@@ -272,12 +311,24 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
 
 
 def handle_evaluate(args) -> int:
+    if args.json not in (None, "-"):
+        from spikeline.paths import output_file
+
+        output_file(args.json, "--json")
     res = evaluate_run(args.run_dir, args.checkpoint, device=args.device,
                        data_dir=args.data_dir, cache_dir=args.cache_dir,
                        batch_size=args.batch_size, limit_test=args.limit_test,
                        workers=args.workers)
-    if args.json:
+    if args.json not in (None, "-"):
+        from spikeline.atomic import atomic_text
+
+        atomic_text(args.json, json.dumps(res, indent=2) + "\n")
+    if args.json == "-":
         print(json.dumps(res))
+    elif res.get("task") == "detection":
+        print(f"{res['run_dir']} ({res['checkpoint']}, epoch {res['epoch']}): test mAP@0.5 "
+              f"{res['mAP50']:.4f}, mAP@0.5:0.95 {res['mAP50_95']:.4f} ({res['num_test']} "
+              f"samples) - {res['model']} on {res['dataset']}")
     else:
         print(f"{res['run_dir']} ({res['checkpoint']}, epoch {res['epoch']}): test accuracy "
               f"{100 * res['test_acc']:.2f}% ({res['correct']}/{res['num_test']}) - "
