@@ -188,6 +188,16 @@ def vgg11(*, in_channels, num_classes, input_size, neuron, encoding, width=64, *
 
 # --- residual networks ----------------------------------------------------------------------
 
+# Initial BatchNorm gain of each residual branch's last synapse (torchvision's
+# ``zero_init_residual``, kept just above 0 so that every layer has a gradient at init).  With
+# gain 1, every block adds a unit-variance random current to the spikes it passes on, and the
+# input is lost with depth.  Measured on resnet18 width 16 at init (ndigits, T=6; a linear probe
+# fit on 400 samples' time-averaged stage outputs, accuracy on 200 others, stages 1-4):
+# gain 1: 0.80 / 0.74 / 0.41 / 0.16; 0.5: 0.80 / 0.75 / 0.63 / 0.23; 0.2: 0.81 / 0.83 / 0.74 /
+# 0.46; 0.05: 0.82 / 0.83 / 0.82 / 0.64; 0 (ReZero): 0.82 / 0.85 / 0.82 / 0.68.
+BRANCH_GAMMA = 0.05
+
+
 class ResidualBlock(nn.Module):
     """Basic residual block; ``kind`` picks Spiking ResNet (``spiking``) or SEW (``ADD`` ...).
 
@@ -209,6 +219,8 @@ class ResidualBlock(nn.Module):
         self.conv1 = ConvSynapse(cin, cout, 3, stride, 1, norm=True, scale=neuron.scale)
         self.lif1 = LIF(neuron, delay_shift=False)
         self.conv2 = ConvSynapse(cout, cout, 3, 1, 1, norm=True, scale=neuron.scale)
+        with torch.no_grad():
+            self.conv2.norm.weight.fill_(BRANCH_GAMMA)
         self.lif2 = LIF(neuron, delay_shift=False)
         self.gate = nn.Parameter(torch.zeros(())) if rezero else None
         self.down = None

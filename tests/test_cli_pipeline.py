@@ -105,6 +105,25 @@ def test_tiny_residual_run_end_to_end(tmp_path):
     assert train_summary["test_acc"] == summary["trained_test_acc"]
 
 
+@pytest.mark.slow
+def test_the_resnet18_repro_learns_well_above_chance(tmp_path):
+    """Issue 8's repro, as a user types it (2-3 minutes): a plain Spiking ResNet-18 with
+    evolutionary heads leaves chance (10%) within 2 epochs, and its deployed accuracy is
+    measured next to the trained one.  It stayed at 11% while every residual branch started
+    at full gain (models.BRANCH_GAMMA says why); measured after the fix: trained 34.0%,
+    deployed 29.5%."""
+    out = tmp_path / "repro"
+    code = main(["run", "--dataset", "ndigits", "--model", "resnet18", "--width", "16",
+                 "--heads", "evolutionary", "--epochs", "2", "--T", "6", "--backends", "nir",
+                 "--verify-samples", "2", "--energy-samples", "2",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert summary["trained_test_acc"] >= 0.2, summary["trained_test_acc"]
+    assert summary["deployed_test_acc"] >= 0.2, summary["deployed_test_acc"]
+    assert summary["verify"]["nir"]["mismatches"] == 0
+
+
 def test_print_config_of_the_cifar10dvs_recipe_resolves(capsys):
     recipe = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "cifar10dvs_resnet18.toml"
     assert main(["train", "--print-config", "--config", str(recipe), "--epochs", "3"]) == 0

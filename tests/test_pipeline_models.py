@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeline.pipeline.heads import HEAD_MODES, ShortcutHeads, evolutionary_lambda
-from spikeline.pipeline.models import MODELS, build_model
+from spikeline.pipeline.models import BRANCH_GAMMA, MODELS, ResidualBlock, build_model
 from spikeline.pipeline.neuron import CubaParams
 
 
@@ -42,6 +42,10 @@ def test_sew_add_makes_counts_and_iand_stays_binary():
     x = frames(seed=3)
     add = build_model("sew_resnet18", input_size=(48, 48), width=8)
     iand = build_model("sew_resnet18", input_size=(48, 48), width=8, connect="IAND")
+    for model in (add, iand):  # open the branches (nearly closed at init: BRANCH_GAMMA)
+        for block in model.modules():
+            if isinstance(block, ResidualBlock):
+                torch.nn.init.ones_(block.conv2.norm.weight)
     assert max(out.max().item() for out in add.forward_stages(x)[0]) > 1
     for out in iand.forward_stages(x)[0]:
         assert set(out.unique().tolist()) <= {0.0, 1.0}
@@ -127,3 +131,15 @@ def test_strip_leaves_the_vanilla_network():
     wrapped.eval()
     _, main = wrapped.outputs(x)
     torch.testing.assert_close(stripped(x), main, rtol=0, atol=0)
+
+
+def test_residual_branches_start_nearly_closed():
+    """Each residual branch's last BatchNorm starts at BRANCH_GAMMA: small enough that the
+    spikes a block passes on are not drowned by its random branch (the input survives depth),
+    nonzero so every layer has a gradient at init (tests/test_pipeline_init.py)."""
+    model = build_model("resnet18", input_size=(34, 34), width=16)
+    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 8 and 0 < BRANCH_GAMMA < 0.1
+    for block in blocks:
+        assert torch.all(block.conv2.norm.weight == BRANCH_GAMMA)
+        assert torch.all(block.conv1.norm.weight == 1)
