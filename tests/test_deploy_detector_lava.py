@@ -33,11 +33,15 @@ P4_HOPS, P5_HOPS = 1 + 3 * 2 + 2, 1 + 4 * 2 + 2 + 2  # stem, backbone blocks, ne
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
+def run_dir(tmp_path_factory):
     torch.set_num_threads(1)
-    run = make_run(tmp_path_factory.mktemp("detrun_loihi"), LOIHI)
+    return make_run(tmp_path_factory.mktemp("detrun_loihi"), LOIHI)
+
+
+@pytest.fixture(scope="module")
+def export(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("detexport_loihi")
-    export_run(run, out)
+    export_run(run_dir, out)
     return out
 
 
@@ -107,6 +111,33 @@ def test_verify_on_nir_matches_every_layer_outputs_and_readout(export):
     assert report.steps == T + 13 and result.compared > 0 and report.reference_spikes > 0
     assert {"readout_p4", "readout_p5"} <= set(result.per_node)
     assert sum(n.endswith(("output_p4", "output_p5")) for n in result.per_node) == 2
+
+
+def test_deployed_detections_are_the_folded_detectors(export):
+    """The deployed path (padded input, fixed-point graph, per-level windows in readout.npz,
+    decode, NMS) gives the folded network's boxes exactly: what deployed mAP scores."""
+    from spikeline.deploy.detector import deployed_detections, load_readout
+    from spikeline.deploy.export import load_folded
+    from spikeline.pipeline.detection import decode, nms
+
+    folded, _, _ = load_folded(export)
+    graph, readout = nir.read(export / "model.nir"), load_readout(export / "readout.npz")
+    assert readout.starts == (9, 13) and readout.pad_steps == 13
+    x = frames(n=2).transpose(0, 1)
+    ours = deployed_detections(graph, readout, x, "binary")
+    with torch.no_grad():
+        theirs = nms(decode(folded(x), folded.head.anchors), 0.001, 0.6)
+    assert len(ours) == 2 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_energy_prices_the_readout_over_t_steps_not_the_padding(export, tmp_path):
+    np.save(tmp_path / "x.npy", frames().clamp(max=1).numpy())
+    assert main(["energy", str(export), "--input", str(tmp_path / "x.npy"), "--convention",
+                 "ems", "--hardware", "cmos45_fp32", "--json", str(tmp_path / "e.json")]) == 0
+    readout = json.loads((tmp_path / "e.json").read_text())["readout"]
+    assert readout["T"] == T
+    entry = readout["energy"]["ems/cmos45_fp32"]
+    assert entry["readout_snn_J"] == pytest.approx(T * 4.6e-12 * readout["macs"])
 
 
 @needs_lava
