@@ -214,3 +214,25 @@ def test_a_tiny_loihi_training_run_exports_and_verifies_on_nir_and_lava(tmp_path
                  str(tmp_path / "x.npy")]) == 0
     out = capsys.readouterr().out
     assert "nir, lava checked" in out and "16 steps each" in out
+
+
+@needs_lava
+def test_lava_conv_runs_layers_of_128_channels():
+    """lava-nc 0.10's Conv model computes ``channels % groups`` with an int8 ``groups``, which
+    NumPy 2 refuses for 128 channels (a width-16 detector's last stage); ``lava_run`` passes
+    the parameters as int64, which gives the same convolution."""
+    from lava.proc.conv import utils
+
+    from spikeline.deploy.lava_run import patch_conv_int8_params
+
+    g = np.random.default_rng(0)
+    x = (g.random((4, 4, 128)) < 0.3).astype(np.int32)  # Lava's (X, Y, C)
+    w = g.integers(-20, 20, size=(8, 3, 3, 128)).astype(np.int32)  # (C_out, kx, ky, C_in)
+    params = [np.array(v, dtype=np.int8) for v in ((3, 3), (1, 1), (1, 1), (1, 1))]
+    patch_conv_int8_params()
+    out = utils.conv(x, w, *params, np.array([1], dtype=np.int8)[0])
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x.transpose(2, 1, 0)).double()[None],
+        torch.from_numpy(np.ascontiguousarray(w[:, ::-1, ::-1].transpose(0, 3, 2, 1))).double(),
+        padding=1)[0].numpy().transpose(2, 1, 0)
+    assert np.array_equal(out, expected.astype(np.int32))
