@@ -182,7 +182,6 @@ def _planted(export, bad, fault):
 
 
 @needs_lava
-@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["weight", "delay"])
 def test_lava_catches_a_planted_weight_or_delay_fault(export, tmp_path, fault):
     bad = _planted(export, tmp_path / fault, fault)
