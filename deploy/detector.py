@@ -9,9 +9,11 @@ What runs where (``pipeline/ems.py``, ``deployable=True``)::
                averaged over the T steps (``readout.npz``), then YOLOv5 decoding and NMS
 
 The readout equation (level ``l``, sample ``n``, anchor ``a``, output ``o`` of ``O = 5 +
-classes``, cell ``(y, x)``; ``s_l[t]`` the spikes the graph's Output node ``l`` emits)::
+classes``, cell ``(y, x)``; ``s_l[t]`` the spikes the graph's Output node ``l`` emits; ``r_l``
+the level's ``readout_start``)::
 
-    raw_l[n, a, y, x, o] = b_l[a O + o] + sum_c W_l[a O + o, c] * (1/T) sum_t s_l[t, n, c, y, x]
+    raw_l[n, a, y, x, o] = b_l[a O + o] + sum_c W_l[a O + o, c] * (1/T) sum_{t = r_l}^{r_l + T - 1}
+                                                                    s_l[t, n, c, y, x]
 
 (a convolution is linear, so the mean over T of the per-step convolution equals one
 convolution of the mean spike map: a host evaluates it once per inference on the spike
@@ -19,6 +21,14 @@ counts).  Decoding (``pipeline.detection.decode``) with ``anchors_l`` and ``stri
 
     xy = (2 sigmoid(raw_xy) - 0.5 + cell) * stride_l     wh = (2 sigmoid(raw_wh))^2 * anchor
     score = sigmoid(raw_obj) * sigmoid(raw_cls)
+
+Timing.  ``ideal``: ``r_l = 0`` and the graph runs ``T`` steps.  ``loihi`` (``--timing
+loihi``): every synaptic hop is one step (``Delay`` nodes in the graph, as for classifiers), the
+input is padded with ``input_pad_steps`` zero frames (P5's depth) and ``r_l`` is level ``l``'s
+depth in hops (``SpikingDetector.level_latency``: P4 is shallower than P5), so each level's
+readout averages the ``T`` steps in which its neurons see input steps ``0 .. T - 1``.  The
+windows are in ``readout.npz`` (``readout_start``, ``input_pad_steps``) and the graph's metadata
+(``readout_starts``).
 
 The readout is off-chip because its output is real-valued with a bias (a score, not a spike)
 and it is read once per inference; its input is spikes, so a chip *could* accumulate it, but
@@ -42,14 +52,15 @@ from .nir_params import DT
 from .to_nir import Export, _Exporter
 
 __all__ = ["LEVELS", "READOUT_EQUATION", "is_detection", "check_deployable", "detector_to_nir",
-           "detector_latency", "readout_arrays", "Readout", "load_readout", "encode_input",
+           "detector_latency", "detector_timing", "readout_arrays", "Readout", "load_readout", "encode_input",
            "readout_raw", "reference_features", "deployed_detections", "detection_map"]
 
 LEVELS = ("p4", "p5")
 READOUT_FILE = "readout.npz"
 READOUT_EQUATION = ("raw_l[n,a,y,x,o] = b_l[a*O+o] + sum_c W_l[a*O+o,c] * mean_t "
                     "s_l[t,n,c,y,x]  (O = 5 + classes; s_l = spikes of the graph's Output node "
-                    "of level l)")
+                    "of level l; t over [readout_start_l, T + readout_start_l), T the input "
+                    "steps before padding)")
 DECODE_EQUATION = ("xy = (2 sigmoid(raw_xy) - 0.5 + cell) * stride_l; wh = (2 sigmoid(raw_wh))^2 "
                    "* anchor; score = sigmoid(raw_obj) * sigmoid(raw_cls); then per-class NMS")
 
@@ -79,11 +90,12 @@ def detector_to_nir(folded, input_shape: tuple[int, int, int],
     """The spiking part of a folded deployable detector as one NIR graph whose two Output
     nodes carry the P4 and P5 spike maps (``metadata['output_nodes']`` in level order)."""
     check_deployable(folded)
-    if getattr(folded, "timing", "ideal") != "ideal":
-        raise ExportUnsupported("NIR export: only ideal timing is implemented for detectors")
+    timing = getattr(folded, "timing", "ideal")
     ex = _Exporter()
     inp = ex.b.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
-    sources, shape = ex.module(folded.stem, [inp], tuple(input_shape))
+    # under loihi timing, the input's hop into the stem's synapse
+    sources = ex.delay([inp], tuple(input_shape), int(timing == "loihi"))
+    sources, shape = ex.module(folded.stem, sources, tuple(input_shape))
     maps = []
     for stage in folded.backbone:
         sources, shape = ex.module(stage, sources, shape)
@@ -94,10 +106,8 @@ def detector_to_nir(folded, input_shape: tuple[int, int, int],
     p4, shape4 = ex.module(folded.neck["p4"], s16, shape16)
     outs = [ex.b.add(f"output_{level}", nir.Output(output_type={"output": np.array(s)}), src)
             for level, src, s in (("p4", p4, shape4), ("p5", p5, shape5))]
-    latency = detector_latency(folded)
     meta = {"dt": DT, "input_encoding": folded.encoding, "output_nodes": outs,
-            "output_node": outs[0], "timing": "ideal", "latency_steps": latency,
-            "input_pad_steps": 0, "readout_start": 0,
+            "output_node": outs[0], **detector_timing(folded),
             "readout": f"off-chip ({READOUT_FILE}): {READOUT_EQUATION}", **(metadata or {})}
     return Export(nir.NIRGraph(nodes=ex.b.nodes, edges=ex.b.edges, metadata=meta),
                   ex.b.modules)
@@ -105,12 +115,18 @@ def detector_to_nir(folded, input_shape: tuple[int, int, int],
 
 def detector_latency(model) -> int:
     """Synaptic hops from the input to the deeper of the two outputs (P5)."""
-    from spikeline.pipeline.timing import hops
+    return int(model.latency)
 
-    trunk = hops(model.stem) + sum(hops(s) for s in model.backbone)
-    p5 = trunk + hops(model.neck["reduce"]) + hops(model.neck["p5"])
-    p4 = trunk - hops(model.backbone[-1]) + hops(model.neck["p4"])
-    return int(max(p4, p5))
+
+def detector_timing(model) -> dict:
+    """How the detector's graph is run (``SpikingDetector``): ``timing``, ``latency_steps``
+    (hops to P5), ``level_latency_steps`` (hops to each level), ``input_pad_steps`` (zero
+    frames after the ``T`` input steps) and ``readout_starts`` (per level, the first of the
+    ``T`` steps its readout averages)."""
+    return {"timing": getattr(model, "timing", "ideal"), "latency_steps": int(model.latency),
+            "level_latency_steps": dict(zip(LEVELS, map(int, model.level_latency))),
+            "input_pad_steps": int(model.input_pad_steps),
+            "readout_starts": dict(zip(LEVELS, map(int, model.readout_starts)))}
 
 
 def readout_arrays(folded, graph: nir.NIRGraph) -> tuple[dict[str, np.ndarray], dict]:
@@ -120,9 +136,11 @@ def readout_arrays(folded, graph: nir.NIRGraph) -> tuple[dict[str, np.ndarray], 
     arrays = {"levels": np.array(LEVELS), "input_nodes": np.array(outs),
               "strides": np.array(head.anchors.strides, dtype=np.int64),
               "anchors": np.array(head.anchors.sizes, dtype=np.float64),
-              "num_classes": np.array(head.num_classes, dtype=np.int64)}
+              "num_classes": np.array(head.num_classes, dtype=np.int64),
+              "readout_start": np.array(folded.readout_starts, dtype=np.int64),
+              "input_pad_steps": np.array(folded.input_pad_steps, dtype=np.int64)}
     levels = []
-    for level, conv, out in zip(LEVELS, head.convs, outs):
+    for level, conv, out, start in zip(LEVELS, head.convs, outs, folded.readout_starts):
         weight = conv.weight.detach().cpu().numpy().astype(np.float32)[:, :, 0, 0]
         arrays[f"weight_{level}"] = weight
         arrays[f"bias_{level}"] = conv.bias.detach().cpu().numpy().astype(np.float32)
@@ -130,12 +148,15 @@ def readout_arrays(folded, graph: nir.NIRGraph) -> tuple[dict[str, np.ndarray], 
         source = next(src for src, dst in graph.edges if dst == out)
         levels.append({"level": level, "input_node": out, "source_node": source,
                        "in_channels": c, "out_channels": int(weight.shape[0]), "height": h,
-                       "width": w})
+                       "width": w, "readout_start": int(start)})
     meta = {"file": READOUT_FILE, "where": "off-chip (host): real-valued output with a bias",
             "equation": READOUT_EQUATION, "decode": DECODE_EQUATION,
             "anchors": [[list(map(float, a)) for a in lv] for lv in head.anchors.sizes],
             "strides": list(head.anchors.strides), "num_classes": int(head.num_classes),
             "outputs_per_anchor": int(head.outputs), "levels": levels,
+            "input_pad_steps": int(folded.input_pad_steps),
+            "window": "per level: steps [readout_start, T + readout_start) of the graph's "
+                      "T + input_pad_steps",
             "nms": {"conf": 0.001, "iou": 0.6}}
     return arrays, meta
 
@@ -149,13 +170,27 @@ class Readout:
     biases: tuple[torch.Tensor, ...]
     anchors: object  # pipeline.detection.Anchors
     num_classes: int
+    starts: tuple[int, ...] = ()  # per level, the first step averaged (empty: all 0)
+    pad_steps: int = 0  # zero frames the graph's input carries after the T input steps
+
+    def window(self, spikes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per level, the ``T`` steps its readout averages, ``[start_l, T + start_l)``, of
+        ``[T + pad_steps, N, ...]`` spike maps."""
+        steps = spikes[0].shape[0] - self.pad_steps
+        if steps < 1:
+            raise BadInput(f"the readout needs more than its {self.pad_steps} padding steps; "
+                           f"got {spikes[0].shape[0]} steps")
+        starts = self.starts or (0,) * len(spikes)
+        return [h[s:s + steps] for h, s in zip(spikes, starts)]
 
     def raw(self, spikes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per level ``[T, N, C, H, W]`` spikes -> ``[N, A, H, W, O]`` raw outputs (the same
-        operations as ``pipeline.detection.Detect``, so the result is bit for bit its own)."""
+        """Per level ``[T + pad_steps, N, C, H, W]`` spikes -> ``[N, A, H, W, O]`` raw outputs,
+        each level averaged over its window (the same operations as
+        ``SpikingDetector.readout_window`` + ``pipeline.detection.Detect``, so the result is
+        bit for bit theirs)."""
         out = []
         a, o = self.anchors.per_level, 5 + self.num_classes
-        for w, b, h in zip(self.weights, self.biases, spikes):
+        for w, b, h in zip(self.weights, self.biases, self.window(spikes)):
             steps, n = h.shape[:2]
             y = F.conv2d(h.flatten(0, 1).float(), w[:, :, None, None], b)
             y = y.unflatten(0, (steps, n)).mean(0)
@@ -179,6 +214,9 @@ def load_readout(path) -> Readout:
                        for lv in levels)
         nc = int(data["num_classes"])
         inputs = tuple(str(v) for v in data["input_nodes"])
+        starts = tuple(int(v) for v in data["readout_start"]) if "readout_start" in data \
+            else (0,) * len(levels)
+        pad = int(data["input_pad_steps"]) if "input_pad_steps" in data else 0
     except (OSError, KeyError, ValueError, TypeError) as err:
         raise BadInput(f"{path}: not a readable detector readout ({type(err).__name__}: "
                        f"{err})") from None
@@ -191,27 +229,31 @@ def load_readout(path) -> Readout:
             raise BadInput(f"{path}: level {lv} holds NaN or Inf")
     if len(inputs) != len(levels):
         raise BadInput(f"{path}: {len(inputs)} input nodes for {len(levels)} levels")
-    return Readout(inputs, weights, biases, anchors, nc)
+    if len(starts) != len(levels) or min(starts, default=0) < 0 or pad < 0 or \
+            max(starts, default=0) > pad:
+        raise BadInput(f"{path}: readout_start {list(starts)} and input_pad_steps {pad}: "
+                       f"expected one start per level ({len(levels)}), each in [0, {pad}]")
+    return Readout(inputs, weights, biases, anchors, nc, starts, pad)
 
 
 def encode_input(model, frames_nt: torch.Tensor) -> torch.Tensor:
-    """``[N, T, C, H, W]`` event counts -> ``[T, N, C, H, W]`` what the graph receives."""
-    from spikeline.pipeline.models import encode_frames
-
-    return encode_frames(frames_nt.float().transpose(0, 1), model.encoding)
+    """``[N, T, C, H, W]`` event counts -> ``[T + input_pad_steps, N, C, H, W]`` what the graph
+    receives."""
+    return model.network_input(frames_nt.float())
 
 
 def reference_features(model, x_nt: torch.Tensor):
-    """``([P4, P5] spikes [T, N, ...], raw head outputs)`` of the folded reference network."""
+    """``([P4, P5] spikes [T + input_pad_steps, N, ...], raw head outputs)`` of the folded
+    reference network."""
     with torch.no_grad():
         features = model.features(x_nt)
-        return features, model.head(features)
+        return features, model.head(model.readout_window(features))
 
 
 def readout_raw(graph: nir.NIRGraph, readout: Readout, x: torch.Tensor, mode: str = "loihi",
                 sim=None):
-    """``(simulation, raw outputs)``: the graph simulated on ``x [T, N, ...]`` and the off-chip
-    readout applied to the Output nodes it names."""
+    """``(simulation, raw outputs)``: the graph simulated on ``x [T + input_pad_steps, N, ...]``
+    (padded already) and the off-chip readout applied to the Output nodes it names."""
     from .simulate import simulate
 
     if sim is None:
@@ -228,7 +270,13 @@ def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encodi
     from spikeline.pipeline.detection import decode, nms
     from spikeline.pipeline.models import encode_frames
 
-    x = encode_frames(frames_nt.float().transpose(0, 1), encoding)
+    from spikeline.pipeline.timing import pad_steps
+
+    pad = int((graph.metadata or {}).get("input_pad_steps", 0) or 0)
+    if pad != readout.pad_steps:
+        raise BadInput(f"the graph's input_pad_steps ({pad}) and the readout's "
+                       f"({readout.pad_steps}) differ: they come from different exports")
+    x = pad_steps(encode_frames(frames_nt.float().transpose(0, 1), encoding), pad)
     _, raw = readout_raw(graph, readout, x)
     return nms(decode(raw, readout.anchors), conf, iou)
 

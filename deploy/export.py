@@ -150,7 +150,7 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
     ``export_model``."""
     import numpy as np
 
-    from .detector import check_deployable, detector_to_nir, readout_arrays
+    from .detector import check_deployable, detector_timing, detector_to_nir, readout_arrays
 
     check_deployable(model)
     if "nir" not in formats:
@@ -172,9 +172,7 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
             "input_encoding": folded.encoding, "T": (config or {}).get("T"),
             "dataset": (config or {}).get("dataset"), "dt": DT, "quantization": QUANTIZATION,
             "heads": "removed", "output_nodes": graph_meta["output_nodes"],
-            "readout": readout_meta,
-            "timing": "ideal", "latency_steps": graph_meta["latency_steps"],
-            "input_pad_steps": 0, "readout_start": 0,
+            "readout": readout_meta, **detector_timing(folded),
             "chip_steps_per_sample": None if (config or {}).get("T") is None
             else int(config["T"]) + graph_meta["latency_steps"]}
     with ExitStack() as staged:

@@ -56,9 +56,11 @@ def _run_child(kind: str, path, x: np.ndarray, timeout: float) -> dict[str, np.n
             log, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            log, _ = proc.communicate()
+            # a process model that raised leaves the runtime hanging in stop(): say what it was
+            tail = f"; its output ends:\n{log[-1500:]}" if log and log.strip() else ""
             raise SpikelineError(f"Lava run of {net_path} did not finish in {timeout:.0f} s "
-                                 "(killed)") from None
+                                 f"(killed){tail}") from None
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -66,6 +68,32 @@ def _run_child(kind: str, path, x: np.ndarray, timeout: float) -> dict[str, np.n
             raise SpikelineError(f"Lava run of {net_path} failed:\n{log[-3000:]}")
         with np.load(out) as data:
             return {key: data[key] for key in data.files}
+
+
+def patch_conv_int8_params() -> None:
+    """Work around lava-nc 0.10's Conv model under NumPy >= 2, exactly.
+
+    ``PyConvModelFixed`` keeps ``kernel_size``, ``stride``, ``padding``, ``dilation`` and
+    ``groups`` as int8 Vars and passes them to ``lava.proc.conv.utils.conv``, whose
+    ``conv_scipy`` computes ``channels % groups``: under NumPy 2's promotion rules (NEP 50) a
+    Python int of 128 or more against an int8 raises ``OverflowError: Python integer 128 out
+    of bounds for int8`` in the Conv process, for any layer with 128 or more input or output
+    channels (measured: lava-nc 0.10.0, NumPy 2.4; the runtime then hangs in ``stop()``).  The
+    same values as int64 give the same convolution (the arithmetic is unchanged); the Lava
+    processes are forked from this one, so patching the module function here reaches them.
+    """
+    from lava.proc.conv import utils
+
+    if getattr(utils.conv, "spikeline_int64_params", False):
+        return
+    original = utils.conv
+
+    def conv(input_, weight, kernel_size, stride, padding, dilation, groups):
+        wide = [np.asarray(v, dtype=np.int64) for v in (kernel_size, stride, padding, dilation)]
+        return original(input_, weight, *wide, int(groups))
+
+    conv.spikeline_int64_params = True
+    utils.conv = conv
 
 
 def _whc_to_chw(a: np.ndarray, shape) -> np.ndarray:
@@ -123,6 +151,7 @@ def _main_graph(nir_path: str, input_path: str, out_path: str) -> None:
 
     from spikeline.deploy.to_lava import build, lower
 
+    patch_conv_int8_params()
     net = lower(nir.read(nir_path))
     x = np.load(input_path)  # [steps, N, *input_shape]
     steps = x.shape[0]

@@ -12,7 +12,9 @@ Reference: the folded, quantized network (``folded.pt``), run by the training co
   Output node (P4, P5: what leaves the chip) against the folded network's features, and the
   off-chip readout (``readout.npz``) applied to the simulated outputs against the folded
   network's Detect outputs, entry for entry (``readout_p4``, ``readout_p5`` in ``per_node``).
-  A wrong wire into an Output node or a changed readout weight shows up there.
+  A wrong wire into an Output node or a changed readout weight shows up there.  On ``lava``
+  (a detector exported with ``--timing loihi``) the same: every neuron node, both Output nodes
+  (their source neurons' spikes in Lava) and the readout applied to them.
 - ``spikingjelly``, ``snntorch``: their NIR importers.  They implement NIR's float semantics,
   not Loihi's fixed point, so they are held to our simulator in ``mode='float'`` on the same
   (peer-lowered) graph, last spiking population compared.  How far float semantics drift from
@@ -30,8 +32,7 @@ import torch
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
 
-from .detector import LEVELS, encode_input, is_detection, load_readout, readout_raw, \
-    reference_features
+from .detector import LEVELS, encode_input, is_detection, load_readout, reference_features
 from .export import load_folded
 from .lava_run import run_graph, run_netx
 from .peers import FIRES_AT_THRESHOLD, PEERS, PeerUnsupported, lower_for_peers, run_peer
@@ -168,16 +169,17 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
         if backend == "nir":
             pairs = [(n, ref[n], fixed.outputs[n]) for n in ref]
             if detector:
-                pairs += _detector_pairs(export_dir, model, fresh, frames, fixed)
+                pairs += _detector_pairs(export_dir, model, fresh, frames, fixed.outputs)
             results.append(_compare("nir", "folded model (fixed point)", pairs))
         elif backend == "lava":
-            result = _verify_lava(export_dir, model, fresh, ref, x, lava_timeout, graph)
+            result = _verify_lava(export_dir, model, fresh, ref, x, lava_timeout, graph,
+                                  (lambda outs: _detector_pairs(export_dir, model, fresh, frames,
+                                                                outs)) if detector else None)
             if detector and result.status == "skipped" and "delay" in result.note:
-                result.note = ("the detector is trained with ideal timing (no step per synaptic "
-                               "hop; SpikingDetector has no loihi timing), while every Lava "
-                               "synapse adds one step, so its process graph would run a "
-                               "different network; two Output nodes are not the obstacle. "
-                               + result.note)
+                result.note = ("the detector was trained with ideal timing (no step per "
+                               "synaptic hop), while every Lava synapse adds one step, so its "
+                               "process graph would run a different network; train it with "
+                               "--timing loihi. " + result.note)
             results.append(result)
         else:
             result, drift = _verify_peer(backend, graph, x, fixed)
@@ -187,31 +189,58 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     return VerifyReport(x.shape[1], x.shape[0], results, spikes, float_vs_fixed)
 
 
-def _detector_pairs(export_dir, model, fresh, frames, fixed) -> list:
-    """The Output nodes (P4, P5) and the off-chip readout against the folded detector."""
+def _detector_pairs(export_dir, model, fresh, frames, outputs: dict) -> list:
+    """The Output nodes (P4, P5) and the off-chip readout against the folded detector;
+    ``outputs``: the backend's signal per node name (what each Output node received)."""
     features, raw = reference_features(model, frames.transpose(0, 1))
     readout = load_readout(export_dir / "readout.npz")
     outs = list(fresh.graph.metadata["output_nodes"])  # as the graph from folded.pt names them
-    pairs = [(name, ref, fixed.outputs.get(name, torch.empty(0)))
+    pairs = [(name, ref, outputs.get(name, torch.empty(0)))
              for name, ref in zip(outs, features)]
     try:
-        _, theirs = readout_raw(None, readout, None, sim=fixed)
-    except (RuntimeError, SpikelineError):  # it reads nodes of the wrong shape, or none
+        theirs = readout.raw([outputs[n] for n in readout.input_nodes])
+    except (KeyError, RuntimeError, SpikelineError):  # nodes of the wrong shape, or none
         theirs = [torch.empty(0)] * len(raw)
     pairs += [(f"readout_{level}", ours, t) for level, ours, t in zip(LEVELS, raw, theirs)]
     return pairs
 
 
-def _verify_lava(export_dir, model, fresh, ref, x, timeout, graph) -> BackendResult:
+def _verify_lava(export_dir, model, fresh, ref, x, timeout, graph,
+                 detector_pairs=None) -> BackendResult:
     if importlib.util.find_spec("lava") is None:
         return BackendResult("lava", "skipped", note="lava-nc / lava-dl are not installed")
     if (export_dir / "model.net").is_file():
         return _verify_netx(export_dir, model, fresh, ref, x, timeout)
-    return _verify_lava_graph(export_dir, ref, x, timeout, graph)
+    return _verify_lava_graph(export_dir, ref, x, timeout, graph, detector_pairs)
 
 
-def _verify_lava_graph(export_dir, ref, x, timeout, graph) -> BackendResult:
-    """``model.nir`` as a Lava process graph (``to_lava``): every neuron node compared."""
+def _output_signals(graph: nir.NIRGraph, out: dict) -> dict:
+    """Per Output node of ``graph``, what it receives in a Lava run ``out`` (neuron name ->
+    ``[steps, N, ...]``): its source neuron's spikes, shifted by any Delay nodes between."""
+    from spikeline.pipeline.timing import shift
+
+    from .simulate import graph_dt
+
+    dt = graph_dt(graph)
+    preds = {}
+    for src, dst in graph.edges:
+        preds.setdefault(dst, []).append(src)
+    signals = {}
+    for name, node in graph.nodes.items():
+        if not isinstance(node, nir.Output):
+            continue
+        src, steps = (preds.get(name) or [None])[0], 0
+        while src in graph.nodes and isinstance(graph.nodes[src], nir.Delay):
+            steps += int(round(float(np.asarray(graph.nodes[src].delay).flat[0]) / dt))
+            src = (preds.get(src) or [None])[0]
+        if src in out and len(preds.get(name, [])) == 1:
+            signals[name] = shift(torch.from_numpy(out[src]), steps)
+    return signals
+
+
+def _verify_lava_graph(export_dir, ref, x, timeout, graph, detector_pairs=None) -> BackendResult:
+    """``model.nir`` as a Lava process graph (``to_lava``): every neuron node compared, and
+    for a detector its Output nodes and the off-chip readout on Lava's outputs."""
     from .to_lava import lower
 
     reference = "folded model (fixed point)"
@@ -230,6 +259,8 @@ def _verify_lava_graph(export_dir, ref, x, timeout, graph) -> BackendResult:
             return BackendResult("lava", "error", reference, path=path,
                                  note=f"node {node!r} has no counterpart in the folded model")
         pairs.append((node, ref[node], torch.from_numpy(out[node])))
+    if detector_pairs is not None:
+        pairs += detector_pairs(_output_signals(graph, out))
     result = _compare("lava", reference, pairs)
     result.path = path
     return result

@@ -164,7 +164,9 @@ def build_from_spec(spec: dict):
 
     Classifiers (``models.build_model``), or, with ``"task": "detection"``, a detector of
     ``ems.DETECTORS`` (``anchors`` as nested ``[[w, h], ...]`` lists per level, and optional
-    ``strides``; ``deployable`` picks the all-spike form that exports)."""
+    ``strides``; ``deployable`` picks the all-spike form that exports; ``timing``, absent for
+    ``ideal``, as for classifiers: ``loihi`` builds the deployable form with one step per
+    synaptic hop, and is refused with ``BadInput`` for the published form)."""
     from spikeline.pipeline.models import build_model
 
     kwargs = dict(spec)

@@ -9,7 +9,8 @@
   (``detection.yolo_loss``) with the run's gains;
 * the spec: ``{"name", "task": "detection", "in_channels", "num_classes", "width",
   "deployable", "encoding", "neuron", "anchors" [[[w, h], ...], ...], "strides",
-  "input_size"}``, which ``checkpoint.build_from_spec`` rebuilds (the contract with export);
+  "input_size"}`` and ``"timing"`` when it is not ``ideal`` (``--timing loihi``: one step per
+  synaptic hop, deployable form only; see ``ems.SpikingDetector``), which ``checkpoint.build_from_spec`` rebuilds (the contract with export);
 * the score: mAP@0.5 and mAP@0.5:0.95 from pycocotools (``detection.mean_average_precision``)
   over the whole split, after YOLOv5 val.py's post-processing (confidence floor 0.001, NMS at
   IoU 0.6, 300 boxes per image).  ``best.pt`` is chosen by validation mAP@0.5.
@@ -86,12 +87,16 @@ def check_detection_config(config) -> None:
         raise BadInput(f"--heads (heads): detectors have no shortcut heads; --task detection "
                        f"needs --heads none, got {config.heads!r}")
     refused = {"rezero": config.rezero, "depths": config.depths is not None,
-               "connect": config.connect is not None, "timing": config.timing != "ideal"}
+               "connect": config.connect is not None}
     for name, bad in refused.items():
         if bad:
             flag = "--" + name
             raise BadInput(f"{flag} ({name}): not available with --task detection (the "
-                           f"EMS detectors have a fixed layout and ideal timing)")
+                           f"EMS detectors have a fixed layout)")
+    if config.timing != "ideal" and not config.deployable:
+        raise BadInput(f"--timing (timing): {config.timing!r} timing needs the deployable "
+                       "detector (--deployable / deployable = true): the published form passes "
+                       "membrane potentials between blocks, which no chip's synapses carry")
 
 
 def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
@@ -107,7 +112,9 @@ def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
             "deployable": bool(config.deployable), "encoding": config.encoding,
             "neuron": neuron_params(config, DEFAULT_NEURON),
             "anchors": [[[float(w), float(h)] for w, h in level] for level in anchors.sizes],
-            "strides": [int(s) for s in anchors.strides], "input_size": size}
+            "strides": [int(s) for s in anchors.strides], "input_size": size,
+            # omitted when ideal, so older specs build unchanged
+            **({"timing": config.timing} if config.timing != "ideal" else {})}
 
 
 class DetectionTrainer(nn.Module):

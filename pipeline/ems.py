@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikeline.errors import BadInput
+
 from .blocks import LIF, ConvSynapse
 from .detection import Anchors, Detect
 from .models import ResidualBlock, SpikingNet, encode_frames
 from .neuron import CubaParams
+from .timing import check_timing, hops, pad_steps, shift
 
 __all__ = ["TdBN", "MSBlock", "EMSBlock1", "EMSBlock2", "DeployableEMSBlock", "ms_resnet",
            "SpikingDetector", "ems_detector", "DETECTORS"]
@@ -163,7 +166,19 @@ class SpikingDetector(nn.Module):
     """``forward(x [N, T, C, H, W]) -> raw head outputs per level`` (see ``detection``).
 
     ``stem`` -> ``backbone`` (stages; the outputs at strides 16 and 32 feed the neck) ->
-    ``neck`` -> features ``[P4, P5]`` ``[T, N, C, H, W]`` -> ``head`` (off-chip)."""
+    ``neck`` -> features ``[P4, P5]`` ``[T, N, C, H, W]`` -> ``head`` (off-chip).
+
+    ``timing`` (``pipeline/timing.py``; deployable form only for ``loihi``): under ``loihi``
+    every synaptic hop delays one step and skip edges are delayed to match (as in
+    ``SpikingNet``); the P4 and P5 neurons feed the off-chip readout, not a synapse, so their
+    spikes are not delayed.  Level ``l``'s neurons are ``level_latency[l]`` hops deep, so they
+    first see input step 0 at that step: the input is padded with ``input_pad_steps`` (the
+    deeper level's latency) zero frames and each level's readout averages its own window
+    ``[readout_starts[l], T + readout_starts[l])`` of its feature map (``readout_window``).
+    """
+
+    timing = "ideal"
+    LEVELS = ("p4", "p5")
 
     def __init__(self, stem, backbone, neck: nn.ModuleDict, head: Detect, encoding: str,
                  deployable: bool):
@@ -171,8 +186,65 @@ class SpikingDetector(nn.Module):
         self.stem, self.backbone, self.neck, self.head = stem, backbone, neck, head
         self.encoding, self.deployable = encoding, deployable
 
+    @property
+    def level_latency(self) -> tuple[int, int]:
+        """Synaptic hops from the input to the P4 and P5 neurons (deployable form): under
+        ``loihi`` timing, the step at which each level first sees input step 0."""
+        trunk = hops(self.stem) + sum(hops(s) for s in self.backbone)
+        p5 = trunk + hops(self.neck["reduce"]) + hops(self.neck["p5"])
+        p4 = trunk - hops(self.backbone[-1]) + hops(self.neck["p4"])
+        return int(p4), int(p5)
+
+    @property
+    def latency(self) -> int:
+        """Hops to the deeper level (P5): the chip's latency in steps under ``loihi``."""
+        return max(self.level_latency)
+
+    @property
+    def input_pad_steps(self) -> int:
+        """Zero frames appended to the ``T`` input steps."""
+        return self.latency if self.timing == "loihi" else 0
+
+    @property
+    def readout_starts(self) -> tuple[int, ...]:
+        """Per level, the first step of its feature map that its readout averages."""
+        if self.timing == "loihi":
+            return self.level_latency
+        return (0,) * len(self.LEVELS)
+
+    def set_timing(self, timing: str) -> "SpikingDetector":
+        """Switch every hop's delay on (``loihi``) or off (``ideal``), in place; ``loihi``
+        needs the deployable (all-spike) form."""
+        check_timing(timing)
+        loihi = timing == "loihi"
+        if loihi and not self.deployable:
+            raise BadInput("--timing (timing): loihi timing needs the deployable detector "
+                           "(deployable = true): the published form passes membrane "
+                           "potentials between blocks, which no chip's synapses carry, so it "
+                           "has no per-hop timing to train")
+        for m in self.modules():
+            if isinstance(m, LIF):
+                m.delay_shift = loihi
+            elif isinstance(m, ResidualBlock):
+                m.skip_delay = int(loihi)
+        if loihi:  # the outputs feed the off-chip readout, not a synapse: no hop after them
+            for level in self.LEVELS:
+                self.neck[level].lif2.delay_shift = False
+        self.timing = timing
+        return self
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, T, C, H, W]`` event counts -> ``[T + input_pad_steps, N, ...]``: what the
+        exported graph is run on."""
+        return pad_steps(encode_frames(x.transpose(0, 1), self.encoding), self.input_pad_steps)
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = self.stem(encode_frames(x.transpose(0, 1), self.encoding))
+        """``[P4, P5]`` spike maps over all ``T + input_pad_steps`` steps (what the graph's
+        Output nodes carry)."""
+        h = self.network_input(x)
+        if self.timing == "loihi":
+            h = shift(h, 1)  # the input's hop into the stem's synapse
+        h = self.stem(h)
         maps = []
         for stage in self.backbone:
             h = stage(h)
@@ -190,8 +262,13 @@ class SpikingDetector(nn.Module):
             p4 = n["p4"](torch.cat([up, s16], dim=2))
         return [p4, p5]
 
+    def readout_window(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each level's ``T`` steps that its readout averages: ``[start_l, T + start_l)``."""
+        steps = features[0].shape[0] - self.input_pad_steps
+        return [f[s:s + steps] for f, s in zip(features, self.readout_starts)]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.head(self.features(x))
+        return self.head(self.readout_window(self.features(x)))
 
 
 # (w, h) anchors for 64 px frames of ndigits-detect, whose boxes are 14-28 px
@@ -200,9 +277,10 @@ NDIGITS_ANCHORS = Anchors((((12, 18), (16, 22), (20, 26)), ((24, 28), (28, 32), 
 
 def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: CubaParams,
                  encoding: str = "binary", width: int = 64, deployable: bool = False,
-                 anchors: Anchors = NDIGITS_ANCHORS) -> SpikingDetector:
+                 anchors: Anchors = NDIGITS_ANCHORS, timing: str = "ideal") -> SpikingDetector:
     """EMS-Res10 (``depth=10``) or EMS-Res18 (``depth=18``: an identity Block1 after each
-    backbone Block2) with EMS-YOLO's two-level neck and head."""
+    backbone Block2) with EMS-YOLO's two-level neck and head; ``timing`` as in
+    ``SpikingDetector`` (``loihi`` for the deployable form only)."""
     if depth not in (10, 18):
         raise ValueError(f"EMS-ResNet depth must be 10 or 18, got {depth}")
     c = [_scaled(v, width) for v in (32, 64, 128, 256, 512)]
@@ -232,18 +310,19 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
         neck["lateral"] = block1(half, quarter, 1)
         neck["p4"] = block1(quarter + c[3], half)
     head = Detect([half, c[4]], num_classes, anchors)
-    return SpikingDetector(stem, nn.ModuleList(stages), nn.ModuleDict(neck), head, encoding,
-                           deployable)
+    detector = SpikingDetector(stem, nn.ModuleList(stages), nn.ModuleDict(neck), head,
+                               encoding, deployable)
+    return detector.set_timing(timing)
 
 
 def _detector(depth: int):
     def build(*, in_channels=2, num_classes=10, neuron=None, encoding="binary", width=64,
-              deployable=False, anchors=NDIGITS_ANCHORS, **_):
+              deployable=False, anchors=NDIGITS_ANCHORS, timing="ideal", **_):
         from .models import DEFAULT_NEURON
 
         return ems_detector(depth, in_channels=in_channels, num_classes=num_classes,
                             neuron=neuron or DEFAULT_NEURON, encoding=encoding, width=width,
-                            deployable=deployable, anchors=anchors)
+                            deployable=deployable, anchors=anchors, timing=timing)
 
     build.__doc__ = f"EMS-Res{depth} with EMS-YOLO's two-level head"
     return build

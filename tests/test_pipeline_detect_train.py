@@ -152,6 +152,8 @@ def test_max_steps_and_bf16_autocast_cut_a_smoke_run(tmp_path):
       "--heads", "evolutionary"], "--heads"),
     (["--task", "detection", "--dataset", "ndigits-detect", "--model", "ems_res10",
       "--rezero"], "--rezero"),
+    (["--task", "detection", "--dataset", "ndigits-detect", "--model", "ems_res10",
+      "--no-deployable", "--timing", "loihi"], "--timing"),
 ])
 def test_bad_detection_input_exits_2_naming_the_option(extra, option, tmp_path, capsys):
     assert run_cli("train", *extra, "--out", tmp_path / "run", "--no-progress") == 2

@@ -9,6 +9,11 @@ The spiking part (stem, backbone, neck: ``model.nir``) is counted and priced lik
     bias_l  = H_l W_l K              (additions)
     spikes_l                         (the level's measured spikes per inference)
 
+``T`` is the input's steps: under ``--timing loihi`` the graph runs ``T + input_pad_steps``
+steps but the host reads each level over its own ``T``-step window (``deploy/detector.py``).
+``spikes_l`` counts the level's spikes over all the steps the graph runs (outside its window
+too), an upper bound on what the host reads under ``loihi`` timing.
+
 Pricing, per convention (the host's ``E_MAC``, ``E_AC``)::
 
     ems       SNN side: T * E_MAC * FLOPs_l   (EMS-YOLO's Eq. 6 counts Detect as a MAC layer
@@ -104,12 +109,22 @@ def price_readout(levels: Sequence[ReadoutLevel], convention: str, e_mac: float,
     return e_mac * macs + e_ac * (spikes + bias), e_mac * macs + e_ac * bias
 
 
+def _pad_steps(readout: Mapping) -> int:
+    try:
+        return int(readout.get("input_pad_steps", 0) or 0)
+    except (TypeError, ValueError):
+        raise BadInput("metadata.json readout field 'input_pad_steps' must be an integer, got "
+                       f"{readout.get('input_pad_steps')!r}") from None
+
+
 def readout_report(readout: Mapping, counts: EnergyCounts,
                    estimates: Sequence[EnergyEstimate], models: Mapping) -> dict:
     """The readout's counts, and per estimate key its price and the totals with it."""
     from .report import estimate_key
 
     levels = readout_levels(readout, counts)
+    # the host reads T steps per level; a loihi-timed graph runs input_pad_steps more
+    steps = max(counts.T - _pad_steps(readout), 1)
     entry = {"where": "off-chip (host: the hardware model's ann_baseline CMOS model)",
              "levels": [{"level": lv.level, "source_node": lv.source_node,
                          "in_channels": lv.in_channels, "out_channels": lv.out_channels,
@@ -118,13 +133,13 @@ def readout_report(readout: Mapping, counts: EnergyCounts,
                         for lv in levels],
              "macs": sum(lv.macs for lv in levels),
              "bias_adds": sum(lv.bias_adds for lv in levels),
-             "input_spikes": sum(lv.spikes for lv in levels), "energy": {}}
+             "input_spikes": sum(lv.spikes for lv in levels), "T": steps, "energy": {}}
     for est in estimates:
         model = models[est.model]
         e_mac, e_ac = model.ann_mac, model.ann_ac
         if not e_mac and model.kind == "cmos":  # a model built without its baseline's prices
             e_mac, e_ac = model.joules("mac"), model.joules("ac")
-        snn_r, ann_r = price_readout(levels, est.convention, e_mac, e_ac, counts.T)
+        snn_r, ann_r = price_readout(levels, est.convention, e_mac, e_ac, steps)
         snn, ann = est.snn.total + snn_r, est.ann.total + ann_r
         entry["energy"][estimate_key(est)] = {
             "readout_snn_J": snn_r, "readout_ann_J": ann_r, "snn_total_J": snn,
