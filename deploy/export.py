@@ -113,17 +113,31 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
             else:
                 staged.push(netx)
                 result.files["netx"] = "model.net"
-        torch.save({"model_spec": spec, "state_dict": folded.state_dict()},
-                   staged.enter_context(atomic_path(out / "folded.pt")))
-        result.files["folded"] = "folded.pt"
-        meta["files"], meta["skipped"] = result.files, result.skipped
-        staged.enter_context(atomic_path(out / "metadata.json")).write_text(
-            json.dumps(meta, indent=2, default=str))
-        (out / MANIFEST).unlink(missing_ok=True)  # uncommitted from here to the new manifest
+        _stage_folded_and_metadata(staged, out, spec, folded, meta, result)
+    return _commit(out, result)
+
+
+
+def _stage_folded_and_metadata(staged: ExitStack, out: Path, spec: dict, folded, meta: dict,
+                               result) -> None:
+    """Stage ``folded.pt`` and ``metadata.json`` (listing ``result``'s files and skips) beside
+    the other staged files, and drop the manifest: the folder is uncommitted from here until
+    ``_commit`` writes the new one."""
+    torch.save({"model_spec": spec, "state_dict": folded.state_dict()},
+               staged.enter_context(atomic_path(out / "folded.pt")))
+    result.files["folded"] = "folded.pt"
+    meta["files"], meta["skipped"] = result.files, result.skipped
+    staged.enter_context(atomic_path(out / "metadata.json")).write_text(
+        json.dumps(meta, indent=2, default=str))
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def _commit(out: Path, result):
+    """After the staged files are in place: remove files of an older export, write the
+    manifest."""
     _remove_stale(out, result.files.values())
     write_manifest(out)
     return result
-
 
 def _remove_stale(out: Path, written) -> None:
     """A file of an earlier export must not pass for one of this export."""
@@ -181,16 +195,8 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
         with open(staged.enter_context(atomic_path(out / "readout.npz")), "wb") as fh:
             np.savez(fh, **arrays)
         result.files["readout"] = "readout.npz"
-        torch.save({"model_spec": spec, "state_dict": folded.state_dict()},
-                   staged.enter_context(atomic_path(out / "folded.pt")))
-        result.files["folded"] = "folded.pt"
-        meta["files"], meta["skipped"] = result.files, result.skipped
-        staged.enter_context(atomic_path(out / "metadata.json")).write_text(
-            json.dumps(meta, indent=2, default=str))
-        (out / MANIFEST).unlink(missing_ok=True)
-    _remove_stale(out, result.files.values())
-    write_manifest(out)
-    return result
+        _stage_folded_and_metadata(staged, out, spec, folded, meta, result)
+    return _commit(out, result)
 
 
 def chip_timing(model: SpikingNet, T: int | None) -> dict:
