@@ -52,8 +52,8 @@ from .nir_params import DT
 from .to_nir import Export, _Exporter
 
 __all__ = ["LEVELS", "READOUT_EQUATION", "is_detection", "check_deployable", "detector_to_nir",
-           "detector_latency", "detector_timing", "readout_arrays", "Readout", "load_readout", "encode_input",
-           "readout_raw", "reference_features", "deployed_detections", "detection_map"]
+           "detector_timing", "readout_arrays", "Readout", "load_readout", "encode_input",
+           "readout_raw", "reference_features", "deployed_detections"]
 
 LEVELS = ("p4", "p5")
 READOUT_FILE = "readout.npz"
@@ -78,11 +78,6 @@ def check_deployable(model) -> None:
             "real values), which cannot travel between the cores of a binary-spike chip; train "
             "the deployable form (model spec \"deployable\": true: spikes between every block, "
             "strided 1x1 shortcut convolutions) and export that")
-
-
-def _channels_hw(shape) -> tuple[int, int, int]:
-    c, h, w = (int(v) for v in shape)
-    return c, h, w
 
 
 def detector_to_nir(folded, input_shape: tuple[int, int, int],
@@ -111,11 +106,6 @@ def detector_to_nir(folded, input_shape: tuple[int, int, int],
             "readout": f"off-chip ({READOUT_FILE}): {READOUT_EQUATION}", **(metadata or {})}
     return Export(nir.NIRGraph(nodes=ex.b.nodes, edges=ex.b.edges, metadata=meta),
                   ex.b.modules)
-
-
-def detector_latency(model) -> int:
-    """Synaptic hops from the input to the deeper of the two outputs (P5)."""
-    return int(model.latency)
 
 
 def detector_timing(model) -> dict:
@@ -265,8 +255,10 @@ def readout_raw(graph: nir.NIRGraph, readout: Readout, x: torch.Tensor, mode: st
 
 
 def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encoding: str,
-                        conf: float = 0.001, iou: float = 0.6) -> list[torch.Tensor]:
-    """NMS'd ``[k, 6]`` rows per sample of the deployed detector on ``[N, T, C, H, W]``."""
+                        conf: float | None = None, iou: float | None = None) -> list[torch.Tensor]:
+    """NMS'd ``[k, 6]`` rows per sample of the deployed detector on ``[N, T, C, H, W]``
+    (``conf``/``iou`` default to what the trained network is scored with)."""
+    from spikeline.pipeline.detect_train import CONF_THRESHOLD, MAX_DET, NMS_IOU
     from spikeline.pipeline.detection import decode, nms
     from spikeline.pipeline.models import encode_frames
 
@@ -278,33 +270,5 @@ def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encodi
                        f"({readout.pad_steps}) differ: they come from different exports")
     x = pad_steps(encode_frames(frames_nt.float().transpose(0, 1), encoding), pad)
     _, raw = readout_raw(graph, readout, x)
-    return nms(decode(raw, readout.anchors), conf, iou)
-
-
-def _truths(targets: torch.Tensor, n: int, size: tuple[int, int]):
-    h, w = size
-    out = []
-    for i in range(n):
-        mine = targets[targets[:, 0] == i]
-        cx, cy = mine[:, 2] * w, mine[:, 3] * h
-        bw, bh = mine[:, 4] * w, mine[:, 5] * h
-        xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-        out.append((xyxy.numpy(), mine[:, 1].numpy()))
-    return out
-
-
-@torch.no_grad()
-def detection_map(predict, loader, num_classes: int, size: tuple[int, int]) -> dict:
-    """COCO mAP (pycocotools) of ``predict(frames [N, T, C, H, W]) -> [k, 6] rows per sample``
-    over ``loader``'s ``(frames, targets [m, 6])`` batches (``detection_collate``)."""
-    from spikeline.pipeline.detection import mean_average_precision
-    from spikeline.pipeline.train import exact_fp32
-
-    preds, truths = [], []
-    with exact_fp32():
-        for frames, targets in loader:
-            preds += [r.numpy() for r in predict(frames)]
-            truths += _truths(targets, frames.shape[0], size)
-    scores = mean_average_precision(preds, truths, num_classes)
-    scores["count"] = len(truths)
-    return scores
+    return nms(decode(raw, readout.anchors), CONF_THRESHOLD if conf is None else conf,
+               NMS_IOU if iou is None else iou, MAX_DET)

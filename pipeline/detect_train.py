@@ -32,7 +32,7 @@ from .detection import GEN1_ANCHORS, Anchors, decode, mean_average_precision, nm
 
 __all__ = ["CONF_THRESHOLD", "NMS_IOU", "MAX_DET", "DetectionTask", "DetectionTrainer",
            "anchors_for", "check_detection_config", "detection_spec", "evaluate_detector",
-           "predict", "targets_to_truths"]
+           "predict", "score_detections", "targets_to_truths"]
 
 # YOLOv5 val.py's post-processing for mAP (https://github.com/ultralytics/yolov5, val.py:
 # conf_thres=0.001, iou_thres=0.6, max_det=300)
@@ -158,23 +158,34 @@ def targets_to_truths(targets: torch.Tensor, batch: int, size) -> list[tuple]:
     return truths
 
 
+@torch.no_grad()
+def score_detections(detect, loader, num_classes: int) -> dict:
+    """``{"mAP50", "mAP50_95", "count"}`` (pycocotools) of ``detect(x [N, T, C, H, W]) -> [k, 6]
+    rows per image`` over ``loader``'s ``(x, targets)`` batches, in exact float32: one scorer
+    for the trained network (``evaluate_detector``) and the deployed one (``spikeline
+    export``)."""
+    from .train import exact_fp32
+
+    predictions, truths = [], []
+    with exact_fp32():
+        for x, targets in loader:
+            predictions.extend(f.cpu().numpy() for f in detect(x))
+            truths.extend(targets_to_truths(targets, len(x), x.shape[-2:]))
+    scores = mean_average_precision(predictions, truths, num_classes)
+    scores["count"] = len(truths)
+    return scores
+
+
 def evaluate_detector(model: nn.Module, loader, device: torch.device) -> dict:
     """``{"map50", "map50_95"}`` of ``model`` (eval mode, exact float32) over ``loader``'s
     ``(x, targets)`` batches."""
-    from .train import exact_fp32
-
     was_training = model.training
     model.eval()
-    predictions, truths = [], []
     try:
-        with exact_fp32():
-            for x, targets in loader:
-                found = predict(model, x.to(device))
-                predictions.extend(f.cpu().numpy() for f in found)
-                truths.extend(targets_to_truths(targets, len(x), x.shape[-2:]))
+        result = score_detections(lambda x: predict(model, x.to(device)), loader,
+                                  model.head.num_classes)
     finally:
         model.train(was_training)
-    result = mean_average_precision(predictions, truths, model.head.num_classes)
     return {"map50": result["mAP50"], "map50_95": result["mAP50_95"]}
 
 

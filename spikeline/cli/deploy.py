@@ -111,9 +111,9 @@ def report_deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None,
 
     from spikeline.atomic import atomic_text
     from spikeline.datasets.detection import detection_collate, load_detection
-    from spikeline.deploy.detector import deployed_detections, detection_map, load_readout
+    from spikeline.deploy.detector import deployed_detections, load_readout
     from spikeline.pipeline.checkpoint import load_run_model
-    from spikeline.pipeline.detection import decode, nms
+    from spikeline.pipeline.detect_train import predict, score_detections
 
     run_dir, export_dir = Path(run_dir), Path(export_dir)
     model, ckpt = load_run_model(run_dir)
@@ -130,11 +130,9 @@ def report_deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None,
     graph, readout = nir.read(export_dir / "model.nir"), load_readout(export_dir / "readout.npz")
     encoding = spec.get("encoding", "binary")
     nc = readout.num_classes
-    deployed = detection_map(lambda f: deployed_detections(graph, readout, f, encoding), loader,
-                             nc, size)
-    with torch.no_grad():
-        trained = detection_map(lambda f: nms(decode(model(f), model.head.anchors), 0.001, 0.6),
-                                loader, nc, size)
+    deployed = score_detections(lambda f: deployed_detections(graph, readout, f, encoding),
+                                loader, nc)
+    trained = score_detections(lambda f: predict(model, f), loader, nc)
     fields = {"trained_test_mAP50": trained["mAP50"], "trained_test_mAP50_95": trained["mAP50_95"],
               "deployed_test_mAP50": deployed["mAP50"],
               "deployed_test_mAP50_95": deployed["mAP50_95"],
