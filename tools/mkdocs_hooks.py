@@ -38,6 +38,7 @@ def build_tree() -> Path:
     return TREE
 
 
-def on_config(config):
+def on_startup(command, dirty):
+    # before any plugin's on_config: mkdocstrings-python drops a search path that does not
+    # exist yet when it sets up its handler there (a fresh clone's first build)
     build_tree()
-    return config
