@@ -17,7 +17,10 @@ def run_dir(tmp_path_factory):
     out = root / "run"
     code = main(["run", "--dataset", "ndigits", "--model", "cnn", "--heads", "evolutionary",
                  "--epochs", "1", "--limit-train", "64", "--limit-test", "32", "--T", "4",
-                 "--batch-size", "16", "--verify-samples", "1", "--energy-samples", "4",
+                 # lr 0.01: after 4 steps every layer spikes on some test sample (at 1e-3 the
+                 # last hidden layer stays silent, and verify refuses a silent layer)
+                 "--lr", "0.01", "--batch-size", "16", "--verify-samples", "8",
+                 "--lava-samples", "1", "--energy-samples", "4",
                  "--cache-dir", str(root / "cache"), "--out", str(out), "--no-progress"])
     assert code == 0
     return out
@@ -25,7 +28,11 @@ def run_dir(tmp_path_factory):
 
 def test_run_writes_every_artifact(run_dir):
     summary = json.loads((run_dir / "pipeline.json").read_text())
-    assert 0 <= summary["trained_test_acc"] <= 1 and 0 <= summary["deployed_test_acc"] <= 1
+    # accuracies are counts over the 32 test samples; 4 steps already beat chance (10%)
+    assert summary["num_test"] == 32
+    for key in ("trained_test_acc", "deployed_test_acc"):
+        assert summary[key] * 32 == pytest.approx(round(summary[key] * 32)), key
+    assert summary["trained_test_acc"] > 0.1 and summary["deployed_test_acc"] > 0.1
     assert summary["deployed_minus_trained"] == pytest.approx(
         summary["deployed_test_acc"] - summary["trained_test_acc"])
     assert {b: v["mismatches"] for b, v in summary["verify"].items()} == {
@@ -61,9 +68,19 @@ def test_export_simulate_verify_import_commands(run_dir, tmp_path, capsys):
     assert summary["T"] == 3 and summary["output_shape"] == [10]
     assert np.load(tmp_path / "y.npy").shape == (3, 10)
     assert len(summary["spikes_per_node"]) == 5
+    # one bright square for 3 steps leaves the last layers silent: a comparison of silence
+    # certifies nothing, and verify says so (exit 1); test samples make every layer spike
     assert main(["verify", str(export), "--input", str(tmp_path / "x.npy"),
-                 "--backends", "nir,spikingjelly", "--json", str(tmp_path / "v.json")]) == 0
-    assert json.loads((tmp_path / "v.json").read_text())["ok"] is True
+                 "--backends", "nir,spikingjelly"]) == 1
+    assert "never active in the reference" in capsys.readouterr().err
+    assert main(["verify", str(export), "--dataset", "ndigits", "--samples", "8",
+                 "--cache-dir", str(run_dir.parent / "cache"), "--backends", "nir,spikingjelly",
+                 "--json", str(tmp_path / "v.json")]) == 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["ok"] is True and report["checked_by"] == ["nir"]
+    assert report["peers_read_model_nir_as_spikeline"] == ["spikingjelly"]
+    assert report["parameters"]["status"] == "ok" and "model.nir" in \
+        report["parameters"]["artifacts"]
     assert main(["import", str(export / "model.nir"), "--out", str(tmp_path / "copy.nir")]) == 0
     assert set(nir.read(tmp_path / "copy.nir").nodes) == set(graph.nodes)
 
@@ -93,13 +110,17 @@ def test_tiny_residual_run_end_to_end(tmp_path):
     code = main(["run", "--dataset", "ndigits", "--model", "resnet20", "--width", "8",
                  "--depths", "1,1,1", "--epochs", "1", "--limit-train", "32", "--limit-test",
                  "16", "--T", "4", "--batch-size", "16", "--recalibrate-batches", "1",
-                 "--verify-samples", "1", "--energy-samples", "2", "--backends", "nir",
+                 "--lr", "0.01", "--verify-samples", "8", "--energy-samples", "2",
+                 "--backends", "nir",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
     assert code == 0
     summary = json.loads((out / "pipeline.json").read_text())
     assert summary["model"] == "resnet20" and summary["num_test"] == 16
-    assert 0 <= summary["deployed_test_acc"] <= 1 and 0 <= summary["trained_test_acc"] <= 1
+    for key in ("trained_test_acc", "deployed_test_acc"):  # counts over the 16 samples
+        assert summary[key] * 16 == pytest.approx(round(summary[key] * 16)), key
     assert summary["verify"]["nir"]["mismatches"] == 0
+    assert summary["verify_parameters"] == "ok" and summary["verified_by"] == ["nir"]
+    assert all(0 < c <= 1 for c in summary["verify_coverage"].values())
     train_summary = json.loads((out / "summary.json").read_text())
     assert train_summary["deployed_test_acc"] == summary["deployed_test_acc"]
     assert train_summary["test_acc"] == summary["trained_test_acc"]

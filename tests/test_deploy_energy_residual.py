@@ -20,10 +20,12 @@ def test_energy_on_a_residual_export(tmp_path, name, kind):
     spec = {"name": name, "in_channels": 2, "num_classes": 10, "input_size": [16, 16],
             "width": 4, "depths": depths}
     model = build_model(name, input_size=(16, 16), width=4, depths=depths)
-    with torch.no_grad():  # at init this tiny net is nearly silent after its stem: no spike
-        for p in model.parameters():  # would meet at a junction and the count would be 0
-            if p.dim() > 1:
+    with torch.no_grad():  # at init this tiny net is nearly silent after its stem (branch
+        for n, p in model.named_parameters():  # gains start small, models.BRANCH_GAMMA): no
+            if p.dim() > 1:  # spike would meet another at a junction, and the count be 0
                 p.mul_(4)
+            elif n.endswith("norm.weight"):
+                p.mul_(8)
     export_model(model, spec, tmp_path / "export", config={"T": 4})
     x = (np.random.default_rng(0).random((4, 2, 2, 16, 16)) < 0.5).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
