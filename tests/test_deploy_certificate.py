@@ -92,14 +92,19 @@ def _step_nir(layer):
 
 
 def test_the_honest_export_verifies_with_coverage(export, capsys, cache):
-    """Default samples, every backend but Lava (its run is the slow test below)."""
-    code, out = verify(export, capsys, "--backends", "nir,spikingjelly,snntorch", cache=cache)
+    """Default samples, every backend but Lava (its run is the slow test below); the peers
+    cannot import the Delay nodes of --timing loihi graphs (reported as skipped)."""
+    delays = any(isinstance(n, nir.Delay) for n in nir.read(export / "model.nir").nodes.values())
+    code, out = verify(export, capsys, "--backends", "nir,spikingjelly,snntorch",
+                       *(["--allow-skip"] if delays else []), cache=cache)
     assert code == 0, out
     assert "parameters: ok, 0 of" in out and "coverage (neurons that spiked at least once)" in out
     assert f"{DEFAULT_SAMPLES['nir']} sample(s)" in out
-    # peers are reported for what they checked, and never as matching the trained network
-    assert "spikingjelly, snntorch reads model.nir as spikeline does (float semantics)" in out
-    assert "matching the trained network on nir (0" not in out
+    assert "spikes match the trained network on nir (0 mismatches)" in out
+    if delays:
+        assert "importer has no Delay node" in out and "skipped: spikingjelly, snntorch" in out
+    else:  # peers are reported for what they checked, never as matching the trained network
+        assert "spikingjelly, snntorch reads model.nir as spikeline does (float semantics)" in out
 
 
 @pytest.mark.parametrize("where", [0, 1, 2], ids=["first", "middle", "last"])
