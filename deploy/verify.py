@@ -140,11 +140,11 @@ class VerifyReport:
         ran = [b for b in self.backends if b.status in ("ok", "mismatch")]
         if not self.backends:
             why.append("no backend was requested")
-        elif not ran:
-            why.append("no backend ran")
-        elif not any(b.backend in AGAINST_TRAINED for b in ran):
+        elif not any(b.backend in AGAINST_TRAINED for b in self.backends):
             why.append(f"no backend compared spikes with the trained network ({', '.join(PEERS)} "
                        f"only {PEER_CLAIM}); add nir or lava to --backends")
+        elif not any(b.backend in AGAINST_TRAINED for b in ran):
+            why.append("no backend ran that compares spikes with the trained network")
         for b in ran:
             if b.silent:
                 why.append(f"{b.backend}: layer(s) {', '.join(b.silent)} never active in the "

@@ -68,9 +68,16 @@ def export(run_dir, tmp_path_factory):
     return out
 
 
-def copy_export(src, dst):
+def copy_export(src, dst, keep_run=False):
+    """A copy of the export; without ``keep_run`` its metadata forgets the training run, so
+    that verify compares spikes with folded.pt (with the run, the parameter certificate
+    catches a planted change before any spike is simulated)."""
     for name in ("model.nir", "readout.npz", "folded.pt", "metadata.json"):
         (dst / name).write_bytes((src / name).read_bytes())
+    if not keep_run:
+        meta = json.loads((dst / "metadata.json").read_text())
+        meta.pop("run", None)
+        (dst / "metadata.json").write_text(json.dumps(meta))
     return dst
 
 
@@ -172,6 +179,14 @@ def test_a_changed_readout_weight_fails_verify(export, tmp_path):
     result = verify_export(tmp_path, frames(), backends=("nir",)).backends[0]
     assert result.status == "mismatch" and result.per_node["readout_p5"] > 0
     assert result.per_node["readout_p4"] == 0
+    # with its run, the parameter certificate names the entry before any spike is simulated
+    meta = json.loads((export / "metadata.json").read_text())
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    write_manifest(tmp_path)
+    report = verify_export(tmp_path, frames(), backends=("nir",))
+    assert report.parameters.status == "mismatch" and report.backends == []
+    assert any(d.artifact == "readout.npz" and d.node == "weight_p5" and d.index == [4, 0]
+               for d in report.parameters.shown)
 
 
 def test_energy_prices_the_spiking_part_the_readout_and_the_ann(export, tmp_path, capsys):
