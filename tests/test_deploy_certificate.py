@@ -208,7 +208,8 @@ def test_an_export_without_its_run_says_parameters_were_not_checked(export, tmp_
     assert "parameters equal" not in out
     report = verify_export(folder, torch.zeros(4, 1, *json.loads(
         (folder / "metadata.json").read_text())["input_shape"]), backends=("nir",))
-    assert report.parameters.status == "not_checked" and not report.ok  # silence: no cert
+    assert report.parameters.status == "not_checked" and "not here" not in \
+        report.parameters.note and "no 'run'" in report.parameters.note
 
 
 def test_a_changed_folded_pt_without_its_run_fails_on_spikes(export, tmp_path, capsys, cache):
