@@ -21,6 +21,8 @@ import torch
 
 from spikeline.errors import BadInput
 
+from .artifact import GraphTiming
+
 __all__ = ["DeployedAccuracy", "deployed_accuracy", "deployed_logits", "readout_window"]
 
 
@@ -38,18 +40,8 @@ class DeployedAccuracy:
 
 def readout_window(graph: nir.NIRGraph) -> tuple[int, int]:
     """``(input_pad_steps, readout_start)`` from the graph's metadata (defaults 0, 0)."""
-    meta = graph.metadata or {}
-    values = []
-    for key in ("input_pad_steps", "readout_start"):
-        value = meta.get(key, 0)
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = -1
-        if number < 0 or number != value:
-            raise BadInput(f"NIR metadata {key}: expected an integer >= 0, got {value!r}")
-        values.append(number)
-    return values[0], values[1]
+    timing = GraphTiming.of(graph)
+    return timing.input_pad_steps, timing.readout_start
 
 
 @torch.no_grad()

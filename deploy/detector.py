@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
 
+from .artifact import GraphTiming
 from .nir_params import DT
 from .to_nir import Export, _Exporter
 
@@ -122,7 +123,7 @@ def detector_timing(model) -> dict:
 def readout_arrays(folded, graph: nir.NIRGraph) -> tuple[dict[str, np.ndarray], dict]:
     """``(arrays for readout.npz, its description for metadata.json)``."""
     head = folded.head
-    outs = list(graph.metadata["output_nodes"])
+    outs = list(GraphTiming.of(graph).output_nodes)
     arrays = {"levels": np.array(LEVELS), "input_nodes": np.array(outs),
               "strides": np.array(head.anchors.strides, dtype=np.int64),
               "anchors": np.array(head.anchors.sizes, dtype=np.float64),
@@ -264,7 +265,7 @@ def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encodi
 
     from spikeline.pipeline.timing import pad_steps
 
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0) or 0)
+    pad = GraphTiming.of(graph).input_pad_steps
     if pad != readout.pad_steps:
         raise BadInput(f"the graph's input_pad_steps ({pad}) and the readout's "
                        f"({readout.pad_steps}) differ: they come from different exports")

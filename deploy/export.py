@@ -19,7 +19,6 @@ mix of two exports, or a file edited since).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from contextlib import ExitStack
@@ -30,11 +29,12 @@ import nir
 import torch
 
 from spikeline import __version__
-from spikeline.atomic import atomic_file, atomic_path
+from spikeline.atomic import atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
 from spikeline.pipeline.models import SpikingNet
 
+from .artifact import EXPORT_FILES, MANIFEST, ExportMeta, check_manifest, write_manifest
 from .detector import is_detection
 from .fold import fold_model
 from .to_netx import write_netx
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("nir", "netx")
 FILES = {"nir": "model.nir", "netx": "model.net"}
-MANIFEST = "manifest.json"
-EXPORT_FILES = ("model.nir", "model.net", "readout.npz", "folded.pt", "metadata.json")  # under the manifest
 QUANTIZATION = {
     "weights": "8-bit mantissas on the 2/64 grid, in [-256, 254]/64 (lava-dl quantize_8bit)",
     "weight_scale": 64,
@@ -217,81 +215,16 @@ def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> Export
     return export_model(model, ckpt["model_spec"], out_dir, formats, ckpt.get("config"))
 
 
-# ---- the manifest ---------------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_manifest(export_dir) -> Path:
-    """Commit ``export_dir``: record the hash and size of each export file present in it."""
-    export_dir = Path(export_dir)
-    files = {name: {"sha256": _sha256(export_dir / name), "bytes": (export_dir / name).stat()
-                    .st_size} for name in EXPORT_FILES if (export_dir / name).is_file()}
-    manifest = {"spikeline_version": __version__, "files": files}
-    with atomic_file(export_dir / MANIFEST, fsync=True) as fh:
-        fh.write(json.dumps(manifest, indent=2).encode())
-    return export_dir / MANIFEST
-
-
-def check_manifest(export_dir) -> dict:
-    """Refuse an export folder whose files are not the ones its manifest records."""
-    export_dir = Path(export_dir)
-    path = export_dir / MANIFEST
-    if not path.is_file():
-        raise BadInput(f"{export_dir}: no {MANIFEST}, so its files may come from different "
-                       "exports (an interrupted export, or one made before manifests); run "
-                       "`spikeline export` again, or pass the .nir file itself")
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-        assert isinstance(files, dict) and all(
-            isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values())
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
-        raise BadInput(f"{path}: not a valid export manifest ({type(err).__name__}: "
-                       f"{err})") from None
-    for name in EXPORT_FILES:
-        file = export_dir / name
-        if name not in files:
-            if file.exists():
-                raise BadInput(f"{file}: not part of this export (absent from {MANIFEST}): "
-                               "a file of another export; re-export")
-            continue
-        if not file.is_file():
-            raise BadInput(f"{file}: missing, but {MANIFEST} lists it; re-export")
-        if file.stat().st_size != files[name].get("bytes") or _sha256(file) != \
-                files[name]["sha256"]:
-            raise BadInput(f"{file}: does not match {MANIFEST} (changed, truncated or from "
-                           "another export); re-export")
-    return manifest
-
-
 # ---- reading an export ----------------------------------------------------------------------
 
-def read_metadata(export_dir) -> dict:
-    """``metadata.json`` of an export, with the fields readers rely on checked."""
-    path = Path(export_dir) / "metadata.json"
-    try:
-        meta = json.loads(path.read_text())
-    except OSError as err:
-        raise BadInput(f"{path}: cannot read ({err.strerror or err})") from None
-    except ValueError as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise BadInput(f"{path}: expected a JSON object")
-    shape = meta.get("input_shape")
-    if not (isinstance(shape, list) and shape and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-        raise BadInput(f"{path}: field 'input_shape' must be a list of positive integers, "
-                       f"got {shape!r}")
+def read_metadata(export_dir) -> ExportMeta:
+    """``metadata.json`` of an export, checked, with the input shape ``folded.pt`` needs."""
+    meta = ExportMeta.read(export_dir)
+    meta.require_shape()
     return meta
 
 
-def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
+def load_folded(export_dir) -> tuple[SpikingNet, ExportMeta, Export]:
     """The folded reference network of an export, its metadata, and its NIR node mapping."""
     export_dir = Path(export_dir)
     path, meta_path = export_dir / "folded.pt", export_dir / "metadata.json"
@@ -327,12 +260,12 @@ def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
         if is_detection(saved["model_spec"]):
             from .detector import detector_to_nir
 
-            export = detector_to_nir(model, tuple(meta["input_shape"]))
+            export = detector_to_nir(model, meta.input_shape)
         else:
-            export = model_to_nir(model, tuple(meta["input_shape"]))
+            export = model_to_nir(model, meta.input_shape)
     except SpikelineError:
         raise
     except Exception as err:
-        raise BadInput(f"{meta_path}: input_shape {meta['input_shape']} does not fit the "
+        raise BadInput(f"{meta_path}: input_shape {list(meta.input_shape)} does not fit the "
                        f"model ({type(err).__name__}: {err})") from None
     return model, meta, export

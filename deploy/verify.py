@@ -32,7 +32,8 @@ import torch
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
 
-from .detector import LEVELS, encode_input, is_detection, load_readout, reference_features
+from .artifact import GraphTiming
+from .detector import LEVELS, encode_input, load_readout, reference_features
 from .export import load_folded
 from .lava_run import run_graph, run_netx
 from .peers import FIRES_AT_THRESHOLD, PEERS, PeerUnsupported, lower_for_peers, run_peer
@@ -145,7 +146,7 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     export_dir = Path(export_dir)
     model, meta, fresh = load_folded(export_dir)
     frames = torch.as_tensor(frames, dtype=torch.float32)
-    detector = is_detection(meta.get("model_spec"))
+    detector = meta.is_detection
     # what the chip receives, [T + input_pad_steps, N, C, H, W]
     x = encode_input(model, frames.transpose(0, 1)) if detector else \
         model.network_input(frames.transpose(0, 1))
@@ -155,7 +156,7 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     if missing:
         raise SpikelineError(f"{export_dir / 'model.nir'}: nodes {sorted(missing)} of the "
                              "folded model are missing: the graph does not belong to folded.pt")
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0))
+    pad = GraphTiming.of(graph, str(export_dir / "model.nir")).input_pad_steps
     if pad != getattr(model, "input_pad_steps", 0):
         raise SpikelineError(f"{export_dir / 'model.nir'}: input_pad_steps {pad} but the folded "
                              f"model needs {model.input_pad_steps}: the graph does not belong to "
@@ -194,7 +195,7 @@ def _detector_pairs(export_dir, model, fresh, frames, outputs: dict) -> list:
     ``outputs``: the backend's signal per node name (what each Output node received)."""
     features, raw = reference_features(model, frames.transpose(0, 1))
     readout = load_readout(export_dir / "readout.npz")
-    outs = list(fresh.graph.metadata["output_nodes"])  # as the graph from folded.pt names them
+    outs = list(GraphTiming.of(fresh.graph).output_nodes)  # as the graph from folded.pt names them
     pairs = [(name, ref, outputs.get(name, torch.empty(0)))
              for name, ref in zip(outs, features)]
     try:

@@ -16,6 +16,8 @@ from torch import nn
 
 from spikeline.errors import SpikelineError
 
+from .config import DEFAULT_T
+
 
 def weight_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Trainable weight tensors (>= 2-D: conv and dense weights) in registration order, which
@@ -99,7 +101,7 @@ PAPER_SIZE = {"cnn": 34}
 DEFAULT_PAPER_SIZE = 48
 
 
-def diagnose_init(model: str, *, size=None, T: int = 10, width: int | None = None,
+def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | None = None,
                   batch_size: int = 2, seed: int = 0, rate: float = 0.1,
                   num_classes: int = 10) -> dict:
     """Dead layers at initialisation.

@@ -31,7 +31,7 @@ from spikeline.datasets.detection import DETECTION_DATASETS, load_detection
 from spikeline.datasets.inputs import fit_frames
 from spikeline.datasets.registry import DATASETS
 from spikeline.datasets.registry import load_dataset as _load_classification
-from spikeline.deploy.artifact import graph_input_shape, read_model
+from spikeline.deploy.artifact import ExportMeta, graph_input_shape, read_model
 from spikeline.deploy.export import FORMATS, check_formats, export_model, export_run
 from spikeline.deploy.nir_check import validate_graph
 from spikeline.deploy.verify import BACKENDS, verify_export
@@ -121,29 +121,29 @@ def export(source: Run | SpikingNet | str | os.PathLike, out: str | os.PathLike 
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-def _model(model) -> tuple[nir.NIRGraph, dict, str]:
+def _model(model) -> tuple[nir.NIRGraph, ExportMeta | None, str]:
     """(graph, export metadata, what to call it) of an Artifact, a folder, a file or a graph."""
     if isinstance(model, Artifact):
-        return model.graph, model.metadata, str(model.path)
+        return model.graph, model.meta, str(model.path)
     if isinstance(model, nir.NIRGraph):
-        return validate_graph(model), {}, "graph"
-    graph, metadata, path = read_model(model)
-    return graph, metadata, str(path)
+        return validate_graph(model), None, "graph"
+    graph, meta, path = read_model(model)
+    return graph, meta, str(path)
 
 
-def _inputs(graph, metadata: dict, inputs, *, samples: int, split: str, T: int | None,
+def _inputs(graph, meta: ExportMeta | None, inputs, *, samples: int, split: str, T: int | None,
             data_dir, cache_dir, what: str) -> tuple[np.ndarray, dict]:
     kw = {"samples": samples, "split": split, "T": T, "data_dir": data_dir,
           "cache_dir": cache_dir, "what": what}
     if isinstance(inputs, str) and inputs in {**DATASETS, **DETECTION_DATASETS}:
-        return workflow.model_inputs(graph, metadata, dataset=inputs, **kw)
+        return workflow.model_inputs(graph, meta, dataset=inputs, **kw)
     if isinstance(inputs, (str, os.PathLike)):
         if str(inputs).endswith(".npy"):
-            return workflow.model_inputs(graph, metadata, array=inputs, **kw)
-        return workflow.model_inputs(graph, metadata, events=[inputs], **kw)
+            return workflow.model_inputs(graph, meta, array=inputs, **kw)
+        return workflow.model_inputs(graph, meta, events=[inputs], **kw)
     if isinstance(inputs, (list, tuple)) and inputs and all(
             isinstance(v, (str, os.PathLike)) for v in inputs):
-        return workflow.model_inputs(graph, metadata, events=list(inputs), **kw)
+        return workflow.model_inputs(graph, meta, events=list(inputs), **kw)
     shape = graph_input_shape(graph)
     if isinstance(inputs, torch.utils.data.Dataset):
         count = min(samples, len(inputs))
@@ -163,7 +163,7 @@ def _inputs(graph, metadata: dict, inputs, *, samples: int, split: str, T: int |
             raise BadInput("inputs: hold NaN or Inf values; inputs must be finite")
         source = {"array": list(frames.shape)}
     workflow.check_activity(graph, frames.shape[0], frames.shape[1], what)
-    encoding = metadata.get("input_encoding") or (graph.metadata or {}).get("input_encoding")
+    encoding = workflow.input_encoding(graph, meta)
     source["encoding"] = encoding or "counts"
     return np.ascontiguousarray(workflow.encode(frames, encoding)), source
 
@@ -180,7 +180,7 @@ def verify(artifact: Artifact | str | os.PathLike, inputs, backends: Sequence[st
     mismatch, an error, a skipped backend unless ``allow_skip``, a silent input) raises
     ``VerifyFailed`` naming why."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
-    x, _ = _inputs(art.graph, art.metadata, inputs, samples=samples, split=split, T=T,
+    x, _ = _inputs(art.graph, art.meta, inputs, samples=samples, split=split, T=T,
                    data_dir=data_dir, cache_dir=cache_dir, what=str(art.path))
     report = verify_export(art.path, x, tuple(backends), lava_timeout)
     certificate = Certificate(report, allow_skip)
@@ -201,12 +201,12 @@ def energy(model: Artifact | nir.NIRGraph | str | os.PathLike, inputs,
     ``convention`` (event, ems, lemaire) and ``hardware`` (a model name of
     ``deploy/energy/hardware.toml`` or ``hardware_file``) pick one estimate; left None, every
     valid pairing is priced (the first is the headline)."""
-    graph, metadata, what = _model(model)
+    graph, meta, what = _model(model)
     chosen, memory = workflow.hardware_selection(hardware, hardware_file, models)
-    x, source = _inputs(graph, metadata, inputs, samples=samples, split=split, T=T,
+    x, source = _inputs(graph, meta, inputs, samples=samples, split=split, T=T,
                         data_dir=data_dir, cache_dir=cache_dir, what=what)
     report = workflow.energy_report(
-        graph, metadata, x, chosen, memory, convention=convention,
+        graph, meta, x, chosen, memory, convention=convention,
         single=bool(hardware), fanout=fanout, mode=mode, batch_size=batch_size,
         meta={"model": what, "source": source, "input_shape": list(graph_input_shape(graph))})
     return EnergyReport(report)
@@ -219,10 +219,10 @@ def simulate(graph_or_path: Artifact | nir.NIRGraph | str | os.PathLike, events_
     """Run a NIR graph (ours or another tool's, a file, an export folder or a
     ``nir.NIRGraph``) on inputs and record every node; ``mode``: Loihi fixed point where the
     parameters allow (auto), loihi, or float."""
-    graph, metadata, what = _model(graph_or_path)
+    graph, meta, what = _model(graph_or_path)
     if dt is not None:
         validate_graph(graph, what, dt=dt)
-    x, source = _inputs(graph, metadata, events_or_frames, samples=samples, split=split, T=T,
+    x, source = _inputs(graph, meta, events_or_frames, samples=samples, split=split, T=T,
                         data_dir=data_dir, cache_dir=cache_dir, what=what)
     sim, pad = workflow.simulate_model(graph, x, mode, dt)
     if pad > 0:

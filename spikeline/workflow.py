@@ -26,7 +26,7 @@ from spikeline.datasets.detection import (
 from spikeline.datasets.inputs import inputs_from_array, inputs_from_dataset, inputs_from_events
 from spikeline.datasets.registry import DATASETS, load_splits, make_loader
 from spikeline.deploy.accuracy import deployed_accuracy
-from spikeline.deploy.artifact import graph_input_shape
+from spikeline.deploy.artifact import DEFAULT_T, ExportMeta, GraphTiming, graph_input_shape
 from spikeline.deploy.detector import deployed_detections, load_readout
 from spikeline.deploy.energy import (
     CONVENTIONS, count_in_batches, load_hardware_models, load_memory, price, price_table,
@@ -56,9 +56,6 @@ __all__ = [
     "loader_factory", "model_inputs", "resolve_T", "resolve_config", "resumed_config",
     "run_config", "run_pipeline", "simulate_model", "simulation_summary", "train",
 ]
-
-# Time bins of inputs for a model whose metadata records no T (a .nir file of another tool).
-DEFAULT_T = 10
 
 # `spikeline run` trains a demo by default: evolutionary heads, 4 epochs (train's otherwise)
 RUN_DEFAULTS = {"heads": "evolutionary", "epochs": 4}
@@ -233,15 +230,15 @@ def deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None, limit: int 
 
 # ---- inputs for simulate / verify / energy --------------------------------------------------
 
-def resolve_T(T: int | None, metadata: dict, what: str) -> int:
+def resolve_T(T: int | None, meta: ExportMeta | None) -> int:
     """``T`` as asked, else the export's ``metadata.json`` T, else ``DEFAULT_T``."""
-    if T is None:
-        T = metadata.get("T")
-        T = DEFAULT_T if T is None else T
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise BadInput(f"{what}: metadata.json field 'T' must be a positive "
-                           f"integer, got {T!r}; pass --T")
-    return T
+    return meta.steps(T) if meta is not None else (DEFAULT_T if T is None else T)
+
+
+def input_encoding(graph: nir.NIRGraph, meta: ExportMeta | None) -> str | None:
+    """How frames of counts become the model's input: the export's, else the graph's."""
+    return (meta.input_encoding if meta is not None else None) or \
+        GraphTiming.of(graph).input_encoding
 
 
 def encode(frames: np.ndarray, encoding: str | None) -> np.ndarray:
@@ -256,20 +253,21 @@ def check_activity(graph, T: int, samples: int, what: str) -> None:
                f"{what}: simulating {samples} sample(s) of T = {T} steps")
 
 
-def model_inputs(graph: nir.NIRGraph, metadata: dict, *, events: Sequence | None = None,
+def model_inputs(graph: nir.NIRGraph, meta: ExportMeta | None, *,
+                 events: Sequence | None = None,
                  array=None, dataset: str | None = None, samples: int = 1, split: str = "test",
                  T: int | None = None, data_dir=None, cache_dir=None,
                  what: str = "model") -> tuple[np.ndarray, dict]:
     """``(x [T, N, *input_shape] float32, description of the source)`` for ``graph``, from one
     of: event files (binned into T frames and fitted), a ``.npy`` array (fed as is) or the
     first ``samples`` of a dataset split.  Frames of counts are encoded as the model was
-    trained (``metadata``'s ``input_encoding``)."""
+    trained (``input_encoding``)."""
     shape = graph_input_shape(graph)
     if array is not None:
         x = inputs_from_array(array, shape,
                               lambda dims: check_activity(graph, dims[0], dims[1], str(array)))
         return x, {"input": str(array)}
-    T = resolve_T(T, metadata, what)
+    T = resolve_T(T, meta)
     check_activity(graph, T, len(events) if events else int(samples), what)
     if events:
         x, source = inputs_from_events(events, T, shape), {"events": [str(e) for e in events]}
@@ -278,7 +276,7 @@ def model_inputs(graph: nir.NIRGraph, metadata: dict, *, events: Sequence | None
         source = {"dataset": dataset, "split": split}
     else:
         raise BadInput(f"{what}: no input given (event files, an array or a dataset)")
-    encoding = metadata.get("input_encoding") or (graph.metadata or {}).get("input_encoding")
+    encoding = input_encoding(graph, meta)
     source["encoding"] = encoding or "counts"
     return encode(x, encoding), source
 
@@ -290,12 +288,12 @@ def simulate_model(graph: nir.NIRGraph, x: np.ndarray, mode: str = "auto",
     """Run ``graph`` on ``x [T, N, ...]``; a graph trained with hardware timing first gets its
     ``input_pad_steps`` zero steps appended (the last input step needs them to reach the
     readout).  Returns ``(simulation, pad steps appended)``."""
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0))
+    pad = GraphTiming.of(graph).input_pad_steps
     if pad > 0:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
     with torch.no_grad():
         sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), mode, dt)
-    return sim, max(pad, 0)
+    return sim, pad
 
 
 def _is_spiking(node) -> bool:
@@ -328,16 +326,10 @@ def simulation_summary(graph: nir.NIRGraph, sim: Simulation, model: str, source:
 
 # ---- energy ---------------------------------------------------------------------------------
 
-def latency_steps(metadata: dict) -> int:
+def latency_steps(meta: ExportMeta | None) -> int:
     """``metadata.json``'s ``latency_steps`` (extra steps a chip runs while the input crosses the
-    network's depth), 0 when absent; anything but an integer >= 0 is refused."""
-    value = (metadata or {}).get("latency_steps", 0)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SpikelineError(f"metadata.json field 'latency_steps' must be an integer >= 0, "
-                             f"got {value!r}")
-    return value
+    network's depth), 0 without an export's metadata."""
+    return 0 if meta is None else meta.timing.latency_steps
 
 
 def hardware_selection(hardware: str | None = None, hardware_file=None,
@@ -349,7 +341,8 @@ def hardware_selection(hardware: str | None = None, hardware_file=None,
     return select_models(known, [hardware] if hardware else models), memory
 
 
-def energy_report(graph: nir.NIRGraph, metadata: dict, x: np.ndarray, chosen, memory, *,
+def energy_report(graph: nir.NIRGraph, meta_in: ExportMeta | None, x: np.ndarray, chosen,
+                  memory, *,
                   convention: str | None = None, single: bool = False,
                   fanout: str = "structural", mode: str = "auto", batch_size: int = 8,
                   meta: dict | None = None) -> dict:
@@ -357,7 +350,7 @@ def energy_report(graph: nir.NIRGraph, metadata: dict, x: np.ndarray, chosen, me
     model and a convention): that one estimate; else every valid pairing of ``convention``
     (default all) and ``chosen``.  A detector's off-chip readout is priced beside.  Returns
     the report (``deploy.energy.report.build_report``)."""
-    counts = count_in_batches(graph, x, batch_size, mode, fanout, latency_steps(metadata))
+    counts = count_in_batches(graph, x, batch_size, mode, fanout, latency_steps(meta_in))
     if convention and single:
         estimates, refused = [price(counts, chosen[0], convention, memory)], {}
     else:
@@ -372,12 +365,12 @@ def energy_report(graph: nir.NIRGraph, metadata: dict, x: np.ndarray, chosen, me
     meta["input_shape"] = given.pop("input_shape", list(graph_input_shape(graph)))
     meta["memory_model"] = memory.source
     meta.update(given)
-    if metadata:
-        meta["export_metadata"] = metadata
+    if meta_in is not None and meta_in.raw:
+        meta["export_metadata"] = meta_in.raw
     by_name = {m.name: m for m in chosen}
     readout = None
-    if isinstance(metadata.get("readout"), dict):  # a detector: its Detect readout is off-chip
-        readout = readout_report(metadata["readout"], counts, estimates, by_name)
+    if meta_in is not None and meta_in.readout is not None:  # a detector's off-chip readout
+        readout = readout_report(meta_in.readout, counts, estimates, by_name)
     return build_report(counts, estimates, by_name, meta, refused, readout)
 
 
@@ -406,8 +399,8 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
     say("export", export)
     acc = deployed_test_accuracy(run_dir, export.out_dir, runtime.data_dir, runtime.cache_dir)
     say("accuracy", acc)
-    meta = json.loads((export.out_dir / "metadata.json").read_text())
-    shape, T = tuple(meta["input_shape"]), int(meta["T"])
+    meta = ExportMeta.read(export.out_dir)
+    shape, T = meta.require_shape(), meta.steps()
     samples = max(verify_samples, energy_samples)
     frames = inputs_from_dataset(config.dataset, samples, T, shape, "test", runtime.data_dir,
                                  runtime.cache_dir)
@@ -425,7 +418,7 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
 
     say("step", "energy")
     graph = nir.read(export.out_dir / "model.nir")
-    x = encode(frames[:, :energy_samples], meta["input_encoding"])
+    x = encode(frames[:, :energy_samples], meta.input_encoding)
     counts = count_in_batches(graph, x, batch_size=8, mode="auto", fanout="structural",
                               latency_steps=latency_steps(meta))
     models = load_hardware_models()

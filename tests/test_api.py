@@ -93,7 +93,7 @@ def test_export_verify_energy_of_a_run(trained):
     art = sl.export(run, root / "export", cache_dir=root / "cache")
     assert art.deployed["deployed_num_test"] == 16
     assert set(art.files.values()) == {"model.nir", "model.net", "folded.pt"}
-    assert sl.Artifact.load(art.path).metadata == art.metadata
+    assert sl.Artifact.load(art.path).meta == art.meta
     assert "| files |" in art._repr_markdown_()
     cert = sl.verify(art, "ndigits", backends=("nir",), samples=2, cache_dir=root / "cache")
     assert cert.ok and cert.checked_by == ["nir"] and cert.report.reference_spikes > 0
@@ -147,7 +147,7 @@ def test_own_model_exports_verifies_and_is_priced(tmp_path):
     with pytest.raises(sl.BadInput, match="input_shape"):
         sl.export(net, tmp_path / "x")
     art = sl.export(net, tmp_path / "own", input_shape=(2, 16, 16), T=6)
-    assert art.T == 6 and art.metadata["model_spec"]["name"] == "custom"
+    assert art.T == 6 and art.meta.model_spec["name"] == "custom"
     frames = torch.rand(6, 3, 2, 16, 16).lt(0.3).float()  # events in 30% of pixels and bins
     cert = sl.verify(art, frames, backends=["nir"])
     assert cert.ok and cert.report.reference_spikes > 0

@@ -126,10 +126,10 @@ def run_simulate(args) -> int:
     from spikeline.workflow import simulate_model, simulation_summary
 
     save = output_file(args.save_output, "--save-output") if args.save_output else None
-    graph, metadata, path = load_model(args.model)
+    graph, meta, path = load_model(args.model)
     if args.dt is not None:  # delays in steps of the new dt
         validate_graph(graph, str(path), dt=args.dt)
-    x, source = load_inputs(args, graph, metadata)
+    x, source = load_inputs(args, graph, meta)
     sim, pad = simulate_model(graph, x, args.mode, args.dt)
     if pad > 0:  # hardware timing: the last input step needs `pad` more steps to the readout
         source["input_pad_steps"] = pad

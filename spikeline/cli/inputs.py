@@ -13,7 +13,7 @@ import math
 
 def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) -> None:
     """--events / --input / --dataset (one of them), with --samples, --split, --T ..."""
-    from spikeline.workflow import DEFAULT_T
+    from spikeline.pipeline.config import DEFAULT_T
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--events", nargs="+", metavar="FILE",
@@ -41,11 +41,11 @@ def load_model(target):
     return read_model(target)
 
 
-def load_inputs(args, graph, metadata: dict):
+def load_inputs(args, graph, meta):
     """``(x [T, N, *input_shape] float32, description of the source)`` from the input flags."""
     from spikeline.workflow import model_inputs
 
-    return model_inputs(graph, metadata, events=args.events, array=args.input,
+    return model_inputs(graph, meta, events=args.events, array=args.input,
                         dataset=args.dataset, samples=args.samples, split=args.split, T=args.T,
                         data_dir=args.data_dir, cache_dir=args.cache_dir, what=str(args.model))
 
