@@ -21,6 +21,8 @@ import torch
 
 from spikeline.errors import BadInput
 
+from spikeline.pipeline.precision import exact_fp32
+
 from .artifact import GraphTiming
 
 __all__ = ["DeployedAccuracy", "deployed_accuracy", "deployed_logits", "readout_window"]
@@ -49,8 +51,6 @@ def deployed_accuracy(graph: nir.NIRGraph, loader, encoding: str = "binary",
                       mode: str = "loihi") -> DeployedAccuracy:
     """Accuracy of ``graph`` over ``loader``'s ``(frames [N, T, C, H, W], labels [N])``, in
     exact float32 (TF32 off, no autocast)."""
-    from spikeline.pipeline.train import exact_fp32
-
     pad, start = readout_window(graph)
     correct = count = 0
     with exact_fp32():

@@ -39,7 +39,7 @@ from .nir_check import DEFAULT_DT, check_dt, read_nir
 
 __all__ = ["DEFAULT_T", "DetectorReadout", "EXPORT_FILES", "ExportMeta", "GraphTiming",
            "LevelWindow", "MANIFEST", "check_manifest", "graph_input_shape", "read_model",
-           "write_manifest"]
+           "spec_task", "write_manifest"]
 
 MANIFEST = "manifest.json"
 # the files the manifest covers
@@ -205,8 +205,8 @@ class ExportMeta:
         if shape is not None:
             shape = _input_shape(shape, at)
         spec = _dict(raw.get("model_spec"), f"{at} field 'model_spec'")
-        task = _str(raw.get("task") or spec.get("task") or "classify", f"{at} field 'task'",
-                    TASKS)
+        task = _str(raw["task"], f"{at} field 'task'", TASKS) if raw.get("task") \
+            else spec_task(spec)
         timing = GraphTiming(
             timing=_str(raw.get("timing", "ideal"), f"{at} field 'timing'", TIMINGS),
             dt=DEFAULT_DT if raw.get("dt") is None else check_dt(raw["dt"], f"{at} field 'dt'"),
@@ -244,6 +244,12 @@ class ExportMeta:
         except ValueError as err:
             raise BadInput(f"{path}: not valid JSON ({err})") from None
         return cls.parse(raw, path)
+
+
+def spec_task(spec) -> str:
+    """The task a ``model_spec`` was trained for (``classify`` when it names none)."""
+    task = spec.get("task", "classify") if isinstance(spec, dict) else "classify"
+    return _str(task, "model_spec field 'task'", TASKS)
 
 
 # ---- the manifest -----------------------------------------------------------------------------

@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
+from spikeline.pipeline.detection import CONF_THRESHOLD, MAX_DET, NMS_IOU, decode, nms
+from spikeline.pipeline.models import encode_frames
+from spikeline.pipeline.timing import pad_steps
 
 from .artifact import GraphTiming
 from .nir_params import DT
@@ -259,12 +262,6 @@ def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encodi
                         conf: float | None = None, iou: float | None = None) -> list[torch.Tensor]:
     """NMS'd ``[k, 6]`` rows per sample of the deployed detector on ``[N, T, C, H, W]``
     (``conf``/``iou`` default to what the trained network is scored with)."""
-    from spikeline.pipeline.detect_train import CONF_THRESHOLD, MAX_DET, NMS_IOU
-    from spikeline.pipeline.detection import decode, nms
-    from spikeline.pipeline.models import encode_frames
-
-    from spikeline.pipeline.timing import pad_steps
-
     pad = GraphTiming.of(graph).input_pad_steps
     if pad != readout.pad_steps:
         raise BadInput(f"the graph's input_pad_steps ({pad}) and the readout's "

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nir
+import numpy as np
 import torch
 
 from spikeline import __version__
@@ -34,8 +35,12 @@ from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, Spikelin
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
 from spikeline.pipeline.models import SpikingNet
 
-from .artifact import EXPORT_FILES, MANIFEST, ExportMeta, check_manifest, write_manifest
-from .detector import is_detection
+from .artifact import (
+    EXPORT_FILES, MANIFEST, ExportMeta, GraphTiming, check_manifest, spec_task, write_manifest,
+)
+from .detector import (
+    check_deployable, detector_timing, detector_to_nir, readout_arrays,
+)
 from .fold import fold_model
 from .to_netx import write_netx
 from .nir_params import DT
@@ -82,9 +87,13 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     the old manifest removed, the files renamed into place, stale files of formats not
     written removed, and the new manifest written.  A failure while writing (a full disk, an
     internal error) leaves the previous export untouched and valid."""
-    formats = check_formats(formats)
-    if is_detection(spec):
-        return export_detector(model, spec, out_dir, formats, config)
+    return EXPORTERS[spec_task(spec)](model, spec, out_dir, check_formats(formats), config)
+
+
+def export_classifier(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
+                      config: dict | None = None) -> ExportResult:
+    """``export_model`` of a classifier: ``model.nir``, ``model.net`` (sequential networks),
+    ``folded.pt``, ``metadata.json``."""
     out = Path(out_dir)
     folded = fold_model(model)  # before touching the folder: a failure here changes nothing
     input_shape = (int(spec.get("in_channels", 2)), *(int(v) for v in spec["input_size"]))
@@ -160,10 +169,6 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
     Detect readout; ``folded.pt`` and ``metadata.json`` as for classifiers.  The published
     (real-valued) form is refused (``ExportUnsupported``).  Written in the same two phases as
     ``export_model``."""
-    import numpy as np
-
-    from .detector import check_deployable, detector_timing, detector_to_nir, readout_arrays
-
     check_deployable(model)
     if "nir" not in formats:
         raise ExportUnsupported("a detector exports through NIR: --format must include nir")
@@ -178,15 +183,15 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
         result.skipped["netx"] = ("netx HDF5 holds one sequential chain of layers ending in one "
                                   "output; the detector has residual shortcut edges and two "
                                   "outputs (P4, P5)")
-    graph_meta = nir_export.graph.metadata
+    graph_timing = GraphTiming.of(nir_export.graph)
     meta = {"spikeline_version": __version__, "task": "detection", "model_spec": spec,
             "training_config": config or {}, "input_shape": list(input_shape),
             "input_encoding": folded.encoding, "T": (config or {}).get("T"),
             "dataset": (config or {}).get("dataset"), "dt": DT, "quantization": QUANTIZATION,
-            "heads": "removed", "output_nodes": graph_meta["output_nodes"],
+            "heads": "removed", "output_nodes": list(graph_timing.output_nodes),
             "readout": readout_meta, **detector_timing(folded),
             "chip_steps_per_sample": None if (config or {}).get("T") is None
-            else int(config["T"]) + graph_meta["latency_steps"]}
+            else int(config["T"]) + graph_timing.latency_steps}
     with ExitStack() as staged:
         nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
         result.files["nir"] = "model.nir"
@@ -206,6 +211,11 @@ def chip_timing(model: SpikingNet, T: int | None) -> dict:
     meta["chip_steps_per_sample"] = None if T is None else int(T) + meta["latency_steps"]
     del meta["readout"]
     return meta
+
+
+# what each task exports, and the graph of its folded network (one dispatch, on the spec's task)
+EXPORTERS = {"classify": export_classifier, "detection": export_detector}
+TO_NIR = {"classify": model_to_nir, "detection": detector_to_nir}
 
 
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:
@@ -257,12 +267,7 @@ def load_folded(export_dir) -> tuple[SpikingNet, ExportMeta, Export]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BadInput(f"{path}: parameter {name!r} holds NaN or Inf")
     try:
-        if is_detection(saved["model_spec"]):
-            from .detector import detector_to_nir
-
-            export = detector_to_nir(model, meta.input_shape)
-        else:
-            export = model_to_nir(model, meta.input_shape)
+        export = TO_NIR[spec_task(saved["model_spec"])](model, meta.input_shape)
     except SpikelineError:
         raise
     except Exception as err:

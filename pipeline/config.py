@@ -397,3 +397,10 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.lr is None:
         c.lr = DEFAULT_LR[c.optimizer]
     return c
+
+
+def neuron_params(config: TrainConfig, default) -> dict:
+    """The run's CubaParams as a dict: the default, with the config's explicit choices."""
+    params = dataclasses.asdict(default)
+    params.update({k: getattr(config, k) for k in NEURON_FIELDS if getattr(config, k) is not None})
+    return params

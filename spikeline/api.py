@@ -106,15 +106,13 @@ def export(source: Run | SpikingNet | str | os.PathLike, out: str | os.PathLike 
     out = _fresh_dir(out, "spikeline-export-")
     result = export_run(run_dir, out, formats, which=checkpoint)
     deployed = None
-    if accuracy and checkpoint == "best" and "nir" in result.files:
-        detector = "readout" in result.files
-        try:
-            deployed = (workflow.deployed_map if detector else workflow.deployed_test_accuracy)(
-                run_dir, out, data_dir, cache_dir)
-        except SpikelineError as why:  # the export is complete; say what was not measured
-            warnings.warn(f"deployed {'mAP' if detector else 'accuracy'}: not measured ({why})",
-                          stacklevel=2)
     artifact = Artifact.load(out)
+    if accuracy and checkpoint == "best" and "nir" in result.files:
+        try:
+            deployed = workflow.deployed_score(run_dir, out, data_dir, cache_dir)
+        except SpikelineError as why:  # the export is complete; say what was not measured
+            warnings.warn(f"deployed {artifact.meta.task} score: not measured ({why})",
+                          stacklevel=2)
     artifact.deployed = deployed
     return artifact
 

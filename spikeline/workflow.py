@@ -20,8 +20,7 @@ import torch
 from spikeline.atomic import atomic_text
 from spikeline.datasets import gen1
 from spikeline.datasets.detection import (
-    DETECTION_DATASETS, detection_collate, load_detection, load_detection_splits,
-    make_detection_loader,
+    DETECTION_DATASETS, detection_collate, load_detection,
 )
 from spikeline.datasets.inputs import inputs_from_array, inputs_from_dataset, inputs_from_events
 from spikeline.datasets.registry import DATASETS, load_splits, make_loader
@@ -43,15 +42,16 @@ from spikeline.paths import output_dir
 from spikeline.pipeline.blocks import set_fold_aware
 from spikeline.pipeline.checkpoint import load_checkpoint, load_run_model
 from spikeline.pipeline.config import Runtime, TrainConfig, resolve
-from spikeline.pipeline.detect_train import (
-    check_detection_config, evaluate_detector, predict, score_detections,
-)
+from spikeline.pipeline.detect_train import predict, score_detections
+from spikeline.pipeline.precision import exact_fp32
+from spikeline.pipeline.tasks import task_for
 from spikeline.pipeline.models import encode_frames
-from spikeline.pipeline.train import TrainResult, evaluate_model, exact_fp32, resolve_device
+from spikeline.pipeline.train import TrainResult, resolve_device
 from spikeline.pipeline.train import train as train_loop
 
 __all__ = [
-    "DEFAULT_T", "RUN_DEFAULTS", "class_names", "deployed_map", "detect_boxes", "deployed_test_accuracy", "encode",
+    "DEFAULT_T", "DEPLOYED_SCORES", "RUN_DEFAULTS", "class_names", "deployed_map",
+    "deployed_score", "detect_boxes", "deployed_test_accuracy", "encode",
     "energy_report", "evaluate_run", "hardware_selection", "latency_steps", "load_data",
     "loader_factory", "model_inputs", "resolve_T", "resolve_config", "resumed_config",
     "run_config", "run_pipeline", "simulate_model", "simulation_summary", "train",
@@ -66,34 +66,24 @@ RUN_DEFAULTS = {"heads": "evolutionary", "epochs": 4}
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill in the dataset's T and size (from the registry's metadata: nothing is loaded);
     a dataset or model of the other task is refused naming the option."""
-    known = DETECTION_DATASETS if config.task == "detection" else DATASETS
+    task = task_for(config)
     if config.dataset not in {**DATASETS, **DETECTION_DATASETS}:
         raise BadInput(f"--dataset (dataset): unknown dataset {config.dataset!r}; known: "
-                       f"{', '.join(sorted(known))}")
-    check_detection_config(config)
-    info = known[config.dataset]
+                       f"{', '.join(sorted(task.datasets))}")
+    task.check(config)
+    info = task.datasets[config.dataset]
     return resolve(config, info.default_T, info.default_size)
 
 
 def load_data(config: TrainConfig, data_dir=None, cache_dir=None):
-    """The run's ``Splits`` (train with augmentation, fixed validation and test; detection
-    sets: their own fixed three splits, no augmentation)."""
-    if config.task == "detection":
-        return load_detection_splits(config.dataset, T=config.T, size=tuple(config.size),
-                                     limit_train=config.limit_train,
-                                     limit_test=config.limit_test, data_dir=data_dir,
-                                     cache_dir=cache_dir)
-    return load_splits(config.dataset, T=config.T, size=tuple(config.size),
-                       augment=config.augment, val_fraction=config.val_fraction,
-                       limit_train=config.limit_train, limit_test=config.limit_test,
-                       data_dir=data_dir, cache_dir=cache_dir, seed=config.seed)
+    """The run's ``Splits``, as its task loads them (classification: train with augmentation,
+    a fixed validation split carved from it, test; detection: the set's own three splits)."""
+    return task_for(config).load_splits(config, data_dir, cache_dir)
 
 
 def loader_factory(config: TrainConfig | None = None):
     """``make_loader`` of the run's task (detection batches with ``detection_collate``)."""
-    if config is not None and config.task == "detection":
-        return make_detection_loader
-    return make_loader
+    return task_for(config if config is not None else "classify").make_loader
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -146,14 +136,9 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
     model.to(dev)
     about = {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
              "dataset": config.dataset, "model": config.model}
-    if config.task == "detection":
-        scores = evaluate_detector(model, loader, dev)
-        return {**about, "task": "detection", "mAP50": scores["map50"],
-                "mAP50_95": scores["map50_95"], "num_test": len(test)}
-    correct, count = evaluate_model(model, loader, dev)
-    return {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
-            "dataset": config.dataset, "model": config.model, "heads": config.heads,
-            "test_acc": correct / max(count, 1), "correct": correct, "num_test": count}
+    if config.task == "classify":
+        about["heads"] = config.heads
+    return {**about, **task_for(config).test_scores(model, loader, dev)}
 
 
 # ---- deployed accuracy ----------------------------------------------------------------------
@@ -226,6 +211,17 @@ def deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None, limit: int 
     summary.update(fields)
     atomic_text(summary_path, json.dumps(summary, indent=2) + "\n")
     return fields
+
+
+# what each task measures of its deployed network (one dispatch, on the export's task)
+DEPLOYED_SCORES = {"classify": deployed_test_accuracy, "detection": deployed_map}
+
+
+def deployed_score(run_dir, export_dir, data_dir=None, cache_dir=None) -> dict:
+    """The deployed network's test score beside the trained one's, as the export's task
+    measures it (accuracy; a detector: mAP), written into the run's summary.json."""
+    task = ExportMeta.read(export_dir).task
+    return DEPLOYED_SCORES[task](run_dir, export_dir, data_dir, cache_dir)
 
 
 # ---- inputs for simulate / verify / energy --------------------------------------------------

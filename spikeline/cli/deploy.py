@@ -74,8 +74,9 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
+    from spikeline.deploy.artifact import ExportMeta
     from spikeline.deploy.export import check_formats, export_run
-    from spikeline.workflow import deployed_map, deployed_test_accuracy
+    from spikeline.workflow import deployed_score
 
     formats = check_formats(f.strip() for f in args.format.split(",") if f.strip())
     out = output_dir(args.out, "--out")
@@ -85,19 +86,13 @@ def run_export(args) -> int:
     for fmt, why in result.skipped.items():
         print(f"{fmt:7s} not written: {why}")
     if args.accuracy and args.checkpoint == "best" and "nir" in result.files:
-        detector = "readout" in result.files
+        task = ExportMeta.read(result.out_dir).task
         try:
-            if detector:
-                fields = deployed_map(args.run_dir, result.out_dir, args.data_dir,
-                                      args.cache_dir)
-            else:
-                fields = deployed_test_accuracy(args.run_dir, result.out_dir, args.data_dir,
-                                                args.cache_dir)
+            fields = deployed_score(args.run_dir, result.out_dir, args.data_dir, args.cache_dir)
         except SpikelineError as why:  # the export is complete; say what was not measured
-            print(f"deployed {'mAP' if detector else 'accuracy'}: not measured ({why})",
-                  file=sys.stderr)
+            print(f"deployed {SCORE_NAMES[task]}: not measured ({why})", file=sys.stderr)
         else:
-            print(map_line(fields) if detector else accuracy_line(fields))
+            print(SCORE_LINES[task](fields))
     return 0
 
 
@@ -118,6 +113,11 @@ def accuracy_line(fields: dict) -> str:
         return text + " (the trained network's is not in summary.json)"
     return (f"{text}, trained {100 * trained:.2f}%, delta "
             f"{100 * fields['deployed_minus_trained']:+.2f} points")
+
+
+# how `spikeline export` names and prints each task's deployed score
+SCORE_NAMES = {"classify": "accuracy", "detection": "mAP"}
+SCORE_LINES = {"classify": accuracy_line, "detection": map_line}
 
 
 def run_simulate(args) -> int:
