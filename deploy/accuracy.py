@@ -21,9 +21,11 @@ import torch
 
 from spikeline.errors import BadInput
 
+from spikeline.pipeline.models import encode_frames
 from spikeline.pipeline.precision import exact_fp32
 
 from .artifact import GraphTiming
+from .simulate import simulate
 
 __all__ = ["DeployedAccuracy", "deployed_accuracy", "deployed_logits", "readout_window"]
 
@@ -64,9 +66,6 @@ def deployed_accuracy(graph: nir.NIRGraph, loader, encoding: str = "binary",
 def deployed_logits(graph: nir.NIRGraph, frames: torch.Tensor, encoding: str, mode: str,
                     pad: int, start: int) -> torch.Tensor:
     """``[N, classes]``: the output voltage averaged over steps ``[start, T + pad)``."""
-    from spikeline.deploy.simulate import simulate
-    from spikeline.pipeline.models import encode_frames
-
     x = encode_frames(frames.float().transpose(0, 1), encoding)  # [T, N, C, H, W]
     if pad:
         x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])

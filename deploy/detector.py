@@ -47,12 +47,13 @@ import torch
 import torch.nn.functional as F
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
-from spikeline.pipeline.detection import CONF_THRESHOLD, MAX_DET, NMS_IOU, decode, nms
+from spikeline.pipeline.detection import CONF_THRESHOLD, MAX_DET, NMS_IOU, Anchors, decode, nms
 from spikeline.pipeline.models import encode_frames
 from spikeline.pipeline.timing import pad_steps
 
 from .artifact import GraphTiming
 from .nir_params import DT
+from .simulate import simulate
 from .to_nir import Export, _Exporter
 
 __all__ = ["LEVELS", "READOUT_EQUATION", "is_detection", "check_deployable", "detector_to_nir",
@@ -193,8 +194,6 @@ class Readout:
 
 
 def load_readout(path) -> Readout:
-    from spikeline.pipeline.detection import Anchors
-
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -248,8 +247,6 @@ def readout_raw(graph: nir.NIRGraph, readout: Readout, x: torch.Tensor, mode: st
                 sim=None):
     """``(simulation, raw outputs)``: the graph simulated on ``x [T + input_pad_steps, N, ...]``
     (padded already) and the off-chip readout applied to the Output nodes it names."""
-    from .simulate import simulate
-
     if sim is None:
         sim = simulate(graph, x, mode=mode)
     missing = [n for n in readout.input_nodes if n not in sim.outputs]

@@ -37,6 +37,11 @@ import torch
 from spikeline.atomic import atomic_file
 from spikeline.errors import SpikelineError
 
+from .detection import Anchors
+from .ems import DETECTORS
+from .models import build_model
+from .neuron import CubaParams
+from .structure import CUSTOM, build_custom
 FORMAT = "spikeline-train/1"
 
 
@@ -169,9 +174,6 @@ def build_from_spec(spec: dict):
     synaptic hop, and is refused with ``BadInput`` for the published form).  A network
     assembled from blocks (``"name": "custom"``, ``structure.describe``) rebuilds from its
     described structure."""
-    from spikeline.pipeline.models import build_model
-    from spikeline.pipeline.structure import CUSTOM, build_custom
-
     if spec.get("name") == CUSTOM:
         return build_custom(spec)
     kwargs = dict(spec)
@@ -183,17 +185,11 @@ def build_from_spec(spec: dict):
             kwargs[key] = tuple(kwargs[key])
     neuron = kwargs.get("neuron")
     if isinstance(neuron, dict):
-        from spikeline.pipeline.neuron import CubaParams
-
-        kwargs["neuron"] = CubaParams(**neuron)
+            kwargs["neuron"] = CubaParams(**neuron)
     return build_model(name, **kwargs)
 
 
 def _build_detector(name: str, kwargs: dict):
-    from spikeline.pipeline.detection import Anchors
-    from spikeline.pipeline.ems import DETECTORS
-    from spikeline.pipeline.neuron import CubaParams
-
     if name not in DETECTORS:
         raise KeyError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
     if isinstance(kwargs.get("neuron"), dict):

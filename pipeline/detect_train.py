@@ -26,9 +26,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spikeline.datasets.detection import DETECTION_DATASETS
+from spikeline.datasets.registry import DATASETS
 from spikeline.errors import BadInput
 
 from .config import neuron_params
+from .ems import DETECTORS, NDIGITS_ANCHORS
+from .models import DEFAULT_NEURON
 from .detection import (  # noqa: F401 (the scoring constants, re-exported)
     CONF_THRESHOLD, GEN1_ANCHORS, MAX_DET, NMS_IOU, Anchors, decode, mean_average_precision, nms,
     yolo_loss,
@@ -42,8 +46,6 @@ __all__ = ["CONF_THRESHOLD", "NMS_IOU", "MAX_DET", "DetectionTrainer",
 
 
 def _anchor_table() -> dict[str, tuple[Anchors, tuple[int, int]]]:
-    from .ems import NDIGITS_ANCHORS
-
     # dataset -> (anchors, the (H, W) frame size they are given for): EMS-YOLO's Gen1 anchors
     # are YOLOv5 anchors, in pixels of the network input, and its Gen1 command trains at
     # --img 640 (https://github.com/BICLab/EMS-YOLO README and g1-resnet/train_g1.py)
@@ -65,11 +67,6 @@ def anchors_for(dataset: str, size) -> Anchors:
 
 def check_detection_config(config) -> None:
     """Refuse, naming the option, what a detection run cannot honour."""
-    from spikeline.datasets.detection import DETECTION_DATASETS
-    from spikeline.datasets.registry import DATASETS
-
-    from .ems import DETECTORS
-
     if config.task != "detection":
         if config.dataset in DETECTION_DATASETS:
             raise BadInput(f"--dataset (dataset): {config.dataset!r} is a detection dataset; "
@@ -104,8 +101,6 @@ def check_detection_config(config) -> None:
 def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
     """The checkpoint's ``model_spec`` of a detector, from the config and one sample
     ``[T, C, H, W]`` (see the module doc)."""
-    from .models import DEFAULT_NEURON
-
     size = [int(sample.shape[2]), int(sample.shape[3])]
     anchors = anchors_for(config.dataset, size)
     return {"name": config.model, "task": "detection", "in_channels": int(sample.shape[1]),

@@ -49,7 +49,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
 
 from spikeline.atomic import atomic_file
 from spikeline.errors import BadInput, SpikelineError
@@ -66,6 +69,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Runtime, TrainConfig, neuron_params  # noqa: F401 (re-exported)
+from .plots import plot_curves
 from .precision import exact_fp32  # noqa: F401 (re-exported)
 from .tasks import ClassifyTask, task_for
 from .tasks.classify import build_heads, evaluate_model, model_spec_for  # noqa: F401 (re-exported)
@@ -266,9 +270,6 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
     """One epoch of optimizer steps; returns ``(stats, loader, cut)``: ``stats`` the task's
     running sums (classification ``[loss*n, correct, n]``), ``cut``: --max-steps ended the
     epoch early."""
-    from torch.utils.data.distributed import DistributedSampler
-    from tqdm.auto import tqdm
-
     c, device = state.config, ranks.device
     if c.fold_finetune_epochs:
         set_fold_aware(state.heads.model, epoch >= c.epochs - c.fold_finetune_epochs)
@@ -361,8 +362,6 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool,
         fh.write(json.dumps(record) + "\n")
     save_epoch(run_dir, payload, is_best)
     try:
-        from .plots import plot_curves
-
         t = state.task
         plot_curves(state.history, run_dir / "curves.png",
                     title=(f"{c.model} / heads {c.heads} / {c.dataset}" if t.name == "classify"
@@ -383,8 +382,6 @@ def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
         set_fold_aware(model, True)
     if ranks.world > 1:
         model.load_state_dict(state.heads.model.state_dict())  # replaced by rank 0's below
-        import torch.distributed as dist
-
         if ranks.is_main:
             model.load_state_dict(best["model_stripped"])
         for tensor in model.state_dict().values():
