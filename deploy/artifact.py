@@ -35,10 +35,10 @@ from spikeline.errors import BadInput, DataNotFound
 from spikeline.pipeline.config import DEFAULT_T
 from spikeline.pipeline.timing import TIMINGS
 
-from .nir_check import DEFAULT_DT, check_dt, read_nir
+from .nir_check import DEFAULT_DT, check_dt, graph_dt, read_nir
 
 __all__ = ["DEFAULT_T", "DetectorReadout", "EXPORT_FILES", "ExportMeta", "GraphTiming",
-           "LevelWindow", "MANIFEST", "check_manifest", "graph_input_shape", "read_model",
+           "LevelWindow", "MANIFEST", "RunRecord", "check_manifest", "graph_input_shape", "read_model",
            "spec_task", "write_manifest"]
 
 MANIFEST = "manifest.json"
@@ -108,7 +108,7 @@ class GraphTiming:
         outs = () if outs is None else tuple(str(v) for v in np.atleast_1d(outs))
         return cls(
             timing=_str(meta.get("timing", "ideal"), f"{at} timing", TIMINGS),
-            dt=DEFAULT_DT if meta.get("dt") is None else check_dt(meta["dt"], at),
+            dt=graph_dt(graph, where),
             input_pad_steps=_int(meta.get("input_pad_steps", 0), f"{at} input_pad_steps"),
             readout_start=_int(meta.get("readout_start", 0), f"{at} readout_start"),
             latency_steps=_int(meta.get("latency_steps", 0), f"{at} latency_steps"),
@@ -161,6 +161,28 @@ class DetectorReadout:
                    _int(raw.get("input_pad_steps", 0) or 0, f"{at} input_pad_steps"))
 
 
+# ---- the training run an export was made from --------------------------------------------------
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``metadata.json``'s ``run`` (written by ``export_run``, ``certificate.run_record``): the
+    run folder relative to the export and absolute, the checkpoint's file name in it and its
+    SHA-256 at export time; verify rebuilds the reference from it."""
+
+    dir: str
+    dir_absolute: str
+    checkpoint: str
+    sha256: str
+
+    @classmethod
+    def parse(cls, record, where: str) -> RunRecord:
+        names = ("dir", "dir_absolute", "checkpoint", "sha256")
+        if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in names)):
+            raise BadInput(f"{where}: field 'run' must hold the strings dir, dir_absolute, "
+                           f"checkpoint, sha256; got {record!r}")
+        return cls(*(record[k] for k in names))
+
+
 # ---- metadata.json ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -181,6 +203,7 @@ class ExportMeta:
     files: dict = field(default_factory=dict, hash=False)
     skipped: dict = field(default_factory=dict, hash=False)
     readout: DetectorReadout | None = None
+    run: RunRecord | None = None
     raw: dict = field(default_factory=dict, hash=False, repr=False)
 
     def require_shape(self) -> tuple[int, ...]:
@@ -231,7 +254,8 @@ class ExportMeta:
             files=_dict(raw.get("files"), f"{at} field 'files'"),
             skipped=_dict(raw.get("skipped"), f"{at} field 'skipped'"),
             readout=None if not isinstance(readout, dict)
-            else DetectorReadout.parse(readout, at), raw=raw)
+            else DetectorReadout.parse(readout, at),
+            run=None if raw.get("run") is None else RunRecord.parse(raw["run"], at), raw=raw)
 
     @classmethod
     def read(cls, export_dir) -> ExportMeta:

@@ -56,7 +56,7 @@ from .nir_params import DT
 from .simulate import simulate
 from .to_nir import Export, _Exporter
 
-__all__ = ["LEVELS", "READOUT_EQUATION", "is_detection", "check_deployable", "detector_to_nir",
+__all__ = ["LEVELS", "READOUT_EQUATION", "check_deployable", "detector_to_nir",
            "detector_timing", "readout_arrays", "Readout", "load_readout", "encode_input",
            "readout_raw", "reference_features", "deployed_detections"]
 
@@ -68,10 +68,6 @@ READOUT_EQUATION = ("raw_l[n,a,y,x,o] = b_l[a*O+o] + sum_c W_l[a*O+o,c] * mean_t
                     "steps before padding)")
 DECODE_EQUATION = ("xy = (2 sigmoid(raw_xy) - 0.5 + cell) * stride_l; wh = (2 sigmoid(raw_wh))^2 "
                    "* anchor; score = sigmoid(raw_obj) * sigmoid(raw_cls); then per-class NMS")
-
-
-def is_detection(spec: dict | None) -> bool:
-    return isinstance(spec, dict) and spec.get("task") == "detection"
 
 
 def check_deployable(model) -> None:

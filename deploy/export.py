@@ -32,7 +32,8 @@ import torch
 from spikeline import __version__
 from spikeline.atomic import atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
-from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
+from spikeline.pipeline.checkpoint import (build_from_spec, load_checkpoint,
+                                          model_from_checkpoint, resolve_checkpoint)
 from spikeline.pipeline.models import SpikingNet
 
 from .artifact import (
@@ -41,7 +42,9 @@ from .artifact import (
 from .detector import (
     check_deployable, detector_timing, detector_to_nir, readout_arrays,
 )
+from .certificate import run_record
 from .fold import fold_model
+from .tasks import to_nir
 from .to_netx import write_netx
 from .nir_params import DT
 from .to_nir import Export, model_to_nir, timing_metadata
@@ -80,18 +83,23 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
-                 config: dict | None = None) -> ExportResult:
+                 config: dict | None = None, run: dict | None = None) -> ExportResult:
     """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``.
+
+    ``run``: where the checkpoint came from (``certificate.run_record``), recorded so that
+    verify can rebuild the reference from it (absent: verify says the parameters were not
+    checked against a run).
 
     Two phases: every file is first written beside its target; only when all are written is
     the old manifest removed, the files renamed into place, stale files of formats not
     written removed, and the new manifest written.  A failure while writing (a full disk, an
     internal error) leaves the previous export untouched and valid."""
-    return EXPORTERS[spec_task(spec)](model, spec, out_dir, check_formats(formats), config)
+    return EXPORTERS[spec_task(spec)](model, spec, out_dir, check_formats(formats), config,
+                                      run)
 
 
 def export_classifier(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
-                      config: dict | None = None) -> ExportResult:
+                      config: dict | None = None, run: dict | None = None) -> ExportResult:
     """``export_model`` of a classifier: ``model.nir``, ``model.net`` (sequential networks),
     ``folded.pt``, ``metadata.json``."""
     out = Path(out_dir)
@@ -103,7 +111,7 @@ def export_classifier(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
             "input_shape": list(input_shape), "input_encoding": folded.encoding,
             "T": (config or {}).get("T"), "dataset": (config or {}).get("dataset"),
             "dt": DT, "quantization": QUANTIZATION, "heads": "removed",
-            **chip_timing(folded, (config or {}).get("T"))}
+            **chip_timing(folded, (config or {}).get("T")), **({"run": run} if run else {})}
     with ExitStack() as staged:  # on leaving it, each staged file replaces its target
         if "nir" in formats:
             nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
@@ -163,7 +171,7 @@ def _input_shape(spec: dict, config: dict | None) -> tuple[int, int, int]:
 
 
 def export_detector(model, spec: dict, out_dir, formats=FORMATS,
-                    config: dict | None = None) -> ExportResult:
+                    config: dict | None = None, run: dict | None = None) -> ExportResult:
     """Export a deployable detector (``deploy/detector.py``): ``model.nir`` holds the spiking
     part (stem, backbone, neck) with two Output nodes, P4 and P5; ``readout.npz`` the off-chip
     Detect readout; ``folded.pt`` and ``metadata.json`` as for classifiers.  The published
@@ -191,7 +199,8 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
             "heads": "removed", "output_nodes": list(graph_timing.output_nodes),
             "readout": readout_meta, **detector_timing(folded),
             "chip_steps_per_sample": None if (config or {}).get("T") is None
-            else int(config["T"]) + graph_timing.latency_steps}
+            else int(config["T"]) + graph_timing.latency_steps,
+            **({"run": run} if run else {})}
     with ExitStack() as staged:
         nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
         result.files["nir"] = "model.nir"
@@ -213,16 +222,18 @@ def chip_timing(model: SpikingNet, T: int | None) -> dict:
     return meta
 
 
-# what each task exports, and the graph of its folded network (one dispatch, on the spec's task)
+# what each task exports (one dispatch, on the spec's task)
 EXPORTERS = {"classify": export_classifier, "detection": export_detector}
-TO_NIR = {"classify": model_to_nir, "detection": detector_to_nir}
 
 
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:
     """Export the stripped network of a training run (``best.pt`` by default)."""
     formats = check_formats(formats)
-    model, ckpt = load_run_model(run_dir, which)
-    return export_model(model, ckpt["model_spec"], out_dir, formats, ckpt.get("config"))
+    path = resolve_checkpoint(run_dir, which)
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    return export_model(model, ckpt["model_spec"], out_dir, formats, ckpt.get("config"),
+                        run=run_record(run_dir, path, out_dir))
 
 
 # ---- reading an export ----------------------------------------------------------------------
@@ -267,7 +278,7 @@ def load_folded(export_dir) -> tuple[SpikingNet, ExportMeta, Export]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BadInput(f"{path}: parameter {name!r} holds NaN or Inf")
     try:
-        export = TO_NIR[spec_task(saved["model_spec"])](model, meta.input_shape)
+        export = to_nir(model, saved["model_spec"], meta.input_shape)
     except SpikelineError:
         raise
     except Exception as err:

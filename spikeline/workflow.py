@@ -36,7 +36,7 @@ from spikeline.deploy.energy.report import build_report, write_report
 from spikeline.deploy.export import export_run
 from spikeline.deploy.nir_check import activity_bytes
 from spikeline.deploy.simulate import Simulation, simulate
-from spikeline.deploy.verify import BACKENDS, verify_export
+from spikeline.deploy.verify import BACKENDS, DEFAULT_SAMPLES, verify_export
 from spikeline.errors import BadInput, SpikelineError, VerifyFailed, check_size
 from spikeline.paths import output_dir
 from spikeline.pipeline.blocks import set_fold_aware
@@ -372,12 +372,14 @@ def energy_report(graph: nir.NIRGraph, meta_in: ExportMeta | None, x: np.ndarray
 
 # ---- the whole pipeline ---------------------------------------------------------------------
 
-def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int = 2,
-                 energy_samples: int = 16, backends: Sequence[str] = BACKENDS,
+def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int | None = None,
+                 lava_samples: int | None = None, energy_samples: int = 16,
+                 backends: Sequence[str] = BACKENDS,
                  on_event: Callable[[str, object], None] | None = None) -> dict:
     """Train, strip the heads and export, measure the deployed accuracy, verify every backend
     spike for spike, price the energy; write ``verify.json``, ``energy/`` and
-    ``pipeline.json`` (the summary, returned) into ``runtime.out``.
+    ``pipeline.json`` (the summary, returned) into ``runtime.out``.  ``verify_samples`` and
+    ``lava_samples`` default to ``deploy.verify.DEFAULT_SAMPLES`` (as ``spikeline verify``).
 
     ``on_event(kind, data)`` hears of each stage as it happens: ``("step", name)``,
     ``("export", ExportResult)``, ``("accuracy", fields)``, ``("backend", name)``,
@@ -385,6 +387,10 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
     graph is reported as skipped and the run goes on; a mismatch raises ``VerifyFailed``."""
     say = on_event or (lambda kind, data: None)
     started = time.time()
+    if verify_samples is None:
+        verify_samples = max(DEFAULT_SAMPLES.values())
+    if lava_samples is None:
+        lava_samples = DEFAULT_SAMPLES["lava"]
     run_dir = Path(runtime.out)
     say("step", "train")
     result = train(config, runtime)
@@ -401,9 +407,10 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
     frames = inputs_from_dataset(config.dataset, samples, T, shape, "test", runtime.data_dir,
                                  runtime.cache_dir)
 
-    say("step", "verify (every backend against the trained network, spike for spike)")
+    say("step", "verify (parameters against best.pt; spikes of nir and lava against the trained "
+        "network; peers against our reading of model.nir)")
     report = verify_export(export.out_dir, frames[:, :verify_samples], tuple(backends),
-                           progress=lambda b: say("backend", b))
+                           progress=lambda b: say("backend", b), lava_samples=lava_samples)
     atomic_text(run_dir / "verify.json", json.dumps(report.to_dict(), indent=2))
     say("verify", report)
     problems = report.problems(allow_skip=True)
@@ -432,6 +439,9 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
         "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
                    for b in report.backends},
         "verified_by": report.checked_by, "verify_skipped": skipped,
+        "peers_read_model_nir_as_spikeline": report.peers_agree,
+        "verify_parameters": report.parameters.status if report.parameters else None,
+        "verify_coverage": report.coverage,
         "energy_per_inference_J": {
             key: {"convention": e["convention"], "hardware": e["hardware"],
                   "snn": e["snn"]["total_J"], "ann": e["ann"]["total_J"],

@@ -11,7 +11,7 @@ import argparse
 import math
 
 
-def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) -> None:
+def add_input_arguments(p: argparse.ArgumentParser, default_samples: int | None = 8) -> None:
     """--events / --input / --dataset (one of them), with --samples, --split, --T ..."""
     from spikeline.pipeline.config import DEFAULT_T
 
@@ -23,8 +23,9 @@ def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) ->
                      help="input array [T, *input_shape] or [T, N, *input_shape], fed as is")
     src.add_argument("--dataset", metavar="NAME", help="a dataset of `spikeline data`")
     p.add_argument("--samples", type=positive_int, default=default_samples,
-                   help=f"samples of --dataset to run (the first K of the split; default "
-                        f"{default_samples})")
+                   help="samples of --dataset to run (the first K of the split; default "
+                        + (f"{default_samples})" if default_samples else
+                           "deploy.verify.DEFAULT_SAMPLES, the most of any backend)"))
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="--dataset split (default test)")
     p.add_argument("--data-dir", help="folder with downloaded datasets")
