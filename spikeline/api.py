@@ -34,7 +34,7 @@ from spikeline.datasets.registry import load_dataset as _load_classification
 from spikeline.deploy.artifact import ExportMeta, graph_input_shape, read_model
 from spikeline.deploy.export import FORMATS, check_formats, export_model, export_run
 from spikeline.deploy.nir_check import validate_graph
-from spikeline.deploy.verify import BACKENDS, verify_export
+from spikeline.deploy.verify import BACKENDS, DEFAULT_SAMPLES, verify_export
 from spikeline.errors import BadInput, SpikelineError, VerifyFailed
 from spikeline.paths import output_dir
 from spikeline.pipeline.config import Runtime, TrainConfig
@@ -169,18 +169,24 @@ def _inputs(graph, meta: ExportMeta | None, inputs, *, samples: int, split: str,
 # ---- verify, energy, simulate ---------------------------------------------------------------
 
 def verify(artifact: Artifact | str | os.PathLike, inputs, backends: Sequence[str] = BACKENDS,
-           *, samples: int = 4, split: str = "test", T: int | None = None,
-           allow_skip: bool = False, lava_timeout: float = 300.0, check: bool = True,
-           data_dir=None, cache_dir=None) -> Certificate:
-    """Run ``inputs`` through the folded reference network and each backend (``nir``,
-    ``lava``, ``spikingjelly``, ``snntorch``) and compare every spike; returns the
-    :class:`Certificate`.  With ``check`` (default) a certificate that certifies nothing (a
-    mismatch, an error, a skipped backend unless ``allow_skip``, a silent input) raises
-    ``VerifyFailed`` naming why."""
+           *, samples: int | None = None, lava_samples: int | None = None,
+           split: str = "test", T: int | None = None, allow_skip: bool = False,
+           lava_timeout: float = 300.0, check: bool = True, data_dir=None,
+           cache_dir=None) -> Certificate:
+    """Check the export: its parameters against the run it was made from, then ``inputs``
+    through the reference network and each backend (``nir``, ``lava``, ``spikingjelly``,
+    ``snntorch``), every spike compared; returns the :class:`Certificate`.  ``samples`` (of a
+    dataset) and ``lava_samples`` (the first K also run in Lava) default to
+    ``deploy.verify.DEFAULT_SAMPLES``, as ``spikeline verify``.  With ``check`` (default) a
+    certificate that certifies nothing (a mismatch, an error, a skipped backend unless
+    ``allow_skip``, a layer silent on every input) raises ``VerifyFailed`` naming why."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
+    samples = max(DEFAULT_SAMPLES.values()) if samples is None else samples
     x, _ = _inputs(art.graph, art.meta, inputs, samples=samples, split=split, T=T,
                    data_dir=data_dir, cache_dir=cache_dir, what=str(art.path))
-    report = verify_export(art.path, x, tuple(backends), lava_timeout)
+    report = verify_export(art.path, x, tuple(backends), lava_timeout,
+                           lava_samples=DEFAULT_SAMPLES["lava"] if lava_samples is None
+                           else lava_samples)
     certificate = Certificate(report, allow_skip)
     if check and certificate.problems:
         raise VerifyFailed("verify: FAILED: " + "; ".join(certificate.problems))
