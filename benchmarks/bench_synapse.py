@@ -26,6 +26,7 @@ import torch
 from spikeline.pipeline.kernels import int_synapse as isyn
 
 PATHS = ("float", "int")
+DEVICE = torch.device("cpu")
 
 
 def _load() -> float:
@@ -46,6 +47,8 @@ def side_by_side(fn, repeat: int):
                 isyn.reset_counts()
                 start = time.perf_counter()
                 out[p] = fn()
+                if DEVICE.type == "cuda":
+                    torch.cuda.synchronize()
                 best[p] = min(best[p], time.perf_counter() - start)
                 out[p] = (out[p], isyn.counts())
     return best, out
@@ -63,19 +66,22 @@ def emit(row: dict, best: dict, out: dict, **extra):
     row.update(float_s=round(best["float"], 5), int_s=round(best["int"], 5),
                speedup=round(best["float"] / best["int"], 2),
                identical=_equal(out["float"][0], out["int"][0]),
-               int_calls=out["int"][1].get("int", 0), float_calls_on_int_path=out["int"][1].get(
-                   "float", 0), threads=torch.get_num_threads(), load1=_load(), **extra)
+               int_calls=out["int"][1].get("int", 0),
+               float_calls_on_int_path=out["int"][1].get("float", 0),
+               threads=torch.get_num_threads(), load1=_load(), **extra)
+    if DEVICE.type == "cuda" and row.get("bench") != "simulate":
+        row["device"] = torch.cuda.get_device_name(DEVICE)
     print(json.dumps(row), flush=True)
 
 
-def spikes(shape, rate=0.2, seed=0):
+def spikes(shape, rate=0.2, seed=0, device=None):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(shape, generator=g) < rate).float()
+    return (torch.rand(shape, generator=g) < rate).float().to(device or DEVICE)
 
 
 def grid_weight(shape, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(-128, 128, shape, generator=g).float() / 32
+    return (torch.randint(-128, 128, shape, generator=g).float() / 32).to(DEVICE)
 
 
 def layer_cases():
@@ -101,7 +107,7 @@ def layer_cases():
 def run_layer(name, kind, xshape, wshape, opts, repeat, backward):
     x, w = spikes(xshape), grid_weight(wshape)
     if kind == "conv" and opts.get("groups", 1) == wshape[0] and wshape[1] == 1:
-        w = torch.ones(wshape)  # sum pooling
+        w = torch.ones(wshape, device=DEVICE)  # sum pooling
 
     def fn():
         xi = x.clone().requires_grad_(backward)
@@ -110,7 +116,7 @@ def run_layer(name, kind, xshape, wshape, opts, repeat, backward):
             z = isyn.linear(xi, wi) if kind == "linear" else isyn.conv2d(xi, wi, None, **opts)
             if not backward:
                 return z
-            z.backward(torch.ones(z.shape))  # the same contiguous upstream gradient on both
+            z.backward(torch.ones(z.shape, device=z.device))  # the same contiguous upstream gradient on both
             return z.detach(), xi.grad, wi.grad
 
     best, out = side_by_side(fn, repeat)
@@ -144,7 +150,7 @@ def simulation(repeat, batch, widths):
         torch.manual_seed(0)
         model = fold_model(build_model(name, **opts).eval())
         graph = model_to_nir(model, (2, 34, 34)).graph
-        x = spikes((10, batch, 2, 34, 34), rate=0.1)
+        x = spikes((10, batch, 2, 34, 34), rate=0.1, device="cpu")  # the simulator: CPU
 
         def fn():
             with torch.no_grad():
@@ -179,7 +185,13 @@ def main():
     parser.add_argument("--batch", type=int, default=16, help="simulation samples per batch")
     parser.add_argument("--width", type=int, default=16, help="ResNet-18 width")
     parser.add_argument("--only", default="layer,crossover,simulate")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the layer and crossover rows run (the simulator: CPU)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     torch.set_num_threads(args.threads)
     parts = set(args.only.split(","))
     if "layer" in parts:

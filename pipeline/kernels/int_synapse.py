@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from spikeline.errors import BadInput
 
 __all__ = ["MODES", "IntWeight", "conv2d", "counts", "int_mm_padded", "last_reason", "linear",
-           "mode", "prepare_weight", "reset_counts", "synapse_path"]
+           "mode", "prepare_weight", "reset_counts", "synapse_path", "total_counts"]
 
 MODES = ("auto", "int", "float")
 ENV = "SPIKELINE_SYNAPSE"
@@ -65,6 +65,7 @@ MIN_MACS = 1 << 24
 
 _forced: list[str] = []
 _counts: Counter = Counter()
+_total: Counter = Counter()  # since import, never reset (a test session's summary)
 _last = {"path": None, "reason": None}
 
 
@@ -95,6 +96,11 @@ def counts() -> dict[str, int]:
     return dict(_counts)
 
 
+def total_counts() -> dict[str, int]:
+    """Like ``counts`` since the module was imported (``reset_counts`` leaves it)."""
+    return dict(_total)
+
+
 def reset_counts() -> None:
     _counts.clear()
 
@@ -106,6 +112,7 @@ def last_reason() -> str | None:
 
 def _record(path: str, reason: str | None = None) -> None:
     _counts[path] += 1
+    _total[path] += 1
     _last["path"], _last["reason"] = path, reason
 
 
