@@ -139,6 +139,7 @@ class _Synaptic(_Stateless):
         if self.bias is not None and not bool((self.bias != 0).any()):
             self.bias = None  # a zero bias adds nothing (the exporter writes zeros for convs)
         self._prepared = None
+        self.known_max = None  # set by simulate(): the input is a sum of this many spike trains
         if isinstance(node, nir.Conv2d):
             self.conf = (_ints(node.stride), _padding(node), _ints(node.dilation),
                          int(node.groups))
@@ -153,9 +154,10 @@ class _Synaptic(_Stateless):
             lead = x.shape[:-len(self.in_dims)] if self.in_dims else x.shape[:-3]
             flat = x.reshape(-1, *x.shape[len(lead):])
             y = int_synapse.conv2d(flat, self.weight, self.bias, *self.conf,
-                                   prepared=self.prepared())
+                                   prepared=self.prepared(), known_max=self.known_max)
             return y.reshape(*lead, *y.shape[1:])
-        return int_synapse.linear(x, self.weight, self.bias, prepared=self.prepared())
+        return int_synapse.linear(x, self.weight, self.bias, prepared=self.prepared(),
+                                  known_max=self.known_max)
 
 
 for _synaptic_type in (nir.Linear, nir.Affine, nir.Conv2d):
@@ -221,9 +223,17 @@ class _FixedCuba:
         """The whole sequence ``[T, ...]`` at once by ``cuba_forward`` (numba on CPU, Triton on
         CUDA: the same integers as ``step`` looped over time, bit for bit, without a dozen
         PyTorch calls per step)."""
-        spikes, voltage = cuba_forward(x.to(torch.float32), self.p, self.bias_float,
-                                       self.spiking)
-        return spikes if self.spiking else voltage
+        x, bias = x.to(torch.float32), self.bias_float
+        channels_last = (x.dim() == 5 and not x.is_contiguous() and (bias is None or bias.dim() == 3)
+                         and x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last))
+        if channels_last:
+            # the integer conv's output: run the (element-wise) neuron on its contiguous
+            # [T, N, H, W, C] view instead of copying it, and hand on channels-last spikes
+            x = x.movedim(2, -1)
+            bias = None if bias is None else bias.movedim(0, -1)
+        spikes, voltage = cuba_forward(x, self.p, bias, self.spiking)
+        out = spikes if self.spiking else voltage
+        return out.movedim(-1, 2) if channels_last else out
 
     def init(self, like):
         zero = torch.zeros(like.shape, dtype=torch.int64)
@@ -366,8 +376,26 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
                              f"{expected}: expected [T, N, {', '.join(map(str, expected))}]")
     runners = {n: _make_runner(n, graph.nodes[n], mode, dt, fire_at_threshold) for n in order}
     preds = steps.preds
+    _mark_spike_inputs(order, runners, preds)
     run = _run_steps if back else _run_layers
     return Simulation(run(order, runners, preds, inputs[0], x), outputs[0], tuple(outputs))
+
+
+def _mark_spike_inputs(order, runners, preds):
+    """Tell each synapse whose input is a sum of fixed-point neurons' spikes (0 or 1 each, by
+    construction), through Delays, how large that sum can be: its integer path then skips
+    checking the input (``int_synapse``'s ``known_max``)."""
+    bound = {}
+    for name in order:
+        runner = runners[name]
+        if isinstance(runner, _FixedCuba):
+            bound[name] = 1 if runner.spiking else None
+            continue
+        terms = [bound.get(src) for src, _ in preds[name]]
+        total = sum(terms) if terms and None not in terms else None
+        if isinstance(runner, _Synaptic):
+            runner.known_max = total
+        bound[name] = total if isinstance(runner, _Delay) else None
 
 
 def _gather(name, preds, values, x, input_name, previous=None):

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from spikeline.errors import BadInput
 
 __all__ = ["MODES", "IntWeight", "conv2d", "counts", "int_mm_padded", "last_reason", "linear",
-           "mode", "prepare_weight", "reset_counts", "synapse_path", "total_counts"]
+           "mode", "pays", "prepare_weight", "reset_counts", "synapse_path", "total_counts"]
 
 MODES = ("auto", "int", "float")
 ENV = "SPIKELINE_SYNAPSE"
@@ -60,8 +60,10 @@ MANTISSA = 1 << 24    # float32 represents every integer up to 2**24 exactly
 MAX_SHIFT = 12        # grids 1, 1/2, ..., 1/4096 are searched when no grid is given
 LOIHI_SHIFT = 5       # 2/64 = 2**-5: quantize_weight's grid, tried first
 # auto: integer only for products of at least this many multiply-accumulates (bench_synapse's
-# crossover on this CPU: below it, conversions and weight packing cost more than they save)
-MIN_MACS = 1 << 24
+# crossover rows; below, conversions and weight packing cost more than they save).  On this
+# AVX2 CPU (no VNNI) 3x3 convs from ~1e8 MACs gain 1.1-1.9x, a 1x1 conv of 4e7 loses (0.5x),
+# dense layers lose at 8e7 (0.45x) and gain little at 1.7e9 (1.3x with 1 thread, 0.8x with 2).
+MIN_MACS = {("cpu", "conv"): 1 << 27, ("cpu", "dense"): 1 << 31, ("cuda", "dense"): 1 << 27}
 
 _forced: list[str] = []
 _counts: Counter = Counter()
@@ -178,15 +180,19 @@ def prepare_weight(w: torch.Tensor, grid_shift: int | None = None) -> IntWeight 
     return IntWeight(k.to(torch.int8), shift, abs_sum)
 
 
-def _input_u8(x: torch.Tensor, memory_format=torch.contiguous_format):
+def _input_u8(x: torch.Tensor, memory_format=torch.contiguous_format,
+              known_max: int | None = None):
     """``(x as uint8, max)`` when every value is an integer in ``[0, MAX_INPUT]``, else a reason.
 
     The round trip ``float -> uint8 -> float`` reproduces ``x`` exactly only for such values
     (a fraction, a negative, NaN or anything above 255 changes), whatever the cast does with
-    them."""
+    them.  ``known_max``: the caller knows ``x`` holds integers in ``[0, known_max]`` by how it
+    was made (the simulator: sums of fixed-point neurons' 0/1 spikes); the check is skipped."""
     if x.dtype != torch.float32:
         return f"input is {x.dtype}, not float32"
     xi = x.to(torch.uint8)
+    if known_max is not None and known_max <= MAX_INPUT:
+        return xi.contiguous(memory_format=memory_format), known_max
     if not torch.equal(xi.to(torch.float32), x):
         return "input is not integer-valued in [0, 255]"
     top = int(xi.max()) if xi.numel() else 0
@@ -211,11 +217,18 @@ def _common_checks(x, w, bias, macs: int, conv_kind: str | None):
     if x.device.type not in ("cpu", "cuda"):
         return m, f"no integer kernel for {x.device.type}"
     if m == "auto":
-        if macs < MIN_MACS:
-            return m, f"{macs} multiply-accumulates < {MIN_MACS}: integer does not pay"
-        if conv_kind == "depthwise":
-            return m, "depthwise/pooling conv: integer does not pay (bench_synapse)"
+        return m, pays(x.device.type, conv_kind, macs)
     return m, None
+
+
+def pays(device: str, conv_kind: str | None, macs: int) -> str | None:
+    """None where ``auto`` runs integers (measured to be faster), else why not."""
+    if conv_kind == "depthwise":
+        return "depthwise/pooling conv: integer does not pay (bench_synapse: 0.7-0.9x)"
+    least = MIN_MACS.get((device, "dense" if conv_kind is None else "conv"))
+    if least is None or macs < least:
+        return f"{macs} multiply-accumulates < {least}: integer does not pay here"
+    return None
 
 
 # --- the CUDA dense kernel (also runs on CPU tensors, for tests) ----------------------------
@@ -299,7 +312,7 @@ class _IntConv(torch.autograd.Function):
         return gx, gw, None, None, None, None, None, None
 
 
-def _plan(x2, w, bias, macs, kind, grid_shift, prepared, memory_format):
+def _plan(x2, w, bias, macs, kind, grid_shift, prepared, memory_format, known_max=None):
     """``(uint8 input, IntWeight)`` when the integer path runs, else the reason it does not."""
     _, reason = _common_checks(x2, w, bias, macs, kind)
     if reason is not None:
@@ -307,7 +320,7 @@ def _plan(x2, w, bias, macs, kind, grid_shift, prepared, memory_format):
     iw = prepare_weight(w, grid_shift) if prepared is None else prepared
     if isinstance(iw, str):
         return iw
-    checked = _input_u8(x2, memory_format)
+    checked = _input_u8(x2, memory_format, known_max)
     if isinstance(checked, str):
         return checked
     xu, top = checked
@@ -317,15 +330,16 @@ def _plan(x2, w, bias, macs, kind, grid_shift, prepared, memory_format):
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
-           grid_shift: int | None = None, prepared: IntWeight | str | None = None
-           ) -> torch.Tensor:
+           grid_shift: int | None = None, prepared: IntWeight | str | None = None,
+           known_max: int | None = None) -> torch.Tensor:
     """``F.linear(x, w, bias)``, on integers where exact (see the module docstring).
 
     ``grid_shift``: the weights' grid ``2**-grid_shift`` when known; ``prepared``: the
-    ``prepare_weight`` of ``w`` (or its reason), for weights used many times."""
+    ``prepare_weight`` of ``w`` (or its reason), for weights used many times; ``known_max``:
+    ``x`` is known to hold integers in ``[0, known_max]`` (its check is skipped)."""
     x2 = x.reshape(-1, x.shape[-1])
     plan = _plan(x2, w, bias, x2.shape[0] * w.numel(), None, grid_shift, prepared,
-                 torch.contiguous_format)
+                 torch.contiguous_format, known_max)
     if isinstance(plan, str):
         _record("float", plan)
         return F.linear(x, w, bias)
@@ -337,8 +351,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, stride=1,
            padding=0, dilation=1, groups: int = 1, *, grid_shift: int | None = None,
-           prepared: IntWeight | str | None = None) -> torch.Tensor:
-    """``F.conv2d`` on ``[B, C, H, W]``, on integers where exact (see the module docstring).
+           prepared: IntWeight | str | None = None, known_max: int | None = None
+           ) -> torch.Tensor:
+    """``F.conv2d`` on ``[B, C, H, W]``, on integers where exact (see the module docstring;
+    the keywords as in ``linear``).
 
     The integer result is channels-last (the same values; the neuron makes it contiguous)."""
     if isinstance(padding, str) or x.dim() != 4:
@@ -349,7 +365,7 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, s
            // stride[i] + 1 for i in (0, 1)]
     macs = x.shape[0] * max(out[0], 0) * max(out[1], 0) * w.numel()
     kind = "depthwise" if groups > 1 and w.shape[1] == 1 else "conv"
-    plan = _plan(x, w, bias, macs, kind, grid_shift, prepared, torch.channels_last)
+    plan = _plan(x, w, bias, macs, kind, grid_shift, prepared, torch.channels_last, known_max)
     if isinstance(plan, str):
         _record("float", plan)
         return F.conv2d(x, w, bias, stride, padding, dilation, groups)
