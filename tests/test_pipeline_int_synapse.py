@@ -259,3 +259,18 @@ def test_whole_sequence_neuron_equals_per_step_loop(monkeypatch):
         assert torch.equal(value, stepped[name]), name
         fired += int(value.abs().sum() > 0)
     assert fired >= 3
+
+
+def test_seven_bit_inputs_with_extreme_weights_do_not_saturate():
+    """u8 x s8 pairs summed in int16 (oneDNN without VNNI) would saturate above 2*127*128:
+    the largest inputs allowed with the largest weights of both signs stay exact."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(120, 128, (32, 64), generator=g).float()
+    w = torch.where(torch.rand(16, 64, generator=g) < 0.5, -4.0, 127 / 32)
+    isyn.reset_counts()
+    with isyn.synapse_path("int"):
+        z = isyn.linear(x, w)
+        c = isyn.conv2d(x.reshape(32, 16, 2, 2), w.reshape(16, 16, 2, 2))
+    assert isyn.counts() == {"int": 2}
+    assert torch.equal(z, F.linear(x, w))
+    assert torch.equal(c, F.conv2d(x.reshape(32, 16, 2, 2), w.reshape(16, 16, 2, 2)))
