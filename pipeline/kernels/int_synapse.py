@@ -33,8 +33,9 @@ Kernels (measured in ``benchmarks/bench_synapse.py``):
   tensors.  CUDA convolutions stay float (torch ships no exact int8 conv on CUDA).
 
 Modes: ``float`` never uses integers; ``int`` uses them wherever exact; ``auto`` (default) where
-exact *and* measured to pay (``pays``: large enough products, not under autocast, not a
-depthwise/pooling conv).  ``SPIKELINE_SYNAPSE=auto|int|float`` or ``with synapse_path("int")``
+exact *and* measured to pay (``pays``: large enough products, not a depthwise/pooling conv).
+Never under autocast (the float path rounds to bf16/fp16 there, and is what is reproduced) or
+inside ``torch.compile``.  ``SPIKELINE_SYNAPSE=auto|int|float`` or ``with synapse_path("int")``
 forces one.  Backward is always float: ``torch.ops.aten.convolution_backward`` and ``mm``, the
 calls autograd makes for ``F.conv2d``/``F.linear``, so gradients equal the float path's.
 """
@@ -208,6 +209,8 @@ def _common_checks(x, w, bias, macs: int, conv_kind: str | None):
     m = mode()
     if m == "float":
         return m, "forced float"
+    if torch.compiler.is_compiling():
+        return m, "inside torch.compile (data-dependent checks would break the graph)"
     if torch.is_autocast_enabled(x.device.type):
         return m, "autocast is on: the float path rounds to its dtype"
     if bias is not None and bool((bias != 0).any()):
