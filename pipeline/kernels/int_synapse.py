@@ -21,7 +21,10 @@ The 7-bit input range (``x <= 127``, not 255): oneDNN's int8 kernels on CPUs wit
 (AVX2 only, as here) multiply u8 by s8 into *saturating* int16 pairs (``vpmaddubsw``);
 ``2 * 127 * 128 = 32512`` cannot saturate.
 
-Kernels (measured in ``benchmarks/bench_synapse.py``):
+Kernels (measured in ``benchmarks/bench_synapse.py``; figures in docs/benchmarks.md).  The
+int8 kernels run at full rate only with 8-bit dot-product instructions (VNNI); on a CPU without
+them (AVX2 only, like the 2-core AMD EPYC this was written on) they gain little over MKL's fp32,
+and ``auto`` stays float there (``cpu_has_vnni``, ``pays``).
 
 * CPU, dense: oneDNN ``qlinear_pointwise`` (u8 input, s8 weights, per-channel scale ``1/s``,
   float32 output).  ``torch._int_mm`` is exact too but without VNNI (this machine) torch runs
@@ -42,6 +45,7 @@ calls autograd makes for ``F.conv2d``/``F.linear``, so gradients equal the float
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -52,7 +56,7 @@ import torch.nn.functional as F
 from spikeline.errors import BadInput
 
 __all__ = ["MODES", "IntWeight", "conv2d", "counts", "int_mm_padded", "last_reason", "linear",
-           "mode", "pays", "prepare_weight", "reset_counts", "synapse_path", "total_counts"]
+           "cpu_has_vnni", "mode", "pays", "prepare_weight", "reset_counts", "synapse_path", "total_counts"]
 
 MODES = ("auto", "int", "float")
 ENV = "SPIKELINE_SYNAPSE"
@@ -61,9 +65,11 @@ MANTISSA = 1 << 24    # float32 represents every integer up to 2**24 exactly
 MAX_SHIFT = 12        # grids 1, 1/2, ..., 1/4096 are searched when no grid is given
 LOIHI_SHIFT = 5       # 2/64 = 2**-5: quantize_weight's grid, tried first
 # auto: integer only for products of at least this many multiply-accumulates (bench_synapse's
-# crossover rows; below, conversions and weight packing cost more than they save).  On this
-# AVX2 CPU (no VNNI) 3x3 convs from ~1e8 MACs gain 1.1-1.9x, a 1x1 conv of 4e7 loses (0.5x),
-# dense layers lose at 8e7 (0.45x) and gain little at 1.7e9 (1.3x with 1 thread, 0.8x with 2).
+# crossover rows; below, conversions and weight packing cost more than they save).  Measured on
+# an AVX2 CPU without VNNI (where auto stays float anyway, see ``pays``), 1 thread: 3x3 convs
+# from ~1e8 MACs gain 1.1-1.9x, a 1x1 conv of 4e7 loses (0.5x), dense layers lose up to ~1e8
+# (0.04-0.8x) and gain 1.2-1.6x from 5e8.  On CUDA the threshold is a guess, not a measurement
+# (no GPU was lent to this work): gpu_check.sh's int_synapse step measures it.
 MIN_MACS = {("cpu", "conv"): 1 << 27, ("cpu", "dense"): 1 << 31, ("cuda", "dense"): 1 << 27}
 
 _forced: list[str] = []
@@ -224,8 +230,23 @@ def _common_checks(x, w, bias, macs: int, conv_kind: str | None):
     return m, None
 
 
+@functools.cache
+def cpu_has_vnni() -> bool:
+    """Whether the CPU has 8-bit dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX), with
+    which oneDNN's int8 kernels (and ``torch._int_mm`` on CPU) run at their full rate."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
 def pays(device: str, conv_kind: str | None, macs: int) -> str | None:
     """None where ``auto`` runs integers (measured to be faster), else why not."""
+    if device == "cpu" and not cpu_has_vnni():
+        return ("no VNNI on this CPU: int8 gains 1.1-1.9x per conv with 1 thread and loses "
+                "with 2 under load (bench_synapse), so it does not pay here")
     if conv_kind == "depthwise":
         return "depthwise/pooling conv: integer does not pay (bench_synapse: 0.7-0.9x)"
     least = MIN_MACS.get((device, "dense" if conv_kind is None else "conv"))
