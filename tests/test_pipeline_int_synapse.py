@@ -274,3 +274,24 @@ def test_seven_bit_inputs_with_extreme_weights_do_not_saturate():
     assert isyn.counts() == {"int": 2}
     assert torch.equal(z, F.linear(x, w))
     assert torch.equal(c, F.conv2d(x.reshape(32, 16, 2, 2), w.reshape(16, 16, 2, 2)))
+
+
+@pytest.mark.parametrize("w_shape,opts", [((16, 8, 1, 1), dict(stride=2)),
+                                          ((16, 8, 3, 3), dict(stride=2, padding=1)),
+                                          ((16, 8, 1, 1), dict(stride=1))])
+def test_repeated_two_thread_convs_stay_exact(w_shape, opts):
+    """oneDNN's int8 1x1 conv with a stride, on 2 threads, intermittently wrote wrong sums
+    (5 of 30 runs on this AVX2 CPU; found by test_deploy_nir under SPIKELINE_SYNAPSE=int):
+    the integer path must stay exact run after run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    try:
+        for _ in range(20):
+            x = (torch.rand((24, 8, 48, 48), generator=g) < 0.3).float()
+            w = torch.randint(-128, 128, w_shape, generator=g).float() / 32
+            with isyn.synapse_path("int"):
+                got = isyn.conv2d(x, w, None, **opts)
+            assert torch.equal(got, F.conv2d(x, w, None, **opts))
+    finally:
+        torch.set_num_threads(threads)
