@@ -166,9 +166,14 @@ def build_from_spec(spec: dict):
     ``ems.DETECTORS`` (``anchors`` as nested ``[[w, h], ...]`` lists per level, and optional
     ``strides``; ``deployable`` picks the all-spike form that exports; ``timing``, absent for
     ``ideal``, as for classifiers: ``loihi`` builds the deployable form with one step per
-    synaptic hop, and is refused with ``BadInput`` for the published form)."""
+    synaptic hop, and is refused with ``BadInput`` for the published form).  A network
+    assembled from blocks (``"name": "custom"``, ``structure.describe``) rebuilds from its
+    described structure."""
     from spikeline.pipeline.models import build_model
+    from spikeline.pipeline.structure import CUSTOM, build_custom
 
+    if spec.get("name") == CUSTOM:
+        return build_custom(spec)
     kwargs = dict(spec)
     name = kwargs.pop("name")
     if kwargs.pop("task", "classify") == "detection":

@@ -586,12 +586,14 @@ def finish(state: _State, finished: bool, run_dir: Path, data, make_loader: Load
 
 
 def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: LoaderFactory,
-          ) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train (or, with ``runtime.resume``, continue) a run in ``runtime.out``.
 
     ``data``: ``.train``, ``.val``, ``.test`` (torch datasets of ``(frames [T, C, H, W],
     label)``, or ``(frames, targets [n, 5])`` for detection) and ``.num_classes``; ``make_loader(dataset, batch_size, shuffle=, workers=,
     seed=)`` batches them.  On resume ``config`` is None or the stored one.
+    ``on_epoch(record)``: called on the main process after each epoch's checkpoint with its
+    metrics record (what ``metrics.jsonl`` gets).
     """
     run_dir = Path(runtime.out)
     with ddp.session(runtime.device) as ranks:
@@ -615,6 +617,8 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
                 save_epoch_state(state, record, run_dir, partial=cut, is_best=is_best)
                 _say(f"epoch {epoch + 1}/{c.epochs}  {state.task.epoch_line(record)}  "
                      f"lr {record['lr']:.3g}  {record['seconds']:.1f}s", runtime.progress)
+                if on_epoch is not None:
+                    on_epoch(dict(record))
             ddp.barrier(ranks)
             if cut:
                 finished = False
