@@ -40,7 +40,8 @@ def execute(path: Path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+    # a cell may train for minutes on a loaded machine; the limit is there to stop a hang
+    client = NotebookClient(nb, timeout=1200, kernel_name="python3",
                             resources={"metadata": {"path": str(EXAMPLES)}})
     started = time.perf_counter()
     client.execute()
@@ -58,6 +59,7 @@ def _has_image(outputs) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole notebook: several stages, each under the cell limit
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path):
     nb, seconds = execute(path)
