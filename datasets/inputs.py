@@ -22,7 +22,9 @@ from .events import read_events
 from .frames import events_to_frames, resize_frames
 from .registry import load_dataset
 
-__all__ = ["fit_frames", "frames_from_events", "inputs_from_array", "inputs_from_dataset",
+MAX_EXACT_INPUT = 2 ** 24  # the largest count float32 holds exactly (with all below it)
+
+__all__ = ["MAX_EXACT_INPUT", "fit_frames", "frames_from_events", "inputs_from_array", "inputs_from_dataset",
            "inputs_from_events"]
 
 
@@ -98,12 +100,20 @@ def inputs_from_array(path, shape: Sequence[int],
     if check_dims is not None:
         check_dims(dims)
     try:
-        array = np.load(path, allow_pickle=False).astype(np.float32).reshape(dims)
+        raw = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:  # a header claiming more than the file holds
         raise BadInput(f"{path}: cannot read the array ({err})") from None
-    if not np.all(np.isfinite(array)):
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
         raise BadInput(f"{path}: holds NaN or Inf values; inputs must be finite")
-    return np.ascontiguousarray(array)
+    low, high = raw.min().item(), raw.max().item()
+    if low < 0:
+        raise BadInput(f"{path}: holds negative values (min {low!r}); inputs are spikes or "
+                       "event counts, >= 0")
+    if high > MAX_EXACT_INPUT:
+        raise BadInput(f"{path}: holds values up to {high!r}, above {MAX_EXACT_INPUT} = 2**24, "
+                       "beyond which float32 (what the simulator computes in) no longer holds "
+                       "integers exactly")
+    return np.ascontiguousarray(raw.astype(np.float32).reshape(dims))
 
 
 def inputs_from_dataset(name: str, samples: int, T: int, shape: Sequence[int], split="test",

@@ -27,9 +27,9 @@ from torch import nn
 
 from spikeline.errors import BadInput
 
-from .blocks import LIF, ConvSynapse
+from .blocks import LIF, Conv, ConvSynapse
 from .detection import Anchors, Detect
-from .models import ResidualBlock, SpikingNet, encode_frames
+from .models import DEFAULT_NEURON, ResidualBlock, SpikingNet, encode_frames
 from .neuron import CubaParams
 from .timing import check_timing, hops, pad_steps, shift
 
@@ -287,8 +287,6 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
     if deployable:
         block1 = lambda cin, cout, k=3: DeployableEMSBlock(neuron, cin, cout, 1, k)  # noqa: E731
         block2 = lambda cin, cout, s: DeployableEMSBlock(neuron, cin, cout, s)  # noqa: E731
-        from .blocks import Conv
-
         stem = Conv(neuron, in_channels, c[0], 3, stride=2, padding=1, norm=True,
                     delay_shift=False)
     else:
@@ -318,8 +316,6 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
 def _detector(depth: int):
     def build(*, in_channels=2, num_classes=10, neuron=None, encoding="binary", width=64,
               deployable=False, anchors=NDIGITS_ANCHORS, timing="ideal", **_):
-        from .models import DEFAULT_NEURON
-
         return ems_detector(depth, in_channels=in_channels, num_classes=num_classes,
                             neuron=neuron or DEFAULT_NEURON, encoding=encoding, width=width,
                             deployable=deployable, anchors=anchors, timing=timing)

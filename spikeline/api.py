@@ -31,10 +31,10 @@ from spikeline.datasets.detection import DETECTION_DATASETS, load_detection
 from spikeline.datasets.inputs import fit_frames
 from spikeline.datasets.registry import DATASETS
 from spikeline.datasets.registry import load_dataset as _load_classification
-from spikeline.deploy.artifact import graph_input_shape, read_model
+from spikeline.deploy.artifact import ExportMeta, graph_input_shape, read_model
 from spikeline.deploy.export import FORMATS, check_formats, export_model, export_run
 from spikeline.deploy.nir_check import validate_graph
-from spikeline.deploy.verify import BACKENDS, verify_export
+from spikeline.deploy.verify import BACKENDS, DEFAULT_SAMPLES, verify_export
 from spikeline.errors import BadInput, SpikelineError, VerifyFailed
 from spikeline.paths import output_dir
 from spikeline.pipeline.config import Runtime, TrainConfig
@@ -106,44 +106,42 @@ def export(source: Run | SpikingNet | str | os.PathLike, out: str | os.PathLike 
     out = _fresh_dir(out, "spikeline-export-")
     result = export_run(run_dir, out, formats, which=checkpoint)
     deployed = None
-    if accuracy and checkpoint == "best" and "nir" in result.files:
-        detector = "readout" in result.files
-        try:
-            deployed = (workflow.deployed_map if detector else workflow.deployed_test_accuracy)(
-                run_dir, out, data_dir, cache_dir)
-        except SpikelineError as why:  # the export is complete; say what was not measured
-            warnings.warn(f"deployed {'mAP' if detector else 'accuracy'}: not measured ({why})",
-                          stacklevel=2)
     artifact = Artifact.load(out)
+    if accuracy and checkpoint == "best" and "nir" in result.files:
+        try:
+            deployed = workflow.deployed_score(run_dir, out, data_dir, cache_dir)
+        except SpikelineError as why:  # the export is complete; say what was not measured
+            warnings.warn(f"deployed {artifact.meta.task} score: not measured ({why})",
+                          stacklevel=2)
     artifact.deployed = deployed
     return artifact
 
 
 # ---- inputs ---------------------------------------------------------------------------------
 
-def _model(model) -> tuple[nir.NIRGraph, dict, str]:
+def _model(model) -> tuple[nir.NIRGraph, ExportMeta | None, str]:
     """(graph, export metadata, what to call it) of an Artifact, a folder, a file or a graph."""
     if isinstance(model, Artifact):
-        return model.graph, model.metadata, str(model.path)
+        return model.graph, model.meta, str(model.path)
     if isinstance(model, nir.NIRGraph):
-        return validate_graph(model), {}, "graph"
-    graph, metadata, path = read_model(model)
-    return graph, metadata, str(path)
+        return validate_graph(model), None, "graph"
+    graph, meta, path = read_model(model)
+    return graph, meta, str(path)
 
 
-def _inputs(graph, metadata: dict, inputs, *, samples: int, split: str, T: int | None,
+def _inputs(graph, meta: ExportMeta | None, inputs, *, samples: int, split: str, T: int | None,
             data_dir, cache_dir, what: str) -> tuple[np.ndarray, dict]:
     kw = {"samples": samples, "split": split, "T": T, "data_dir": data_dir,
           "cache_dir": cache_dir, "what": what}
     if isinstance(inputs, str) and inputs in {**DATASETS, **DETECTION_DATASETS}:
-        return workflow.model_inputs(graph, metadata, dataset=inputs, **kw)
+        return workflow.model_inputs(graph, meta, dataset=inputs, **kw)
     if isinstance(inputs, (str, os.PathLike)):
         if str(inputs).endswith(".npy"):
-            return workflow.model_inputs(graph, metadata, array=inputs, **kw)
-        return workflow.model_inputs(graph, metadata, events=[inputs], **kw)
+            return workflow.model_inputs(graph, meta, array=inputs, **kw)
+        return workflow.model_inputs(graph, meta, events=[inputs], **kw)
     if isinstance(inputs, (list, tuple)) and inputs and all(
             isinstance(v, (str, os.PathLike)) for v in inputs):
-        return workflow.model_inputs(graph, metadata, events=list(inputs), **kw)
+        return workflow.model_inputs(graph, meta, events=list(inputs), **kw)
     shape = graph_input_shape(graph)
     if isinstance(inputs, torch.utils.data.Dataset):
         count = min(samples, len(inputs))
@@ -163,7 +161,7 @@ def _inputs(graph, metadata: dict, inputs, *, samples: int, split: str, T: int |
             raise BadInput("inputs: hold NaN or Inf values; inputs must be finite")
         source = {"array": list(frames.shape)}
     workflow.check_activity(graph, frames.shape[0], frames.shape[1], what)
-    encoding = metadata.get("input_encoding") or (graph.metadata or {}).get("input_encoding")
+    encoding = workflow.input_encoding(graph, meta)
     source["encoding"] = encoding or "counts"
     return np.ascontiguousarray(workflow.encode(frames, encoding)), source
 
@@ -171,18 +169,24 @@ def _inputs(graph, metadata: dict, inputs, *, samples: int, split: str, T: int |
 # ---- verify, energy, simulate ---------------------------------------------------------------
 
 def verify(artifact: Artifact | str | os.PathLike, inputs, backends: Sequence[str] = BACKENDS,
-           *, samples: int = 4, split: str = "test", T: int | None = None,
-           allow_skip: bool = False, lava_timeout: float = 300.0, check: bool = True,
-           data_dir=None, cache_dir=None) -> Certificate:
-    """Run ``inputs`` through the folded reference network and each backend (``nir``,
-    ``lava``, ``spikingjelly``, ``snntorch``) and compare every spike; returns the
-    :class:`Certificate`.  With ``check`` (default) a certificate that certifies nothing (a
-    mismatch, an error, a skipped backend unless ``allow_skip``, a silent input) raises
-    ``VerifyFailed`` naming why."""
+           *, samples: int | None = None, lava_samples: int | None = None,
+           split: str = "test", T: int | None = None, allow_skip: bool = False,
+           lava_timeout: float = 300.0, check: bool = True, data_dir=None,
+           cache_dir=None) -> Certificate:
+    """Check the export: its parameters against the run it was made from, then ``inputs``
+    through the reference network and each backend (``nir``, ``lava``, ``spikingjelly``,
+    ``snntorch``), every spike compared; returns the :class:`Certificate`.  ``samples`` (of a
+    dataset) and ``lava_samples`` (the first K also run in Lava) default to
+    ``deploy.verify.DEFAULT_SAMPLES``, as ``spikeline verify``.  With ``check`` (default) a
+    certificate that certifies nothing (a mismatch, an error, a skipped backend unless
+    ``allow_skip``, a layer silent on every input) raises ``VerifyFailed`` naming why."""
     art = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
-    x, _ = _inputs(art.graph, art.metadata, inputs, samples=samples, split=split, T=T,
+    samples = max(DEFAULT_SAMPLES.values()) if samples is None else samples
+    x, _ = _inputs(art.graph, art.meta, inputs, samples=samples, split=split, T=T,
                    data_dir=data_dir, cache_dir=cache_dir, what=str(art.path))
-    report = verify_export(art.path, x, tuple(backends), lava_timeout)
+    report = verify_export(art.path, x, tuple(backends), lava_timeout,
+                           lava_samples=DEFAULT_SAMPLES["lava"] if lava_samples is None
+                           else lava_samples)
     certificate = Certificate(report, allow_skip)
     if check and certificate.problems:
         raise VerifyFailed("verify: FAILED: " + "; ".join(certificate.problems))
@@ -201,12 +205,12 @@ def energy(model: Artifact | nir.NIRGraph | str | os.PathLike, inputs,
     ``convention`` (event, ems, lemaire) and ``hardware`` (a model name of
     ``deploy/energy/hardware.toml`` or ``hardware_file``) pick one estimate; left None, every
     valid pairing is priced (the first is the headline)."""
-    graph, metadata, what = _model(model)
+    graph, meta, what = _model(model)
     chosen, memory = workflow.hardware_selection(hardware, hardware_file, models)
-    x, source = _inputs(graph, metadata, inputs, samples=samples, split=split, T=T,
+    x, source = _inputs(graph, meta, inputs, samples=samples, split=split, T=T,
                         data_dir=data_dir, cache_dir=cache_dir, what=what)
     report = workflow.energy_report(
-        graph, metadata, x, chosen, memory, convention=convention,
+        graph, meta, x, chosen, memory, convention=convention,
         single=bool(hardware), fanout=fanout, mode=mode, batch_size=batch_size,
         meta={"model": what, "source": source, "input_shape": list(graph_input_shape(graph))})
     return EnergyReport(report)
@@ -219,10 +223,10 @@ def simulate(graph_or_path: Artifact | nir.NIRGraph | str | os.PathLike, events_
     """Run a NIR graph (ours or another tool's, a file, an export folder or a
     ``nir.NIRGraph``) on inputs and record every node; ``mode``: Loihi fixed point where the
     parameters allow (auto), loihi, or float."""
-    graph, metadata, what = _model(graph_or_path)
+    graph, meta, what = _model(graph_or_path)
     if dt is not None:
         validate_graph(graph, what, dt=dt)
-    x, source = _inputs(graph, metadata, events_or_frames, samples=samples, split=split, T=T,
+    x, source = _inputs(graph, meta, events_or_frames, samples=samples, split=split, T=T,
                         data_dir=data_dir, cache_dir=cache_dir, what=what)
     sim, pad = workflow.simulate_model(graph, x, mode, dt)
     if pad > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 import nir
 import torch
 
-from spikeline.deploy.artifact import graph_input_shape, read_model
+from spikeline.deploy.artifact import ExportMeta, graph_input_shape, read_model
 from spikeline.deploy.energy.report import json_text, layers_figure, to_markdown, write_report
 from spikeline.deploy.simulate import Simulation
 from spikeline.deploy.verify import VerifyReport
@@ -152,13 +152,14 @@ class Run:
 
 @dataclass
 class Artifact:
-    """An export folder: ``graph`` (``model.nir``), ``metadata`` (``metadata.json``), the files
-    written and the formats skipped (with why), and ``deployed``: the deployed network's test
-    score beside the trained one's, when it was measured (``sl.export(run, ...)``)."""
+    """An export folder: ``graph`` (``model.nir``), ``meta`` (``metadata.json``, typed:
+    ``deploy.artifact.ExportMeta``), the files written and the formats skipped (with why), and
+    ``deployed``: the deployed network's test score beside the trained one's, when it was
+    measured (``sl.export(run, ...)``)."""
 
     path: Path
     graph: nir.NIRGraph
-    metadata: dict
+    meta: ExportMeta
     deployed: dict | None = None
 
     @classmethod
@@ -168,16 +169,19 @@ class Artifact:
         if not path.is_dir():
             raise DataNotFound(f"{path}: no such export folder (a .nir file of another tool "
                                "goes to sl.simulate and sl.energy as it is)")
-        graph, metadata, _ = read_model(path)
-        return cls(path, graph, metadata)
+        graph, meta, _ = read_model(path)
+        if meta is None:
+            raise DataNotFound(f"{path}: no metadata.json (expected a folder written by "
+                               "sl.export or `spikeline export`)")
+        return cls(path, graph, meta)
 
     @property
     def files(self) -> dict:
-        return dict(self.metadata.get("files") or {})
+        return dict(self.meta.files)
 
     @property
     def skipped(self) -> dict:
-        return dict(self.metadata.get("skipped") or {})
+        return dict(self.meta.skipped)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -185,10 +189,10 @@ class Artifact:
 
     @property
     def T(self) -> int | None:
-        return self.metadata.get("T")
+        return self.meta.T
 
     def to_json(self) -> str:
-        return _dumps({"path": str(self.path), "metadata": self.metadata,
+        return _dumps({"path": str(self.path), "metadata": self.meta.raw,
                        "deployed": self.deployed})
 
     def __repr__(self) -> str:
@@ -196,11 +200,11 @@ class Artifact:
                 f"{list(self.input_shape)}, T {self.T})")
 
     def _repr_markdown_(self) -> str:
-        m = self.metadata
-        rows = [("files", ", ".join(sorted(self.files.values()))),
+        m = self.meta
+        rows = [("task", m.task), ("files", ", ".join(sorted(self.files.values()))),
                 ("input", list(self.input_shape)), ("T", self.T),
-                ("encoding", m.get("input_encoding")), ("timing", m.get("timing", "ideal")),
-                ("latency steps", m.get("latency_steps")),
+                ("encoding", m.input_encoding), ("timing", m.timing.timing),
+                ("latency steps", m.timing.latency_steps),
                 ("nodes", len(self.graph.nodes))]
         rows += [(f"not written: {k}", v) for k, v in self.skipped.items()]
         if self.deployed:

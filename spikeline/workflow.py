@@ -20,13 +20,12 @@ import torch
 from spikeline.atomic import atomic_text
 from spikeline.datasets import gen1
 from spikeline.datasets.detection import (
-    DETECTION_DATASETS, detection_collate, load_detection, load_detection_splits,
-    make_detection_loader,
+    DETECTION_DATASETS, detection_collate, load_detection,
 )
 from spikeline.datasets.inputs import inputs_from_array, inputs_from_dataset, inputs_from_events
 from spikeline.datasets.registry import DATASETS, load_splits, make_loader
 from spikeline.deploy.accuracy import deployed_accuracy
-from spikeline.deploy.artifact import graph_input_shape
+from spikeline.deploy.artifact import DEFAULT_T, ExportMeta, GraphTiming, graph_input_shape
 from spikeline.deploy.detector import deployed_detections, load_readout
 from spikeline.deploy.energy import (
     CONVENTIONS, count_in_batches, load_hardware_models, load_memory, price, price_table,
@@ -37,28 +36,26 @@ from spikeline.deploy.energy.report import build_report, write_report
 from spikeline.deploy.export import export_run
 from spikeline.deploy.nir_check import activity_bytes
 from spikeline.deploy.simulate import Simulation, simulate
-from spikeline.deploy.verify import BACKENDS, verify_export
+from spikeline.deploy.verify import BACKENDS, DEFAULT_SAMPLES, verify_export
 from spikeline.errors import BadInput, SpikelineError, VerifyFailed, check_size
 from spikeline.paths import output_dir
 from spikeline.pipeline.blocks import set_fold_aware
 from spikeline.pipeline.checkpoint import load_checkpoint, load_run_model
 from spikeline.pipeline.config import Runtime, TrainConfig, resolve
-from spikeline.pipeline.detect_train import (
-    check_detection_config, evaluate_detector, predict, score_detections,
-)
+from spikeline.pipeline.detect_train import predict, score_detections
+from spikeline.pipeline.precision import exact_fp32
+from spikeline.pipeline.tasks import task_for
 from spikeline.pipeline.models import encode_frames
-from spikeline.pipeline.train import TrainResult, evaluate_model, exact_fp32, resolve_device
+from spikeline.pipeline.train import TrainResult, resolve_device
 from spikeline.pipeline.train import train as train_loop
 
 __all__ = [
-    "DEFAULT_T", "RUN_DEFAULTS", "class_names", "deployed_map", "detect_boxes", "deployed_test_accuracy", "encode",
+    "DEFAULT_T", "DEPLOYED_SCORES", "RUN_DEFAULTS", "class_names", "deployed_map",
+    "deployed_score", "detect_boxes", "deployed_test_accuracy", "encode",
     "energy_report", "evaluate_run", "hardware_selection", "latency_steps", "load_data",
     "loader_factory", "model_inputs", "resolve_T", "resolve_config", "resumed_config",
     "run_config", "run_pipeline", "simulate_model", "simulation_summary", "train",
 ]
-
-# Time bins of inputs for a model whose metadata records no T (a .nir file of another tool).
-DEFAULT_T = 10
 
 # `spikeline run` trains a demo by default: evolutionary heads, 4 epochs (train's otherwise)
 RUN_DEFAULTS = {"heads": "evolutionary", "epochs": 4}
@@ -69,34 +66,24 @@ RUN_DEFAULTS = {"heads": "evolutionary", "epochs": 4}
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """Fill in the dataset's T and size (from the registry's metadata: nothing is loaded);
     a dataset or model of the other task is refused naming the option."""
-    known = DETECTION_DATASETS if config.task == "detection" else DATASETS
+    task = task_for(config)
     if config.dataset not in {**DATASETS, **DETECTION_DATASETS}:
         raise BadInput(f"--dataset (dataset): unknown dataset {config.dataset!r}; known: "
-                       f"{', '.join(sorted(known))}")
-    check_detection_config(config)
-    info = known[config.dataset]
+                       f"{', '.join(sorted(task.datasets))}")
+    task.check(config)
+    info = task.datasets[config.dataset]
     return resolve(config, info.default_T, info.default_size)
 
 
 def load_data(config: TrainConfig, data_dir=None, cache_dir=None):
-    """The run's ``Splits`` (train with augmentation, fixed validation and test; detection
-    sets: their own fixed three splits, no augmentation)."""
-    if config.task == "detection":
-        return load_detection_splits(config.dataset, T=config.T, size=tuple(config.size),
-                                     limit_train=config.limit_train,
-                                     limit_test=config.limit_test, data_dir=data_dir,
-                                     cache_dir=cache_dir)
-    return load_splits(config.dataset, T=config.T, size=tuple(config.size),
-                       augment=config.augment, val_fraction=config.val_fraction,
-                       limit_train=config.limit_train, limit_test=config.limit_test,
-                       data_dir=data_dir, cache_dir=cache_dir, seed=config.seed)
+    """The run's ``Splits``, as its task loads them (classification: train with augmentation,
+    a fixed validation split carved from it, test; detection: the set's own three splits)."""
+    return task_for(config).load_splits(config, data_dir, cache_dir)
 
 
 def loader_factory(config: TrainConfig | None = None):
     """``make_loader`` of the run's task (detection batches with ``detection_collate``)."""
-    if config is not None and config.task == "detection":
-        return make_detection_loader
-    return make_loader
+    return task_for(config if config is not None else "classify").make_loader
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -149,14 +136,9 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
     model.to(dev)
     about = {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
              "dataset": config.dataset, "model": config.model}
-    if config.task == "detection":
-        scores = evaluate_detector(model, loader, dev)
-        return {**about, "task": "detection", "mAP50": scores["map50"],
-                "mAP50_95": scores["map50_95"], "num_test": len(test)}
-    correct, count = evaluate_model(model, loader, dev)
-    return {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
-            "dataset": config.dataset, "model": config.model, "heads": config.heads,
-            "test_acc": correct / max(count, 1), "correct": correct, "num_test": count}
+    if config.task == "classify":
+        about["heads"] = config.heads
+    return {**about, **task_for(config).test_scores(model, loader, dev)}
 
 
 # ---- deployed accuracy ----------------------------------------------------------------------
@@ -231,17 +213,28 @@ def deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None, limit: int 
     return fields
 
 
+# what each task measures of its deployed network (one dispatch, on the export's task)
+DEPLOYED_SCORES = {"classify": deployed_test_accuracy, "detection": deployed_map}
+
+
+def deployed_score(run_dir, export_dir, data_dir=None, cache_dir=None) -> dict:
+    """The deployed network's test score beside the trained one's, as the export's task
+    measures it (accuracy; a detector: mAP), written into the run's summary.json."""
+    task = ExportMeta.read(export_dir).task
+    return DEPLOYED_SCORES[task](run_dir, export_dir, data_dir, cache_dir)
+
+
 # ---- inputs for simulate / verify / energy --------------------------------------------------
 
-def resolve_T(T: int | None, metadata: dict, what: str) -> int:
+def resolve_T(T: int | None, meta: ExportMeta | None) -> int:
     """``T`` as asked, else the export's ``metadata.json`` T, else ``DEFAULT_T``."""
-    if T is None:
-        T = metadata.get("T")
-        T = DEFAULT_T if T is None else T
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise BadInput(f"{what}: metadata.json field 'T' must be a positive "
-                           f"integer, got {T!r}; pass --T")
-    return T
+    return meta.steps(T) if meta is not None else (DEFAULT_T if T is None else T)
+
+
+def input_encoding(graph: nir.NIRGraph, meta: ExportMeta | None) -> str | None:
+    """How frames of counts become the model's input: the export's, else the graph's."""
+    return (meta.input_encoding if meta is not None else None) or \
+        GraphTiming.of(graph).input_encoding
 
 
 def encode(frames: np.ndarray, encoding: str | None) -> np.ndarray:
@@ -256,20 +249,21 @@ def check_activity(graph, T: int, samples: int, what: str) -> None:
                f"{what}: simulating {samples} sample(s) of T = {T} steps")
 
 
-def model_inputs(graph: nir.NIRGraph, metadata: dict, *, events: Sequence | None = None,
+def model_inputs(graph: nir.NIRGraph, meta: ExportMeta | None, *,
+                 events: Sequence | None = None,
                  array=None, dataset: str | None = None, samples: int = 1, split: str = "test",
                  T: int | None = None, data_dir=None, cache_dir=None,
                  what: str = "model") -> tuple[np.ndarray, dict]:
     """``(x [T, N, *input_shape] float32, description of the source)`` for ``graph``, from one
     of: event files (binned into T frames and fitted), a ``.npy`` array (fed as is) or the
     first ``samples`` of a dataset split.  Frames of counts are encoded as the model was
-    trained (``metadata``'s ``input_encoding``)."""
+    trained (``input_encoding``)."""
     shape = graph_input_shape(graph)
     if array is not None:
         x = inputs_from_array(array, shape,
                               lambda dims: check_activity(graph, dims[0], dims[1], str(array)))
         return x, {"input": str(array)}
-    T = resolve_T(T, metadata, what)
+    T = resolve_T(T, meta)
     check_activity(graph, T, len(events) if events else int(samples), what)
     if events:
         x, source = inputs_from_events(events, T, shape), {"events": [str(e) for e in events]}
@@ -278,7 +272,7 @@ def model_inputs(graph: nir.NIRGraph, metadata: dict, *, events: Sequence | None
         source = {"dataset": dataset, "split": split}
     else:
         raise BadInput(f"{what}: no input given (event files, an array or a dataset)")
-    encoding = metadata.get("input_encoding") or (graph.metadata or {}).get("input_encoding")
+    encoding = input_encoding(graph, meta)
     source["encoding"] = encoding or "counts"
     return encode(x, encoding), source
 
@@ -290,12 +284,12 @@ def simulate_model(graph: nir.NIRGraph, x: np.ndarray, mode: str = "auto",
     """Run ``graph`` on ``x [T, N, ...]``; a graph trained with hardware timing first gets its
     ``input_pad_steps`` zero steps appended (the last input step needs them to reach the
     readout).  Returns ``(simulation, pad steps appended)``."""
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0))
+    pad = GraphTiming.of(graph).input_pad_steps
     if pad > 0:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
     with torch.no_grad():
         sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), mode, dt)
-    return sim, max(pad, 0)
+    return sim, pad
 
 
 def _is_spiking(node) -> bool:
@@ -328,16 +322,10 @@ def simulation_summary(graph: nir.NIRGraph, sim: Simulation, model: str, source:
 
 # ---- energy ---------------------------------------------------------------------------------
 
-def latency_steps(metadata: dict) -> int:
+def latency_steps(meta: ExportMeta | None) -> int:
     """``metadata.json``'s ``latency_steps`` (extra steps a chip runs while the input crosses the
-    network's depth), 0 when absent; anything but an integer >= 0 is refused."""
-    value = (metadata or {}).get("latency_steps", 0)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SpikelineError(f"metadata.json field 'latency_steps' must be an integer >= 0, "
-                             f"got {value!r}")
-    return value
+    network's depth), 0 without an export's metadata."""
+    return 0 if meta is None else meta.timing.latency_steps
 
 
 def hardware_selection(hardware: str | None = None, hardware_file=None,
@@ -349,7 +337,8 @@ def hardware_selection(hardware: str | None = None, hardware_file=None,
     return select_models(known, [hardware] if hardware else models), memory
 
 
-def energy_report(graph: nir.NIRGraph, metadata: dict, x: np.ndarray, chosen, memory, *,
+def energy_report(graph: nir.NIRGraph, meta_in: ExportMeta | None, x: np.ndarray, chosen,
+                  memory, *,
                   convention: str | None = None, single: bool = False,
                   fanout: str = "structural", mode: str = "auto", batch_size: int = 8,
                   meta: dict | None = None) -> dict:
@@ -357,7 +346,7 @@ def energy_report(graph: nir.NIRGraph, metadata: dict, x: np.ndarray, chosen, me
     model and a convention): that one estimate; else every valid pairing of ``convention``
     (default all) and ``chosen``.  A detector's off-chip readout is priced beside.  Returns
     the report (``deploy.energy.report.build_report``)."""
-    counts = count_in_batches(graph, x, batch_size, mode, fanout, latency_steps(metadata))
+    counts = count_in_batches(graph, x, batch_size, mode, fanout, latency_steps(meta_in))
     if convention and single:
         estimates, refused = [price(counts, chosen[0], convention, memory)], {}
     else:
@@ -372,23 +361,25 @@ def energy_report(graph: nir.NIRGraph, metadata: dict, x: np.ndarray, chosen, me
     meta["input_shape"] = given.pop("input_shape", list(graph_input_shape(graph)))
     meta["memory_model"] = memory.source
     meta.update(given)
-    if metadata:
-        meta["export_metadata"] = metadata
+    if meta_in is not None and meta_in.raw:
+        meta["export_metadata"] = meta_in.raw
     by_name = {m.name: m for m in chosen}
     readout = None
-    if isinstance(metadata.get("readout"), dict):  # a detector: its Detect readout is off-chip
-        readout = readout_report(metadata["readout"], counts, estimates, by_name)
+    if meta_in is not None and meta_in.readout is not None:  # a detector's off-chip readout
+        readout = readout_report(meta_in.readout, counts, estimates, by_name)
     return build_report(counts, estimates, by_name, meta, refused, readout)
 
 
 # ---- the whole pipeline ---------------------------------------------------------------------
 
-def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int = 2,
-                 energy_samples: int = 16, backends: Sequence[str] = BACKENDS,
+def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int | None = None,
+                 lava_samples: int | None = None, energy_samples: int = 16,
+                 backends: Sequence[str] = BACKENDS,
                  on_event: Callable[[str, object], None] | None = None) -> dict:
     """Train, strip the heads and export, measure the deployed accuracy, verify every backend
     spike for spike, price the energy; write ``verify.json``, ``energy/`` and
-    ``pipeline.json`` (the summary, returned) into ``runtime.out``.
+    ``pipeline.json`` (the summary, returned) into ``runtime.out``.  ``verify_samples`` and
+    ``lava_samples`` default to ``deploy.verify.DEFAULT_SAMPLES`` (as ``spikeline verify``).
 
     ``on_event(kind, data)`` hears of each stage as it happens: ``("step", name)``,
     ``("export", ExportResult)``, ``("accuracy", fields)``, ``("backend", name)``,
@@ -396,6 +387,10 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
     graph is reported as skipped and the run goes on; a mismatch raises ``VerifyFailed``."""
     say = on_event or (lambda kind, data: None)
     started = time.time()
+    if verify_samples is None:
+        verify_samples = max(DEFAULT_SAMPLES.values())
+    if lava_samples is None:
+        lava_samples = DEFAULT_SAMPLES["lava"]
     run_dir = Path(runtime.out)
     say("step", "train")
     result = train(config, runtime)
@@ -406,15 +401,16 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
     say("export", export)
     acc = deployed_test_accuracy(run_dir, export.out_dir, runtime.data_dir, runtime.cache_dir)
     say("accuracy", acc)
-    meta = json.loads((export.out_dir / "metadata.json").read_text())
-    shape, T = tuple(meta["input_shape"]), int(meta["T"])
+    meta = ExportMeta.read(export.out_dir)
+    shape, T = meta.require_shape(), meta.steps()
     samples = max(verify_samples, energy_samples)
     frames = inputs_from_dataset(config.dataset, samples, T, shape, "test", runtime.data_dir,
                                  runtime.cache_dir)
 
-    say("step", "verify (every backend against the trained network, spike for spike)")
+    say("step", "verify (parameters against best.pt; spikes of nir and lava against the trained "
+        "network; peers against our reading of model.nir)")
     report = verify_export(export.out_dir, frames[:, :verify_samples], tuple(backends),
-                           progress=lambda b: say("backend", b))
+                           progress=lambda b: say("backend", b), lava_samples=lava_samples)
     atomic_text(run_dir / "verify.json", json.dumps(report.to_dict(), indent=2))
     say("verify", report)
     problems = report.problems(allow_skip=True)
@@ -425,7 +421,7 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
 
     say("step", "energy")
     graph = nir.read(export.out_dir / "model.nir")
-    x = encode(frames[:, :energy_samples], meta["input_encoding"])
+    x = encode(frames[:, :energy_samples], meta.input_encoding)
     counts = count_in_batches(graph, x, batch_size=8, mode="auto", fanout="structural",
                               latency_steps=latency_steps(meta))
     models = load_hardware_models()
@@ -443,6 +439,9 @@ def run_pipeline(config: TrainConfig, runtime: Runtime, *, verify_samples: int =
         "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
                    for b in report.backends},
         "verified_by": report.checked_by, "verify_skipped": skipped,
+        "peers_read_model_nir_as_spikeline": report.peers_agree,
+        "verify_parameters": report.parameters.status if report.parameters else None,
+        "verify_coverage": report.coverage,
         "energy_per_inference_J": {
             key: {"convention": e["convention"], "hardware": e["hardware"],
                   "snn": e["snn"]["total_J"], "ann": e["ann"]["total_J"],

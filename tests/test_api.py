@@ -63,19 +63,20 @@ def test_quickstart_script(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    config = sl.TrainConfig(dataset="ndigits", model="cnn", epochs=2, T=4, batch_size=16,
-                            limit_train=32, limit_test=16)
+    # enough steps that every layer spikes on test data (verify refuses silent layers)
+    config = sl.TrainConfig(dataset="ndigits", model="cnn", heads="evolutionary", epochs=2,
+                            batch_size=16, limit_train=128, limit_test=16)
     records = []
-    run = sl.train(config, root / "run", max_steps=2, progress=records.append,
+    run = sl.train(config, root / "run", max_steps=8, progress=records.append,
                    cache_dir=root / "cache")
     return root, run, records
 
 
 def test_train_returns_a_run_and_calls_progress(trained):
     root, run, records = trained
-    assert [r["epoch"] for r in records] == [1]  # max_steps=2: epoch 1 ends the run
+    assert [r["epoch"] for r in records] == [1]  # max_steps=8: epoch 1 ends the run
     assert run.history == records and not run.finished
-    assert run.config.T == 4 and run.config.size == [34, 34]  # resolved from the dataset
+    assert run.config.T == 10 and run.config.size == [34, 34]  # resolved from the dataset
     again = sl.Run.load(run.path)
     assert again.config == run.config and again.summary == run.summary
     data = json.loads(run.to_json())
@@ -93,9 +94,9 @@ def test_export_verify_energy_of_a_run(trained):
     art = sl.export(run, root / "export", cache_dir=root / "cache")
     assert art.deployed["deployed_num_test"] == 16
     assert set(art.files.values()) == {"model.nir", "model.net", "folded.pt"}
-    assert sl.Artifact.load(art.path).metadata == art.metadata
+    assert sl.Artifact.load(art.path).meta == art.meta
     assert "| files |" in art._repr_markdown_()
-    cert = sl.verify(art, "ndigits", backends=("nir",), samples=2, cache_dir=root / "cache")
+    cert = sl.verify(art, "ndigits", backends=("nir",), cache_dir=root / "cache")
     assert cert.ok and cert.checked_by == ["nir"] and cert.report.reference_spikes > 0
     assert json.loads(cert.to_json())["ok"] is True
     assert "| nir | ok | 0 |" in cert._repr_markdown_()
@@ -109,7 +110,7 @@ def test_export_verify_energy_of_a_run(trained):
     assert saved["layers_png"].is_file()
     # a certificate on silence certifies nothing
     with pytest.raises(sl.VerifyFailed):
-        sl.verify(art, np.zeros((4, 1, 2, 34, 34), np.float32), backends=("nir",))
+        sl.verify(art, np.zeros((10, 1, 2, 34, 34), np.float32), backends=("nir",))
 
 
 def test_cli_and_api_compute_the_same(trained, capsys):
@@ -135,9 +136,11 @@ def test_cli_and_api_compute_the_same(trained, capsys):
 def _own_network():
     n = sl.models.DEFAULT_NEURON
     torch.manual_seed(0)
+    # weights x3: random ones must drive every layer, or verify refuses a silent readout
     return sl.models.SpikingNet(
-        [sl.models.Conv(n, 2, 8, 3, padding=1, norm=True),
-         nn.Sequential(sl.models.Pool(n, 2), sl.models.Conv(n, 8, 8, 3, padding=1))],
+        [sl.models.Conv(n, 2, 8, 3, padding=1, weight_scale=3),
+         nn.Sequential(sl.models.Pool(n, 2),
+                       sl.models.Conv(n, 8, 8, 3, padding=1, weight_scale=3, norm=True))],
         nn.Sequential(sl.models.Flatten(), sl.models.Affine(n, 8 * 8 * 8, 4)),
         encoding="binary", stage_channels=[8, 8]).eval()
 
@@ -147,8 +150,8 @@ def test_own_model_exports_verifies_and_is_priced(tmp_path):
     with pytest.raises(sl.BadInput, match="input_shape"):
         sl.export(net, tmp_path / "x")
     art = sl.export(net, tmp_path / "own", input_shape=(2, 16, 16), T=6)
-    assert art.T == 6 and art.metadata["model_spec"]["name"] == "custom"
-    frames = torch.rand(6, 3, 2, 16, 16).lt(0.3).float()  # events in 30% of pixels and bins
+    assert art.T == 6 and art.meta.model_spec["name"] == "custom"
+    frames = torch.rand(6, 4, 2, 16, 16).lt(0.3).float()  # events in 30% of pixels and bins
     cert = sl.verify(art, frames, backends=["nir"])
     assert cert.ok and cert.report.reference_spikes > 0
     report = sl.energy(art, frames, convention="event", hardware="loihi2")

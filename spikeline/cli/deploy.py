@@ -46,11 +46,20 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "verify", help="prove the exported artifacts spike exactly like the trained network",
-        description="Run the same inputs through the folded network, our NIR simulation, the "
-                    "netx file in Lava and the NIR imports of SpikingJelly and snnTorch; report "
-                    "mismatching spikes per backend and node; exit 1 on any mismatch.")
+        description="First the parameters: every weight, bias, decay, threshold, delay and edge "
+                    "of model.nir, model.net and the Lava process graph against the training "
+                    "run's checkpoint, folded and quantized again (an export without its run "
+                    "says this was not checked). Then spikes: the same inputs through the "
+                    "trained network, our NIR simulation (nir) and Lava (lava), every layer "
+                    "compared; SpikingJelly and snnTorch are held to our float reading of "
+                    "model.nir (each one reads model.nir as spikeline does, float semantics). "
+                    "Prints per-layer coverage; exit 1 on "
+                    "any difference or on a compared layer that never spiked.")
     p.add_argument("model", metavar="EXPORT_DIR")
-    add_input_arguments(p, default_samples=4)
+    add_input_arguments(p, default_samples=None)  # None: deploy.verify.DEFAULT_SAMPLES
+    p.add_argument("--lava-samples", type=positive_int, default=None,
+                   help="of these samples, the first K run in Lava (about 10 s each; default: "
+                        "deploy.verify.DEFAULT_SAMPLES['lava'], printed by verify)")
     p.add_argument("--backends", default="nir,lava,spikingjelly,snntorch")
     p.add_argument("--lava-timeout", type=float, default=300.0,
                    help="seconds per Lava run before it is killed")
@@ -74,8 +83,9 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
+    from spikeline.deploy.artifact import ExportMeta
     from spikeline.deploy.export import check_formats, export_run
-    from spikeline.workflow import deployed_map, deployed_test_accuracy
+    from spikeline.workflow import deployed_score
 
     formats = check_formats(f.strip() for f in args.format.split(",") if f.strip())
     out = output_dir(args.out, "--out")
@@ -85,19 +95,13 @@ def run_export(args) -> int:
     for fmt, why in result.skipped.items():
         print(f"{fmt:7s} not written: {why}")
     if args.accuracy and args.checkpoint == "best" and "nir" in result.files:
-        detector = "readout" in result.files
+        task = ExportMeta.read(result.out_dir).task
         try:
-            if detector:
-                fields = deployed_map(args.run_dir, result.out_dir, args.data_dir,
-                                      args.cache_dir)
-            else:
-                fields = deployed_test_accuracy(args.run_dir, result.out_dir, args.data_dir,
-                                                args.cache_dir)
+            fields = deployed_score(args.run_dir, result.out_dir, args.data_dir, args.cache_dir)
         except SpikelineError as why:  # the export is complete; say what was not measured
-            print(f"deployed {'mAP' if detector else 'accuracy'}: not measured ({why})",
-                  file=sys.stderr)
+            print(f"deployed {SCORE_NAMES[task]}: not measured ({why})", file=sys.stderr)
         else:
-            print(map_line(fields) if detector else accuracy_line(fields))
+            print(SCORE_LINES[task](fields))
     return 0
 
 
@@ -120,16 +124,21 @@ def accuracy_line(fields: dict) -> str:
             f"{100 * fields['deployed_minus_trained']:+.2f} points")
 
 
+# how `spikeline export` names and prints each task's deployed score
+SCORE_NAMES = {"classify": "accuracy", "detection": "mAP"}
+SCORE_LINES = {"classify": accuracy_line, "detection": map_line}
+
+
 def run_simulate(args) -> int:
     from spikeline.atomic import atomic_file
     from spikeline.deploy.nir_check import validate_graph
     from spikeline.workflow import simulate_model, simulation_summary
 
     save = output_file(args.save_output, "--save-output") if args.save_output else None
-    graph, metadata, path = load_model(args.model)
+    graph, meta, path = load_model(args.model)
     if args.dt is not None:  # delays in steps of the new dt
         validate_graph(graph, str(path), dt=args.dt)
-    x, source = load_inputs(args, graph, metadata)
+    x, source = load_inputs(args, graph, meta)
     sim, pad = simulate_model(graph, x, args.mode, args.dt)
     if pad > 0:  # hardware timing: the last input step needs `pad` more steps to the readout
         source["input_pad_steps"] = pad
@@ -147,29 +156,21 @@ def run_simulate(args) -> int:
 
 
 def run_verify(args) -> int:
-    from spikeline.deploy.verify import verify_export
+    from spikeline.deploy.verify import DEFAULT_SAMPLES, report_lines, verify_export
     from spikeline.errors import VerifyFailed
 
+    if args.samples is None:
+        args.samples = max(DEFAULT_SAMPLES.values())
+    if args.lava_samples is None:
+        args.lava_samples = DEFAULT_SAMPLES["lava"]
     graph, metadata, _ = load_model(args.model)
     x, _ = load_inputs(args, graph, metadata)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     report = verify_export(args.model, x, backends, args.lava_timeout,
-                           progress=lambda b: print(f"verify: running {b} ...", flush=True))
-    print(f"{report.samples} sample(s), {report.steps} steps each, "
-          f"{report.reference_spikes} reference spikes")
-    print(f"{'backend':14s} {'status':9s} {'mismatches':>10s} {'compared':>10s}  reference")
-    for b in report.backends:
-        print(f"{b.backend:14s} {b.status:9s} {b.mismatches:10d} {b.compared:10d}  "
-              f"{b.reference or '-'}{'  (' + b.note.strip() + ')' if b.note else ''}")
-        if b.path:
-            print(f"{'':14s} ran: {b.path}")
-        if b.per_node and b.status != "skipped":
-            print(f"{'':14s} mismatches per layer: "
-                  + ", ".join(f"{n} {m}" for n, m in b.per_node.items()))
-    drift = sum(report.float_vs_fixed.values())
-    if report.float_vs_fixed:
-        print(f"float semantics vs Loihi fixed point (information): {drift} differing spikes "
-              "in the last spiking layer")
+                           progress=lambda b: print(f"verify: checking {b} ...", flush=True),
+                           lava_samples=args.lava_samples)
+    for line in report_lines(report):
+        print(line)
     if args.json:
         from spikeline.atomic import atomic_file
 
@@ -178,9 +179,7 @@ def run_verify(args) -> int:
     problems = report.problems(allow_skip=args.allow_skip)
     if problems:
         raise VerifyFailed("verify: FAILED: " + "; ".join(problems))
-    skipped = [b.backend for b in report.backends if b.status == "skipped"]
-    print(f"verify: OK, 0 mismatches ({', '.join(report.checked_by)} checked"
-          + (f"; skipped: {', '.join(skipped)}" if skipped else "") + ")")
+    print("verify: OK, " + report.summary())
     return 0
 
 

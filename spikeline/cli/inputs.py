@@ -11,9 +11,9 @@ import argparse
 import math
 
 
-def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) -> None:
+def add_input_arguments(p: argparse.ArgumentParser, default_samples: int | None = 8) -> None:
     """--events / --input / --dataset (one of them), with --samples, --split, --T ..."""
-    from spikeline.workflow import DEFAULT_T
+    from spikeline.pipeline.config import DEFAULT_T
 
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--events", nargs="+", metavar="FILE",
@@ -23,8 +23,9 @@ def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) ->
                      help="input array [T, *input_shape] or [T, N, *input_shape], fed as is")
     src.add_argument("--dataset", metavar="NAME", help="a dataset of `spikeline data`")
     p.add_argument("--samples", type=positive_int, default=default_samples,
-                   help=f"samples of --dataset to run (the first K of the split; default "
-                        f"{default_samples})")
+                   help="samples of --dataset to run (the first K of the split; default "
+                        + (f"{default_samples})" if default_samples else
+                           "deploy.verify.DEFAULT_SAMPLES, the most of any backend)"))
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="--dataset split (default test)")
     p.add_argument("--data-dir", help="folder with downloaded datasets")
@@ -41,11 +42,11 @@ def load_model(target):
     return read_model(target)
 
 
-def load_inputs(args, graph, metadata: dict):
+def load_inputs(args, graph, meta):
     """``(x [T, N, *input_shape] float32, description of the source)`` from the input flags."""
     from spikeline.workflow import model_inputs
 
-    return model_inputs(graph, metadata, events=args.events, array=args.input,
+    return model_inputs(graph, meta, events=args.events, array=args.input,
                         dataset=args.dataset, samples=args.samples, split=args.split, T=args.T,
                         data_dir=args.data_dir, cache_dir=args.cache_dir, what=str(args.model))
 

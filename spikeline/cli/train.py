@@ -3,7 +3,7 @@
 Every train option comes from ``pipeline/config.py`` (``TrainConfig`` and ``Runtime`` field
 metadata): this module only turns flags into those objects, calls ``spikeline.workflow``
 (``train``, ``evaluate_run``) and prints.  Library modules are imported inside the handlers:
-``spikeline --help`` takes 0.1 s, importing torch and nir 2.9 s (measured on this machine).
+``import spikeline.cli`` takes 0.1 s, importing torch and nir 2.9 s (measured on this machine).
 
 ``--config FILE.toml`` supplies any ``TrainConfig`` field; flags override it;
 ``--print-config`` prints the resolved config as JSON and exits.
@@ -104,7 +104,10 @@ def register(subparsers) -> None:
     i.add_argument("--size", type=_size, default=None,
                    help="input size N or HxW (default: 48 for CIFAR10-DVS-sized models, "
                    "34 for cnn)")
-    i.add_argument("--T", type=_positive, default=10, help="time steps (default 10, the paper's)")
+    from spikeline.pipeline.config import DEFAULT_T
+
+    i.add_argument("--T", type=_positive, default=DEFAULT_T,
+                   help=f"time steps (default {DEFAULT_T}, the paper's)")
     i.add_argument("--width", type=_positive, default=None, help="channel scale")
     i.add_argument("--batch-size", type=_positive, default=2)
     i.add_argument("--seed", type=_nonneg, default=0)
