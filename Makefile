@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test` (each runs the set-up first).
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast test-synapse-paths bench
 PY := .venv/bin/python
 
 install:
@@ -13,6 +13,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# the equivalence tests on each synapse path (pipeline/kernels/int_synapse.py): integers
+# wherever exact, then float only
+EQUIVALENCE := tests/test_pipeline_lava_equivalence.py tests/test_deploy_verify.py \
+	tests/test_deploy_nir.py tests/test_deploy_lava_residual.py tests/test_pipeline_int_synapse.py
+test-synapse-paths: install
+	SPIKELINE_SYNAPSE=int $(PY) -m pytest -q -m "not slow" $(EQUIVALENCE)
+	SPIKELINE_SYNAPSE=float $(PY) -m pytest -q -m "not slow" $(EQUIVALENCE)
 
 bench: install
 	$(PY) benchmarks/bench_frames.py

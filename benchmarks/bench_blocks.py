@@ -5,7 +5,11 @@ forward+backward), ``ours_s``, ``lava_dl_s`` (best of ``--repeat`` runs), ``rati
 lava_dl_s / ours_s, and ``spikes_identical`` (outputs compared bit for bit).  Rows of the
 implementation a user gets by default (``kernels.choose``: ``compiled`` on CPU, ``triton`` on
 CUDA) carry no ``default`` field; rows of the others carry ``"impl": NAME, "default": false``.
+``synapse``: the synapse path asked for (``--synapses``, ``kernels/int_synapse.py``: ``auto``
+is the default, ``int`` forces integers wherever exact, ``float`` never), and ``int_calls`` /
+``float_calls``: how many of our synapse calls in the timed run took each path.
 Run: python benchmarks/bench_blocks.py [--device cpu|cuda] [--impls eager,compiled,triton]
+     [--synapses auto,int,float]
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from lava.lib.dl import slayer
 
 from spikeline.pipeline import blocks, kernels
+from spikeline.pipeline.kernels import int_synapse
 from spikeline.pipeline.blocks import from_lava, to_lava
 from spikeline.pipeline.neuron import CubaParams
 from timing import best_of
@@ -92,6 +97,8 @@ def main():
                         help="comma-separated neuron implementations besides the default "
                              "(default: those that run on the device, but not the per-step "
                              "torch.compile path on CUDA, which compiles for minutes)")
+    parser.add_argument("--synapses", default="auto",
+                        help="comma-separated synapse paths to run ours with (auto, int, float)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -116,15 +123,23 @@ def main():
         for mode in ("forward", "forward+backward"):
             backward = mode != "forward"
             t_lava, y_lava = best_of(partial(one_pass, lava, x, backward), args.repeat)
-            for impl in [None, *others]:
-                with forced(impl):
+            for impl, path in [(i, p) for i in [None, *others]
+                               for p in args.synapses.split(",")]:
+                with forced(impl), int_synapse.synapse_path(path):
                     one_pass(ours, xt, backward)  # warm-up: compiles kernels at first use
-                    t_ours, y_ours = best_of(partial(one_pass, ours, xt, backward),
-                                             args.repeat)
+                    int_synapse.reset_counts()
+                    t_ours, y_ours = best_of(partial(one_pass, ours, xt, backward), 1)
+                    calls = int_synapse.counts()
+                    if args.repeat > 1:
+                        t_more, _ = best_of(partial(one_pass, ours, xt, backward),
+                                            args.repeat - 1)
+                        t_ours = min(t_ours, t_more)
                 row = {"case": name, "pass": mode, "ours_s": round(t_ours, 4),
                        "lava_dl_s": round(t_lava, 4), "ratio": round(t_lava / t_ours, 2),
                        "spikes_identical": bool(torch.equal(y_ours, from_lava(y_lava))),
-                       "threads": torch.get_num_threads()}
+                       "synapse": path, "int_calls": calls.get("int", 0),
+                       "float_calls": calls.get("float", 0),
+                       "threads": torch.get_num_threads(), "load1": round(os.getloadavg()[0], 2)}
                 if device.type == "cuda":
                     row["device"] = torch.cuda.get_device_name(device)
                 if impl is not None:

@@ -14,7 +14,9 @@
 # vs lava-dl's CUDA blocks on the same net (120, lava-dl JIT-compiles ~60 s on first use);
 # Spiking ResNet-18 48x48 T=10 N=64 eager vs compile vs compile+bf16 with peak memory (360:
 # on an H100 the two compiles took 132 s and 148 s); the neuron kernel's bandwidth next to a
-# device copy (60, only when benchmarks/bench_neuron.py exists).  Typical total ~7 minutes.
+# device copy (60, only when benchmarks/bench_neuron.py exists); integer synapses (torch._int_mm)
+# vs the float product, bench_synapse.py's layer and crossover rows (90).  Typical total ~7
+# minutes.
 # A dry run compiles on the CPU, which takes minutes on a loaded machine: its limits are longer.
 set -u
 cd "$(dirname "$0")/.."
@@ -117,6 +119,14 @@ if [ -f benchmarks/bench_neuron.py ]; then
     step neuron 60 "$PY" benchmarks/bench_neuron.py "${NEURON_ARGS[@]}" --json "$OUT/neuron.json"
 else
     emit '{"check": "neuron", "status": "skipped", "reason": "benchmarks/bench_neuron.py is not in this tree"}'
+fi
+
+# 5. integer synapses (pipeline/kernels/int_synapse.py): torch._int_mm on the int8 tensor cores
+#    against the float product, dense rows and the crossover, outputs compared bit for bit
+if [ $DRY -eq 1 ]; then
+    step int_synapse 300 "$PY" benchmarks/bench_synapse.py --device cpu --only crossover --repeat 1
+else
+    step int_synapse 90 "$PY" benchmarks/bench_synapse.py --device cuda --only layer,crossover --repeat 5
 fi
 
 FAILED=$(grep -c '"status": "\(failed\|timeout\)"' "$RESULTS")

@@ -110,6 +110,8 @@ def _sum(name: str, terms: list[torch.Tensor]) -> torch.Tensor:
     if len(terms) == 1:
         return terms[0]
     try:
+        if len(terms) == 2:  # one rounding either way; no stacked copy (and any memory layout)
+            return torch.add(*torch.broadcast_tensors(*terms))
         return torch.stack(torch.broadcast_tensors(*terms)).sum(0)
     except RuntimeError:
         shapes = [list(t.shape) for t in terms]

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from spikeline.errors import SpikelineError
-from spikeline.pipeline.neuron import bias_to_int, cuba_step
+from spikeline.pipeline.kernels import int_synapse
+from spikeline.pipeline.neuron import bias_to_int, cuba_forward, cuba_step
 
 from .artifact import GraphTiming
 from .graph import gather, topological_order, walk  # noqa: F401  (re-exported)
@@ -126,6 +127,45 @@ def _runner(node, name: str, ctx: _Context):
     return _Stateless(name, node, fn)
 
 
+class _Synaptic(_Stateless):
+    """Linear, Affine and Conv2d nodes: weights converted once per simulation, and the integer
+    synapse (``pipeline/kernels/int_synapse.py``) wherever it is exact: spikes times weights on
+    the 8-bit grid, bit-identical to the float product.  Prepared per ``simulate`` call (never
+    cached across calls: a graph edited in place must run with its new weights)."""
+
+    def __init__(self, name: str, node: nir.NIRNode):
+        super().__init__(name, node, None)
+        self.weight = _t(node.weight)
+        bias = getattr(node, "bias", None)
+        self.bias = None if bias is None else _t(bias)
+        if self.bias is not None and not bool((self.bias != 0).any()):
+            self.bias = None  # a zero bias adds nothing (the exporter writes zeros for convs)
+        self._prepared = None
+        self.known_max = None  # set by simulate(): the input is a sum of this many spike trains
+        if isinstance(node, nir.Conv2d):
+            self.conf = (_ints(node.stride), _padding(node), _ints(node.dilation),
+                         int(node.groups))
+
+    def prepared(self):
+        if self._prepared is None and int_synapse.mode() != "float":
+            self._prepared = int_synapse.prepare_weight(self.weight)
+        return self._prepared
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.node, nir.Conv2d):
+            lead = x.shape[:-len(self.in_dims)] if self.in_dims else x.shape[:-3]
+            flat = x.reshape(-1, *x.shape[len(lead):])
+            y = int_synapse.conv2d(flat, self.weight, self.bias, *self.conf,
+                                   prepared=self.prepared(), known_max=self.known_max)
+            return y.reshape(*lead, *y.shape[1:])
+        return int_synapse.linear(x, self.weight, self.bias, prepared=self.prepared(),
+                                  known_max=self.known_max)
+
+
+for _synaptic_type in (nir.Linear, nir.Affine, nir.Conv2d):
+    _runner.register(_synaptic_type, lambda node, name, ctx: _Synaptic(name, node))
+
+
 @_runner.register
 def _(node: nir.Delay, name: str, ctx: _Context):
     return _Delay(name, node, ctx.dt)
@@ -178,7 +218,24 @@ class _FixedCuba:
 
     def __init__(self, name, params, bias, spiking):
         self.name, self.p, self.spiking = name, params, spiking
-        self.bias = None if bias is None else bias_to_int(_t(bias), params)
+        self.bias_float = None if bias is None else _t(bias)
+        self.bias = None if bias is None else bias_to_int(self.bias_float, params)
+
+    def run(self, x):
+        """The whole sequence ``[T, ...]`` at once by ``cuba_forward`` (numba on CPU, Triton on
+        CUDA: the same integers as ``step`` looped over time, bit for bit, without a dozen
+        PyTorch calls per step)."""
+        x, bias = x.to(torch.float32), self.bias_float
+        channels_last = (x.dim() == 5 and not x.is_contiguous() and (bias is None or bias.dim() == 3)
+                         and x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last))
+        if channels_last:
+            # the integer conv's output: run the (element-wise) neuron on its contiguous
+            # [T, N, H, W, C] view instead of copying it, and hand on channels-last spikes
+            x = x.movedim(2, -1)
+            bias = None if bias is None else bias.movedim(0, -1)
+        spikes, voltage = cuba_forward(x, self.p, bias, self.spiking)
+        out = spikes if self.spiking else voltage
+        return out.movedim(-1, 2) if channels_last else out
 
     def init(self, like):
         zero = torch.zeros(like.shape, dtype=torch.int64)
@@ -316,8 +373,26 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
                              f"{expected}: expected [T, N, {', '.join(map(str, expected))}]")
     runners = {n: _make_runner(n, graph.nodes[n], mode, dt, fire_at_threshold) for n in order}
     preds = steps.preds
+    _mark_spike_inputs(order, runners, preds)
     run = _run_steps if back else _run_layers
     return Simulation(run(order, runners, preds, inputs[0], x), outputs[0], tuple(outputs))
+
+
+def _mark_spike_inputs(order, runners, preds):
+    """Tell each synapse whose input is a sum of fixed-point neurons' spikes (0 or 1 each, by
+    construction), through Delays, how large that sum can be: its integer path then skips
+    checking the input (``int_synapse``'s ``known_max``)."""
+    bound = {}
+    for name in order:
+        runner = runners[name]
+        if isinstance(runner, _FixedCuba):
+            bound[name] = 1 if runner.spiking else None
+            continue
+        terms = [bound.get(src) for src, _ in preds[name]]
+        total = sum(terms) if terms and None not in terms else None
+        if isinstance(runner, _Synaptic):
+            runner.known_max = total
+        bound[name] = total if isinstance(runner, _Delay) else None
 
 
 def _gather(name, preds, values, x, input_name, previous=None):
@@ -332,6 +407,9 @@ def _run_layers(order, runners, preds, input_name, x):
         runner = runners[name]
         if not runner.stateful:
             values[name] = runner.apply(inp)
+            continue
+        if hasattr(runner, "run"):
+            values[name] = runner.run(inp)
             continue
         state, steps = runner.init(inp[0]), []
         for t in range(inp.shape[0]):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .geometry import pair as _pair
+from .kernels import int_synapse
 from .neuron import CubaParams, cuba_spikes, cuba_voltage, delay_shift
 from .quantize import quantize_bias, quantize_weight
 
@@ -183,6 +184,13 @@ class Synapse(nn.Module):
     def apply_weight(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def grid_shift(self) -> int | None:
+        """``j`` with weight grid ``2 / scale = 2**-j`` (None if not a power of two)."""
+        half = self.scale / 2
+        return int(math.log2(half)) if half >= 1 and 2 ** int(math.log2(half)) == half \
+            else None
+
     def _folded_forward(self, x: torch.Tensor):
         norm = self.norm
         scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
@@ -218,8 +226,9 @@ class ConvSynapse(Synapse):
         self.weight = nn.Parameter(weight_scale * weight)
 
     def apply_weight(self, x, w):
-        z = F.conv2d(x.flatten(0, 1), w, None, self.stride, self.padding, self.dilation,
-                     self.groups)
+        # integer arithmetic where it is exact and pays (kernels/int_synapse.py), else F.conv2d
+        z = int_synapse.conv2d(x.flatten(0, 1), w, None, self.stride, self.padding,
+                               self.dilation, self.groups, grid_shift=self.grid_shift)
         return z.unflatten(0, x.shape[:2])
 
 
@@ -234,7 +243,7 @@ class DenseSynapse(Synapse):
         self.weight = nn.Parameter(weight_scale * weight)
 
     def apply_weight(self, x, w):
-        return F.linear(x, w)
+        return int_synapse.linear(x, w, grid_shift=self.grid_shift)
 
 
 class PoolSynapse(Synapse):

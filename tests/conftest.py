@@ -118,3 +118,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """With SPIKELINE_SYNAPSE forced, say how many synapse calls took each path: a run meant to
+    exercise the integer path shows that it did."""
+    import os
+
+    if os.environ.get("SPIKELINE_SYNAPSE"):
+        from spikeline.pipeline.kernels import int_synapse
+
+        terminalreporter.write_line(
+            f"SPIKELINE_SYNAPSE={os.environ['SPIKELINE_SYNAPSE']}: synapse calls by path "
+            f"{int_synapse.total_counts()}")
