@@ -33,7 +33,7 @@ from spikeline import __version__
 from spikeline.atomic import atomic_file, atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
-from spikeline.pipeline.models import SpikingNet
+from spikeline.pipeline.models import SpikingNet, batchnorm_of
 
 from .detector import is_detection
 from .fold import fold_model
@@ -76,6 +76,14 @@ def check_formats(formats) -> tuple[str, ...]:
     return formats
 
 
+def with_batchnorm(spec: dict, model) -> dict:
+    """``spec`` with the ``batchnorm`` form ``model`` was built with (``scale`` or ``shift``):
+    ``folded.pt`` is rebuilt from its spec, and a spec without it means ``shift``."""
+    form = batchnorm_of(model)
+    return spec if form is None or spec.get("batchnorm") == form else {**spec,
+                                                                       "batchnorm": form}
+
+
 def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
                  config: dict | None = None) -> ExportResult:
     """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``.
@@ -85,6 +93,7 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     written removed, and the new manifest written.  A failure while writing (a full disk, an
     internal error) leaves the previous export untouched and valid."""
     formats = check_formats(formats)
+    spec = with_batchnorm(spec, model)
     if is_detection(spec):
         return export_detector(model, spec, out_dir, formats, config)
     out = Path(out_dir)
@@ -162,6 +171,7 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
     Detect readout; ``folded.pt`` and ``metadata.json`` as for classifiers.  The published
     (real-valued) form is refused (``ExportUnsupported``).  Written in the same two phases as
     ``export_model``."""
+    spec = with_batchnorm(spec, model)
     import numpy as np
 
     from .detector import check_deployable, detector_timing, detector_to_nir, readout_arrays

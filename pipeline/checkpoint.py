@@ -166,11 +166,14 @@ def build_from_spec(spec: dict):
     ``ems.DETECTORS`` (``anchors`` as nested ``[[w, h], ...]`` lists per level, and optional
     ``strides``; ``deployable`` picks the all-spike form that exports; ``timing``, absent for
     ``ideal``, as for classifiers: ``loihi`` builds the deployable form with one step per
-    synaptic hop, and is refused with ``BadInput`` for the published form)."""
+    synaptic hop, and is refused with ``BadInput`` for the published form; ``batchnorm``,
+    ``scale`` or ``shift``, is ``shift`` when absent: specs written before it existed)."""
     from spikeline.pipeline.models import build_model
 
     kwargs = dict(spec)
     name = kwargs.pop("name")
+    # specs written before scale-only BatchNorm existed describe the shifting one
+    kwargs.setdefault("batchnorm", "shift")
     if kwargs.pop("task", "classify") == "detection":
         return _build_detector(name, kwargs)
     for key in ("input_size", "depths"):

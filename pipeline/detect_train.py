@@ -93,6 +93,10 @@ def check_detection_config(config) -> None:
             flag = "--" + name
             raise BadInput(f"{flag} ({name}): not available with --task detection (the "
                            f"EMS detectors have a fixed layout)")
+    if config.batchnorm == "scale" and not config.deployable:
+        raise BadInput("--batchnorm (batchnorm): scale-only BatchNorm needs the deployable "
+                       "detector (--deployable / deployable = true): the published form's "
+                       "tdBN shifts the real values it passes between blocks")
     if config.timing != "ideal" and not config.deployable:
         raise BadInput(f"--timing (timing): {config.timing!r} timing needs the deployable "
                        "detector (--deployable / deployable = true): the published form passes "
@@ -114,7 +118,10 @@ def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
             "anchors": [[[float(w), float(h)] for w, h in level] for level in anchors.sizes],
             "strides": [int(s) for s in anchors.strides], "input_size": size,
             # omitted when ideal, so older specs build unchanged
-            **({"timing": config.timing} if config.timing != "ideal" else {})}
+            **({"timing": config.timing} if config.timing != "ideal" else {}),
+            # always stored; absent (older specs): shift
+            "batchnorm": config.batchnorm or ("scale" if config.timing == "loihi"
+                                              and config.deployable else "shift")}
 
 
 class DetectionTrainer(nn.Module):

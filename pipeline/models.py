@@ -21,11 +21,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool
+from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool, remove_norm_shifts
 from .neuron import CubaParams
-from .timing import check_timing, hops, pad_steps, shift
+from .timing import arrival, check_timing, hops, pad_steps, set_window, shift
 
 ENCODINGS = ("binary", "counts")
+# BatchNorm forms (``build_model(batchnorm=...)``): ``scale`` multiplies only, so the folded net
+# has no voltage bias; ``shift`` is the full BatchNorm, whose shift becomes each neuron's bias
+BATCHNORMS = ("scale", "shift")
+
+
+def default_batchnorm(timing: str) -> str:
+    """``scale`` under ``loihi`` timing (a bias would drive every layer before its input
+    arrives, see ``timing.py``), ``shift`` under ``ideal``."""
+    return "scale" if check_timing(timing) == "loihi" else "shift"
 
 
 def encode_frames(frames: torch.Tensor, encoding: str) -> torch.Tensor:
@@ -44,10 +53,12 @@ class SpikingNet(nn.Module):
 
     ``timing`` (``pipeline/timing.py``): ``ideal``, or ``loihi`` (one step per synaptic hop;
     the input padded with ``latency`` zero frames and the readout averaged over steps
-    ``[readout_start, T + input_pad_steps)``).  ``set_timing`` switches it.
+    ``[readout_start, T + input_pad_steps)``).  ``set_timing`` switches it, and gives every
+    BatchNorm its layer's window and each stage output its first step (``stage_starts``).
     """
 
     timing = "ideal"
+    stage_starts: tuple[int, ...] = ()
 
     def __init__(self, stages: list[nn.Module], readout: nn.Module, encoding: str,
                  stage_channels: list[int]):
@@ -58,6 +69,7 @@ class SpikingNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.readout = readout
         self.stage_channels = stage_channels
+        self.stage_starts = (0,) * len(self.stages)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, T, C, H, W]`` frames of event counts -> time-first network input (the
@@ -89,7 +101,19 @@ class SpikingNet(nn.Module):
                 m.delay_shift = loihi
             elif isinstance(m, ResidualBlock):
                 m.skip_delay = int(loihi)
+        start, starts = int(loihi), []  # the input's hop into the first synapse
+        for stage in self.stages:
+            start = arrival(stage, start, self.input_pad_steps)
+            starts.append(start)
+        arrival(self.readout, start, self.input_pad_steps)
+        self.stage_starts = tuple(starts)
         return self
+
+    def stage_window(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """Stage ``index``'s output ``h`` over its own ``T`` steps
+        ``[stage_starts[index], + T)`` (what a shortcut head averages)."""
+        start = self.stage_starts[index]
+        return h[start:start + h.shape[0] - self.input_pad_steps]
 
     def network_input(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded ``[T, N, ...]`` input, padded with ``input_pad_steps`` zero frames (what the
@@ -231,7 +255,7 @@ class ResidualBlock(nn.Module):
     def _branch(self, x):
         z, bias = self.conv2(self.lif1(*self.conv1(x)))
         if self.gate is not None:
-            z, bias = self.gate * z, self.gate * bias
+            z, bias = self.gate * z, None if bias is None else self.gate * bias
         return z, bias
 
     def forward(self, x):
@@ -241,7 +265,7 @@ class ResidualBlock(nn.Module):
             if self.down is None:
                 return self.lif2(z + xs, bias)
             zd, bias_d = self.down(xs)
-            return self.lif2(z + zd, bias + bias_d)
+            return self.lif2(z + zd, _add(bias, bias_d))
         a = self.lif2(z, bias)
         shortcut = (shift(x, 2 * self.skip_delay) if self.down is None
                     else self.down_lif(*self.down(xs)))
@@ -286,6 +310,11 @@ def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, input_size,
     return SpikingNet(stages, _flat_readout(neuron, cin, size, num_classes), encoding, scaled)
 
 
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum of two voltage biases, either of which may be absent (scale-only BatchNorm)."""
+    return b if a is None else (a if b is None else a + b)
+
+
 def _resnet(name: str, kind: str) -> Callable[..., SpikingNet]:
     def build(connect=None, **kw):
         return resnet(RESNETS[name], kind if kind == "spiking" else connect or kind, **kw)
@@ -297,6 +326,16 @@ def _resnet(name: str, kind: str) -> Callable[..., SpikingNet]:
 @hops.register
 def _(module: ResidualBlock) -> int:
     return 2
+
+
+@arrival.register
+def _(module: ResidualBlock, start: int, pad: int) -> int:
+    set_window(module.conv1, start, pad)
+    branch = start + int(module.lif1.delay_shift)
+    set_window(module.conv2, branch, pad)
+    if module.down is not None:
+        set_window(module.down, start + module.skip_delay, pad)
+    return branch + int(module.lif2.delay_shift)
 
 
 MODELS: dict[str, Callable[..., SpikingNet]] = {
@@ -318,14 +357,29 @@ DEFAULT_NEURON = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.
                             tau_grad=0.004, scale_grad=10.0)
 
 
+def batchnorm_of(model: nn.Module) -> str | None:
+    """``scale`` or ``shift``: the BatchNorm form of an unfolded ``model`` (None without
+    BatchNorm), as its spec's ``batchnorm`` must say for the spec to rebuild it."""
+    from .blocks import BiasNorm
+
+    norms = [m for m in model.modules() if isinstance(m, BiasNorm)]
+    if not norms:
+        return None
+    return "scale" if all(m.shift is None for m in norms) else "shift"
+
+
 def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
                 input_size: tuple[int, int] = (34, 34), neuron: CubaParams | None = None,
                 encoding: str = "binary", rezero: bool = False, timing: str = "ideal",
-                **options) -> SpikingNet:
+                batchnorm: str | None = None, **options) -> SpikingNet:
     """Build a registered model.  ``options``: ``width`` (channel scale; 64 = paper widths for
     ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND).
-    ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``)."""
+    ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``).  ``batchnorm``: ``scale`` or
+    ``shift`` (``BATCHNORMS``; default ``default_batchnorm(timing)``)."""
     check_timing(timing)
+    batchnorm = default_batchnorm(timing) if batchnorm is None else batchnorm
+    if batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {batchnorm!r}")
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if options.get("connect", "ADD") not in ("ADD", "AND", "IAND"):
@@ -333,4 +387,6 @@ def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
     model = MODELS[name](in_channels=in_channels, num_classes=num_classes,
                          input_size=tuple(input_size), neuron=neuron or DEFAULT_NEURON,
                          encoding=encoding, rezero=rezero, **options)
+    if batchnorm == "scale":
+        remove_norm_shifts(model)
     return model.set_timing(timing)

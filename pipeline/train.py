@@ -154,6 +154,9 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) 
             spec[key] = list(value) if key == "depths" else value
     if config.timing != "ideal":  # omitted when ideal, so older specs build unchanged
         spec["timing"] = config.timing
+    # always stored (specs without it predate scale-only BatchNorm: build_from_spec reads
+    # them as "shift")
+    spec["batchnorm"] = config.batchnorm or ("scale" if config.timing == "loihi" else "shift")
     return spec
 
 

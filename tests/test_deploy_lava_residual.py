@@ -86,7 +86,8 @@ def test_every_model_trains_with_loihi_timing_and_its_graph_runs_as_written(name
     """Heads attach to the stage outputs; the NIR graph's Delay nodes reproduce every layer."""
     torch.manual_seed(0)
     size = (16, 16) if name == "vgg11" else SIZE  # pooled maps must stay even
-    model = _with_biases(build_model(name, input_size=size, timing="loihi", **_options(name)))
+    model = _with_biases(build_model(name, input_size=size, timing="loihi", batchnorm="shift",
+                                     **_options(name)))
     x = _frames(n=2, t=3, size=size)
     heads = ShortcutHeads(model, 10, "shortcut")
     loss, _ = heads.loss(x, torch.tensor([1, 2]))
@@ -137,8 +138,12 @@ def test_latency_is_the_step_at_which_the_readout_first_sees_input():
 def test_old_specs_build_ideal_models_unchanged():
     ideal = build_model("resnet20", input_size=SIZE, width=8)
     assert ideal.timing == "ideal" and ideal.input_pad_steps == ideal.readout_start == 0
-    loihi = build_model("resnet20", input_size=SIZE, width=8, timing="loihi")
+    loihi = build_model("resnet20", input_size=SIZE, width=8, timing="loihi", batchnorm="shift")
     assert set(ideal.state_dict()) == set(loihi.state_dict())
+    # the default under loihi is scale-only BatchNorm: the same model less every shift
+    scale = build_model("resnet20", input_size=SIZE, width=8, timing="loihi")
+    assert set(scale.state_dict()) == {k for k in ideal.state_dict()
+                                       if not k.endswith("norm.shift")}
     with pytest.raises(ValueError, match="timing"):
         build_model("cnn", timing="truenorth")
 
@@ -211,9 +216,9 @@ def _cli(*args):
 def _loihi_export(tmp_path, name, seed=0):
     torch.manual_seed(seed)
     model = _with_biases(build_model(name, input_size=EXPORT_SIZE, timing="loihi",
-                                     **_options(name)))
+                                     batchnorm="shift", **_options(name)))
     spec = {"name": name, "input_size": list(EXPORT_SIZE), "width": 8, "depths": [1, 1, 1, 1],
-            "timing": "loihi"}
+            "timing": "loihi", "batchnorm": "shift"}
     export_model(model, spec, tmp_path, config={"T": 4})
     return tmp_path
 
