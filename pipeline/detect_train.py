@@ -106,7 +106,8 @@ def check_detection_config(config) -> None:
 def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
     """The checkpoint's ``model_spec`` of a detector, from the config and one sample
     ``[T, C, H, W]`` (see the module doc)."""
-    from .models import DEFAULT_NEURON
+    from .models import DEFAULT_NEURON, identity_weight_for
+    from .neuron import CubaParams
     from .train import neuron_params
 
     size = [int(sample.shape[2]), int(sample.shape[3])]
@@ -121,7 +122,10 @@ def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
             **({"timing": config.timing} if config.timing != "ideal" else {}),
             # always stored; absent (older specs): shift
             "batchnorm": config.batchnorm or ("scale" if config.timing == "loihi"
-                                              and config.deployable else "shift")}
+                                              and config.deployable else "shift"),
+            # likewise; absent: 1.0
+            "identity_weight": identity_weight_for(CubaParams(**neuron_params(config,
+                                                                              DEFAULT_NEURON)))}
 
 
 class DetectionTrainer(nn.Module):

@@ -125,8 +125,10 @@ class DeployableEMSBlock(ResidualBlock):
     hidden width C_out / 2, ``sc`` the identity or BN(conv1x1_s(x)) (strided conv in place of
     max pooling and concat).  A ``ResidualBlock``, so it folds, exports and verifies as one."""
 
-    def __init__(self, neuron: CubaParams, cin: int, cout: int, stride: int = 1, k: int = 3):
-        super().__init__(neuron, cin, cout, stride, "spiking", rezero=False)
+    def __init__(self, neuron: CubaParams, cin: int, cout: int, stride: int = 1, k: int = 3,
+                 identity_weight: float | None = None):
+        super().__init__(neuron, cin, cout, stride, "spiking", rezero=False,
+                         identity_weight=identity_weight)
         hidden = max(cout // 2, 1)
         self.conv1 = ConvSynapse(cin, hidden, k, stride, k // 2, norm=True, scale=neuron.scale)
         self.conv2 = ConvSynapse(hidden, cout, k, 1, k // 2, norm=True, scale=neuron.scale)
@@ -291,12 +293,13 @@ NDIGITS_ANCHORS = Anchors((((12, 18), (16, 22), (20, 26)), ((24, 28), (28, 32), 
 def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: CubaParams,
                  encoding: str = "binary", width: int = 64, deployable: bool = False,
                  anchors: Anchors = NDIGITS_ANCHORS, timing: str = "ideal",
-                 batchnorm: str | None = None) -> SpikingDetector:
+                 batchnorm: str | None = None,
+                 identity_weight: float | None = None) -> SpikingDetector:
     """EMS-Res10 (``depth=10``) or EMS-Res18 (``depth=18``: an identity Block1 after each
     backbone Block2) with EMS-YOLO's two-level neck and head; ``timing`` as in
     ``SpikingDetector`` (``loihi`` for the deployable form only); ``batchnorm`` as in
     ``models.build_model`` (``scale`` for the deployable form only: the published form adds
-    tdBN's shift to real values)."""
+    tdBN's shift to real values); ``identity_weight`` as in ``models.build_model``."""
     from .models import BATCHNORMS, default_batchnorm
 
     if depth not in (10, 18):
@@ -312,8 +315,10 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
                        "real values it passes between blocks")
     c = [_scaled(v, width) for v in (32, 64, 128, 256, 512)]
     if deployable:
-        block1 = lambda cin, cout, k=3: DeployableEMSBlock(neuron, cin, cout, 1, k)  # noqa: E731
-        block2 = lambda cin, cout, s: DeployableEMSBlock(neuron, cin, cout, s)  # noqa: E731
+        block1 = lambda cin, cout, k=3: DeployableEMSBlock(  # noqa: E731
+            neuron, cin, cout, 1, k, identity_weight=identity_weight)
+        block2 = lambda cin, cout, s: DeployableEMSBlock(  # noqa: E731
+            neuron, cin, cout, s, identity_weight=identity_weight)
         from .blocks import Conv
 
         stem = Conv(neuron, in_channels, c[0], 3, stride=2, padding=1, norm=True,
@@ -347,13 +352,13 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
 def _detector(depth: int):
     def build(*, in_channels=2, num_classes=10, neuron=None, encoding="binary", width=64,
               deployable=False, anchors=NDIGITS_ANCHORS, timing="ideal", batchnorm=None,
-              **_):
+              identity_weight=None, **_):
         from .models import DEFAULT_NEURON
 
         return ems_detector(depth, in_channels=in_channels, num_classes=num_classes,
                             neuron=neuron or DEFAULT_NEURON, encoding=encoding, width=width,
                             deployable=deployable, anchors=anchors, timing=timing,
-                            batchnorm=batchnorm)
+                            batchnorm=batchnorm, identity_weight=identity_weight)
 
     build.__doc__ = f"EMS-Res{depth} with EMS-YOLO's two-level head"
     return build

@@ -221,6 +221,21 @@ def vgg11(*, in_channels, num_classes, input_size, neuron, encoding, width=64, *
 # 0.46; 0.05: 0.82 / 0.83 / 0.82 / 0.64; 0 (ReZero): 0.82 / 0.85 / 0.82 / 0.68.
 BRANCH_GAMMA = 0.05
 
+# Grid steps (of 1/64) above the threshold at which a Spiking ResNet's identity shortcut adds
+# its input spikes (``identity_weight``).  At weight 1 (below the threshold, 1.25) a lone spike
+# crossing an identity block whose branch is nearly closed is lost: at init on the issue-17
+# repro (resnet18 width 16, T=6) stages 2-4 were silent for steps 0-2 and the logits varied by
+# 0.10 between samples; at 84/64 (4 steps above 80/64) every stage fired from step 0-1, the
+# spread was 1.59, and the repro's validation accuracy went from 25.9% to 37.1%.
+IDENTITY_MARGIN = 4
+
+
+def identity_weight_for(neuron: CubaParams) -> float:
+    """The identity shortcut's weight: ``IDENTITY_MARGIN`` grid steps above the threshold,
+    rounded up to an even mantissa (lava-dl's weight grid; 84/64 for threshold 1.25)."""
+    mant = neuron.v_th_mant + IDENTITY_MARGIN
+    return (mant + mant % 2) / neuron.scale
+
 
 class ResidualBlock(nn.Module):
     """Basic residual block; ``kind`` picks Spiking ResNet (``spiking``) or SEW (``ADD`` ...).
@@ -229,7 +244,10 @@ class ResidualBlock(nn.Module):
     SEW:      ``a = SN(g * BN(conv2 s1))``, ``o = connect(a, shortcut(x))``
     ``g`` is 1, or a learnable scalar initialised at 0 with ``rezero``.  The shortcut is the
     identity, or conv1x1 + BN (+ SN for SEW, whose shortcut must carry spikes) when the shape
-    changes.  ``skip_delay`` (1 under ``loihi`` timing, else 0) delays the shortcut's input by
+    changes.  A Spiking ResNet's identity adds its input spikes with ``identity_weight``
+    (``identity_weight_for(neuron)``, just above the threshold, so that one spike crosses the
+    block; 1.0 in checkpoints written before it existed); it exports as a depthwise 1x1
+    synapse of that weight.  ``skip_delay`` (1 under ``loihi`` timing, else 0) delays the shortcut's input by
     that many steps, and a SEW identity term by twice that, so that it arrives with the two-hop
     main path it joins.
     """
@@ -237,9 +255,11 @@ class ResidualBlock(nn.Module):
     skip_delay = 0
 
     def __init__(self, neuron: CubaParams, cin: int, cout: int, stride: int, kind: str,
-                 rezero: bool):
+                 rezero: bool, identity_weight: float | None = None):
         super().__init__()
         self.kind = kind
+        self.identity_weight = float(identity_weight_for(neuron) if identity_weight is None
+                                     else identity_weight)
         self.conv1 = ConvSynapse(cin, cout, 3, stride, 1, norm=True, scale=neuron.scale)
         self.lif1 = LIF(neuron, delay_shift=False)
         self.conv2 = ConvSynapse(cout, cout, 3, 1, 1, norm=True, scale=neuron.scale)
@@ -263,6 +283,8 @@ class ResidualBlock(nn.Module):
         xs = shift(x, self.skip_delay)
         if self.kind == "spiking":
             if self.down is None:
+                if self.identity_weight != 1.0:
+                    xs = self.identity_weight * xs
                 return self.lif2(z + xs, bias)
             zd, bias_d = self.down(xs)
             return self.lif2(z + zd, _add(bias, bias_d))
@@ -293,7 +315,7 @@ RESNETS = {
 
 
 def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, input_size, neuron,
-           encoding, width=64, rezero=False, depths=None, **_):
+           encoding, width=64, rezero=False, depths=None, identity_weight=None, **_):
     """Stem conv3x3 + BN + SN, then one stage per width, then the flat readout; ``width``
     scales channels (64 = paper)."""
     scaled = [c * width // 64 for c in spec.widths]
@@ -304,7 +326,8 @@ def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, input_size,
         size = tuple((v - 1) // stride + 1 for v in size)  # 3x3 conv, padding 1
         layers = [stem] if i == 0 else []
         for j in range(depth):
-            layers.append(ResidualBlock(neuron, cin, cout, stride if j == 0 else 1, kind, rezero))
+            layers.append(ResidualBlock(neuron, cin, cout, stride if j == 0 else 1, kind, rezero,
+                                        identity_weight))
             cin = cout
         stages.append(nn.Sequential(*layers))
     return SpikingNet(stages, _flat_readout(neuron, cin, size, num_classes), encoding, scaled)
@@ -357,6 +380,17 @@ DEFAULT_NEURON = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.
                             tau_grad=0.004, scale_grad=10.0)
 
 
+def check_identity_weight(weight) -> None:
+    """An identity weight must be a positive even multiple of 1/64 (the 8-bit weight grid,
+    [2/64, 254/64]) or None (the default)."""
+    if weight is None:
+        return
+    mant = float(weight) * 64
+    if not (mant == round(mant) and round(mant) % 2 == 0 and 2 <= mant <= 254):
+        raise ValueError(f"identity_weight must be an even multiple of 1/64 in [2/64, 254/64] "
+                         f"(the weight grid), got {weight!r}")
+
+
 def batchnorm_of(model: nn.Module) -> str | None:
     """``scale`` or ``shift``: the BatchNorm form of an unfolded ``model`` (None without
     BatchNorm), as its spec's ``batchnorm`` must say for the spec to rebuild it."""
@@ -375,8 +409,11 @@ def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
     """Build a registered model.  ``options``: ``width`` (channel scale; 64 = paper widths for
     ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND).
     ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``).  ``batchnorm``: ``scale`` or
-    ``shift`` (``BATCHNORMS``; default ``default_batchnorm(timing)``)."""
+    ``shift`` (``BATCHNORMS``; default ``default_batchnorm(timing)``).  ``identity_weight``
+    (Spiking ResNets): the identity shortcut's weight, default ``identity_weight_for(neuron)``;
+    it must lie on the weight grid (even multiples of 1/64)."""
     check_timing(timing)
+    check_identity_weight(options.get("identity_weight"))
     batchnorm = default_batchnorm(timing) if batchnorm is None else batchnorm
     if batchnorm not in BATCHNORMS:
         raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {batchnorm!r}")

@@ -140,7 +140,8 @@ def neuron_params(config: TrainConfig, default) -> dict:
 
 def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) -> dict:
     """``build_model`` keyword arguments, from the config and one sample ``[T, C, H, W]``."""
-    from spikeline.pipeline.models import DEFAULT_NEURON
+    from spikeline.pipeline.models import DEFAULT_NEURON, identity_weight_for
+    from spikeline.pipeline.neuron import CubaParams
 
     spec = {"name": config.model, "in_channels": int(sample.shape[1]),
             "num_classes": int(num_classes),
@@ -157,6 +158,8 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) 
     # always stored (specs without it predate scale-only BatchNorm: build_from_spec reads
     # them as "shift")
     spec["batchnorm"] = config.batchnorm or ("scale" if config.timing == "loihi" else "shift")
+    # likewise (absent: 1.0, the identity shortcut before it was weighted)
+    spec["identity_weight"] = identity_weight_for(CubaParams(**spec["neuron"]))
     return spec
 
 

@@ -174,7 +174,7 @@ def test_lava_lowering_refuses_what_lava_cannot_run_and_names_the_node():
                                    **_options("resnet18")))
     graph = model_to_nir(loihi, (2, *SIZE)).graph
     net = lower(graph)
-    assert any(line.weight == 64 and line.delay == 1 for line in net.lines.values())
+    assert any(line.weight == 84 and line.delay == 1 for line in net.lines.values())
     assert all(syn.kind == "conv" for syn in net.synapses.values() if syn.out_shape != (10,))
     linear = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Linear))
     graph.nodes[linear].weight[0, 0] = 3 / 64  # odd mantissa in a mixed-sign matrix

@@ -134,3 +134,41 @@ def test_config_default_batchnorm_follows_the_timing():
     assert resolve(TrainConfig(timing="loihi"), 4, 34).batchnorm == "scale"
     assert resolve(TrainConfig(timing="ideal"), 4, 34).batchnorm == "shift"
     assert resolve(TrainConfig(timing="loihi", batchnorm="shift"), 4, 34).batchnorm == "shift"
+
+
+# --- the identity shortcut relays a lone spike ----------------------------------------------
+
+def test_identity_shortcut_relays_a_lone_spike_and_exports_as_a_scale_on_lava():
+    from spikeline.deploy.to_lava import lower
+    from spikeline.pipeline.models import ResidualBlock, identity_weight_for
+    from spikeline.pipeline.neuron import CubaParams
+
+    block = build_model("resnet18", input_size=SIZE, **RESNET).stages[0][1]  # ideal timing
+    assert isinstance(block, ResidualBlock) and block.down is None
+    assert block.identity_weight == identity_weight_for(block.lif1.neuron) == 84 / 64
+    assert identity_weight_for(CubaParams(threshold=1.0)) == 68 / 64  # even mantissa above
+    with torch.no_grad():
+        block.conv2.weight.zero_()  # a closed branch: only the identity reaches the neuron
+        x = torch.zeros(3, 1, 8, 4, 4)
+        x[0, 0, 2, 1, 3] = 1.0  # one spike
+        out = block.eval()(x)
+        assert out[0, 0, 2, 1, 3] == 1 and out[0].sum() == 1
+        block.identity_weight = 1.0  # the weight before: below the threshold, the spike is lost
+        assert block(x)[0].sum() == 0
+    model = build_model("resnet18", input_size=SIZE, timing="loihi", **RESNET)
+    graph = model_to_nir(fold_model(model.eval()), (2, *SIZE)).graph
+    scales = [n for n in graph.nodes.values() if isinstance(n, nir.Scale)]
+    assert len(scales) == 1 and np.all(np.asarray(scales[0].scale) == 84 / 64)
+    net = lower(graph)
+    weights = {line.weight for line in net.lines.values()}
+    assert 84 in weights and 64 not in weights  # the identity line ends in 84, not 64
+
+
+def test_old_specs_keep_the_identity_of_weight_one():
+    spec = {"name": "resnet18", "input_size": list(SIZE), "width": 8, "depths": [1, 1, 1, 1]}
+    old = build_from_spec(spec)
+    assert {b.identity_weight for b in old.modules() if hasattr(b, "identity_weight")} == {1.0}
+    graph = model_to_nir(fold_model(old.eval()), (2, *SIZE)).graph
+    assert not any(isinstance(n, nir.Scale) for n in graph.nodes.values())
+    with pytest.raises(ValueError, match="identity_weight"):
+        build_model("resnet18", identity_weight=1.3)
