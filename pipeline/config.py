@@ -213,14 +213,15 @@ class TrainConfig:
                                 "which Loihi applies from step 0, before the layer's input "
                                 "arrives); default: scale under --timing loihi, shift under "
                                 "ideal", choices=BATCHNORMS, commands=_MODEL)
-    # CUBA-LIF parameters; None: models.DEFAULT_NEURON's
+    # CUBA-LIF parameters; None: models.DEFAULT_NEURON's (detectors: ems.detector_neuron()'s)
     threshold: float | None = opt(None, "neuron threshold", parse=_parse_float,
                                   check=positive_float, commands=_MODEL)
     current_decay: float | None = opt(None, "fraction of the current lost per step",
                                       parse=_parse_float, check=unit_fraction, commands=_MODEL)
     voltage_decay: float | None = opt(None, "fraction of the voltage lost per step",
                                       parse=_parse_float, check=unit_fraction, commands=_MODEL)
-    tau_grad: float | None = opt(None, "surrogate width: tau_rho = 100 * tau_grad * threshold",
+    tau_grad: float | None = opt(None, "surrogate width: tau_rho = 100 * tau_grad * threshold "
+                                 "(default 0.004 for classifiers, 0.02 for detectors)",
                                  parse=_parse_float, check=positive_float, commands=_MODEL)
     scale_grad: float | None = opt(None, "surrogate height: peak slope = 0.1 * scale_grad / "
                                    "(2 tau_rho)", parse=_parse_float, check=positive_float,

@@ -106,16 +106,19 @@ def check_detection_config(config) -> None:
 def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
     """The checkpoint's ``model_spec`` of a detector, from the config and one sample
     ``[T, C, H, W]`` (see the module doc)."""
-    from .models import DEFAULT_NEURON, identity_weight_for
+    from .ems import detector_neuron
+    from .models import identity_weight_for
     from .neuron import CubaParams
     from .train import neuron_params
+
+    neuron = neuron_params(config, detector_neuron())  # stored explicitly, as for classifiers
 
     size = [int(sample.shape[2]), int(sample.shape[3])]
     anchors = anchors_for(config.dataset, size)
     return {"name": config.model, "task": "detection", "in_channels": int(sample.shape[1]),
             "num_classes": int(num_classes), "width": int(config.width or 64),
             "deployable": bool(config.deployable), "encoding": config.encoding,
-            "neuron": neuron_params(config, DEFAULT_NEURON),
+            "neuron": neuron,
             "anchors": [[[float(w), float(h)] for w, h in level] for level in anchors.sizes],
             "strides": [int(s) for s in anchors.strides], "input_size": size,
             # omitted when ideal, so older specs build unchanged
@@ -124,8 +127,7 @@ def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
             "batchnorm": config.batchnorm or ("scale" if config.timing == "loihi"
                                               and config.deployable else "shift"),
             # likewise; absent: 1.0
-            "identity_weight": identity_weight_for(CubaParams(**neuron_params(config,
-                                                                              DEFAULT_NEURON)))}
+            "identity_weight": identity_weight_for(CubaParams(**neuron))}
 
 
 class DetectionTrainer(nn.Module):

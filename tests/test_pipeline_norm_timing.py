@@ -172,3 +172,42 @@ def test_old_specs_keep_the_identity_of_weight_one():
     assert not any(isinstance(n, nir.Scale) for n in graph.nodes.values())
     with pytest.raises(ValueError, match="identity_weight"):
         build_model("resnet18", identity_weight=1.3)
+
+
+# --- detectors ---------------------------------------------------------------------------
+
+def test_scale_only_detector_gives_identical_outputs_under_both_timings():
+    from spikeline.pipeline.ems import ems_detector, detector_neuron
+
+    torch.manual_seed(0)
+    kw = {"in_channels": 2, "num_classes": 3, "neuron": detector_neuron(), "width": 8,
+          "deployable": True}
+    ideal = ems_detector(18, batchnorm="scale", **kw)
+    loihi = ems_detector(18, timing="loihi", **kw)
+    assert all(m.shift is None for m in loihi.modules() if isinstance(m, BiasNorm))
+    loihi.load_state_dict(ideal.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 3, 2, 64, 64, generator=g) < 0.3).float()
+    with torch.no_grad():
+        for a, b in zip(ideal.train()(x), loihi.train()(x), strict=True):
+            assert torch.equal(a, b)
+        for a, b in zip(ideal.eval()(x), loihi.eval()(x), strict=True):
+            assert a.abs().sum() > 0 and torch.equal(a, b)
+    with pytest.raises(Exception, match="deployable"):
+        ems_detector(10, batchnorm="scale", **{**kw, "deployable": False})
+
+
+def test_detector_spec_defaults_to_the_wider_surrogate():
+    from spikeline.pipeline.detect_train import detection_spec
+
+    config = TrainConfig(task="detection", dataset="ndigits-detect", model="ems_res10",
+                         timing="loihi")
+    sample = torch.zeros(3, 2, 64, 64)
+    spec = detection_spec(resolve(config, 3, 64), sample, 10)
+    assert spec["neuron"]["tau_grad"] == 0.02 and spec["batchnorm"] == "scale"
+    assert spec["identity_weight"] == 84 / 64
+    spec = detection_spec(resolve(TrainConfig(task="detection", dataset="ndigits-detect",
+                                              model="ems_res10", tau_grad=0.004), 3, 64),
+                          sample, 10)
+    assert spec["neuron"]["tau_grad"] == 0.004 and spec["batchnorm"] == "shift"
+    assert build_from_spec(spec).head is not None
