@@ -33,7 +33,7 @@ from spikeline import __version__
 from spikeline.atomic import atomic_file, atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
 from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
-from spikeline.pipeline.models import SpikingNet, batchnorm_of
+from spikeline.pipeline.models import ResidualBlock, SpikingNet, batchnorm_of
 
 from .detector import is_detection
 from .fold import fold_model
@@ -77,11 +77,17 @@ def check_formats(formats) -> tuple[str, ...]:
 
 
 def with_batchnorm(spec: dict, model) -> dict:
-    """``spec`` with the ``batchnorm`` form ``model`` was built with (``scale`` or ``shift``):
-    ``folded.pt`` is rebuilt from its spec, and a spec without it means ``shift``."""
+    """``spec`` with what ``model`` was built with where older specs mean something else:
+    its ``batchnorm`` form (absent: ``shift``) and its residual blocks' ``identity_weight``
+    (absent: 1.0).  ``folded.pt`` is rebuilt from the spec it stores."""
+    extra = {}
     form = batchnorm_of(model)
-    return spec if form is None or spec.get("batchnorm") == form else {**spec,
-                                                                       "batchnorm": form}
+    if form is not None:
+        extra["batchnorm"] = form
+    weights = {m.identity_weight for m in model.modules() if isinstance(m, ResidualBlock)}
+    if len(weights) == 1:
+        extra["identity_weight"] = weights.pop()
+    return spec if all(spec.get(k) == v for k, v in extra.items()) else {**spec, **extra}
 
 
 def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
