@@ -32,7 +32,8 @@ import torch
 from spikeline import __version__
 from spikeline.atomic import atomic_file, atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
-from spikeline.pipeline.checkpoint import build_from_spec, load_run_model
+from spikeline.pipeline.checkpoint import (build_from_spec, load_checkpoint,
+                                          model_from_checkpoint, resolve_checkpoint)
 from spikeline.pipeline.models import ResidualBlock, SpikingNet, batchnorm_of
 
 from .detector import is_detection
@@ -91,8 +92,12 @@ def with_batchnorm(spec: dict, model) -> dict:
 
 
 def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
-                 config: dict | None = None) -> ExportResult:
+                 config: dict | None = None, run: dict | None = None) -> ExportResult:
     """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``.
+
+    ``run``: where the checkpoint came from (``certificate.run_record``), recorded so that
+    verify can rebuild the reference from it (absent: verify says the parameters were not
+    checked against a run).
 
     Two phases: every file is first written beside its target; only when all are written is
     the old manifest removed, the files renamed into place, stale files of formats not
@@ -101,7 +106,7 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     formats = check_formats(formats)
     spec = with_batchnorm(spec, model)
     if is_detection(spec):
-        return export_detector(model, spec, out_dir, formats, config)
+        return export_detector(model, spec, out_dir, formats, config, run)
     out = Path(out_dir)
     folded = fold_model(model)  # before touching the folder: a failure here changes nothing
     input_shape = (int(spec.get("in_channels", 2)), *(int(v) for v in spec["input_size"]))
@@ -111,7 +116,7 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
             "input_shape": list(input_shape), "input_encoding": folded.encoding,
             "T": (config or {}).get("T"), "dataset": (config or {}).get("dataset"),
             "dt": DT, "quantization": QUANTIZATION, "heads": "removed",
-            **chip_timing(folded, (config or {}).get("T"))}
+            **chip_timing(folded, (config or {}).get("T")), **({"run": run} if run else {})}
     with ExitStack() as staged:  # on leaving it, each staged file replaces its target
         if "nir" in formats:
             nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
@@ -171,7 +176,7 @@ def _input_shape(spec: dict, config: dict | None) -> tuple[int, int, int]:
 
 
 def export_detector(model, spec: dict, out_dir, formats=FORMATS,
-                    config: dict | None = None) -> ExportResult:
+                    config: dict | None = None, run: dict | None = None) -> ExportResult:
     """Export a deployable detector (``deploy/detector.py``): ``model.nir`` holds the spiking
     part (stem, backbone, neck) with two Output nodes, P4 and P5; ``readout.npz`` the off-chip
     Detect readout; ``folded.pt`` and ``metadata.json`` as for classifiers.  The published
@@ -204,7 +209,7 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
             "heads": "removed", "output_nodes": graph_meta["output_nodes"],
             "readout": readout_meta, **detector_timing(folded),
             "chip_steps_per_sample": None if (config or {}).get("T") is None
-            else int(config["T"]) + graph_meta["latency_steps"]}
+            else int(config["T"]) + graph_meta["latency_steps"], **({"run": run} if run else {})}
     with ExitStack() as staged:
         nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
         result.files["nir"] = "model.nir"
@@ -228,9 +233,14 @@ def chip_timing(model: SpikingNet, T: int | None) -> dict:
 
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:
     """Export the stripped network of a training run (``best.pt`` by default)."""
+    from .certificate import run_record
+
     formats = check_formats(formats)
-    model, ckpt = load_run_model(run_dir, which)
-    return export_model(model, ckpt["model_spec"], out_dir, formats, ckpt.get("config"))
+    path = resolve_checkpoint(run_dir, which)
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    return export_model(model, ckpt["model_spec"], out_dir, formats, ckpt.get("config"),
+                        run=run_record(run_dir, path, out_dir))
 
 
 # ---- the manifest ---------------------------------------------------------------------------

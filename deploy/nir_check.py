@@ -35,6 +35,14 @@ _TAUS = ("tau", "tau_syn", "tau_mem")
 _SKIP = ("input_type", "output_type", "metadata")
 
 
+def _stateful():
+    import nir
+
+    return (nir.CubaLIF, nir.CubaLI, nir.LIF, nir.LI, nir.IF, nir.I, nir.Delay,
+            nir.NIRGraph)
+
+
+
 def check_dt(value, where: str) -> float:
     """``value`` as a time step: a finite real number > 0 (not a string or bool)."""
     if isinstance(value, np.ndarray) and value.size == 1:
@@ -68,6 +76,15 @@ def _hdf5_bytes(path: Path) -> int:
     return total
 
 
+def _file_nodes(path: Path) -> set[str]:
+    """The names of the top-level nodes the file itself holds."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        nodes = f.get("node/nodes")
+        return set(nodes.keys()) if nodes is not None else set()
+
+
 def read_nir(path: str | Path):
     """Read and validate the NIR graph in ``path`` (see the module docstring)."""
     import nir
@@ -87,8 +104,24 @@ def read_nir(path: str | Path):
         raise BadInput(f"{path}: cannot read as NIR ({type(err).__name__}: {err})") from None
     if not isinstance(graph, nir.NIRGraph):
         raise BadInput(f"{path}: expected a NIR graph, got a single {type(graph).__name__}")
+    added = sorted(set(graph.nodes) - _file_nodes(path))
+    if added:  # nir.read makes up Input/Output nodes for dangling ends: say what is missing
+        held = {n: node for n, node in graph.nodes.items() if n not in added}
+        _check_structure(nir.NIRGraph(nodes=held, type_check=False, edges=[
+            e for e in graph.edges if all(_names_a_node(str(v), held) for v in e)]), str(path))
+        kinds = sorted({type(graph.nodes[n]).__name__ for n in added})
+        raise BadInput(f"{path}: the graph has no {' or '.join(kinds)} node for "
+                       f"{added} (the file does not hold them; nir.read would make them up)")
     validate_graph(graph, str(path))
     return graph
+
+
+def _names_a_node(endpoint: str, nodes: dict) -> bool:
+    """An edge end is a node's name, which may itself hold dots (flat graphs of recurrent
+    layers, as snnTorch and Norse write them: 'rnn.lif', 'rnn.w_rec'), or ``node.port`` /
+    ``subgraph.node``: some prefix up to a dot is a node."""
+    parts = endpoint.split(".")
+    return any(".".join(parts[:k]) in nodes for k in range(len(parts), 0, -1))
 
 
 def _size(shape) -> int:
@@ -106,19 +139,81 @@ def _node_size(node) -> int:
 def validate_graph(graph, where: str = "graph", dt: float | None = None):
     """Check ``graph`` (see the module docstring); ``dt`` overrides the graph's.  Returns the
     graph."""
+    _validate(graph, where, dt)
+    _check_structure(graph, where)
+    return graph
+
+
+def _base(endpoint: str, nodes: dict) -> str:
+    parts = endpoint.split(".")
+    return next(".".join(parts[:k]) for k in range(len(parts), 0, -1)
+                if ".".join(parts[:k]) in nodes)
+
+
+def _check_structure(graph, where: str) -> None:
+    """One Input, at least one Output, every node reached from the Input (a missing edge is
+    named as such), and every cycle through a node with state (a neuron or a delay): a loop of
+    stateless nodes (``a -> b -> a``, a self-loop) has no meaning in NIR's semantics."""
+    import nir
+
+    inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+    if len(inputs) != 1:
+        raise BadInput(f"{where}: the graph needs exactly one Input node, it has {inputs}")
+    if not outputs:
+        raise BadInput(f"{where}: the graph has no Output node: nothing it computes would be "
+                       "read")
+    succ = {n: [] for n in graph.nodes}
+    for src, dst in graph.edges:
+        succ[_base(str(src), graph.nodes)].append(_base(str(dst), graph.nodes))
+    reached, stack = set(), [inputs[0]]
+    while stack:
+        name = stack.pop()
+        if name not in reached:
+            reached.add(name)
+            stack += succ[name]
+    cut = [n for n in graph.nodes if n not in reached]
+    if cut:
+        raise BadInput(f"{where}: node(s) {cut} are not reached from the Input node "
+                       f"{inputs[0]!r}: an edge into them is missing")
+    stateless = {n for n, node in graph.nodes.items() if not isinstance(node, _stateful())}
+    colour = {}
+    for start in sorted(stateless):  # a cycle within the stateless nodes
+        if start in colour:
+            continue
+        path, stack = [start], [iter(d for d in succ[start] if d in stateless)]
+        colour[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                colour[path.pop()] = 2
+                stack.pop()
+            elif colour.get(nxt) == 1:
+                loop = path[path.index(nxt):] + [nxt]
+                raise BadInput(f"{where}: the cycle {' -> '.join(loop)} passes through no "
+                               "neuron or delay: a loop of stateless nodes has no meaning in "
+                               "NIR (each node's output would depend on itself in the same "
+                               "step)")
+            elif nxt not in colour:
+                colour[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(d for d in succ[nxt] if d in stateless))
+
+
+def _validate(graph, where: str, dt: float | None) -> None:
     import nir
 
     dt = graph_dt(graph, where) if dt is None else check_dt(dt, f"{where}: --dt")
     if not isinstance(graph.nodes, dict) or not graph.nodes:
         raise BadInput(f"{where}: the graph has no nodes")
     for edge in graph.edges:
-        if len(edge) != 2 or any(str(e).split(".")[0] not in graph.nodes for e in edge):
+        if len(edge) != 2 or not all(_names_a_node(str(e), graph.nodes) for e in edge):
             raise BadInput(f"{where}: edge {tuple(edge)} names a node that is not in the graph")
     state = 0
     for name, node in graph.nodes.items():
         at = f"{where}: node {name!r} ({type(node).__name__})"
         if isinstance(node, nir.NIRGraph):
-            validate_graph(node, at, dt)
+            _validate(node, at, dt)
             continue
         for field in dataclasses.fields(node):
             if field.name in _SKIP:
@@ -137,7 +232,6 @@ def validate_graph(graph, where: str = "graph", dt: float | None = None):
                        f"({steps:.3g} steps of dt = {dt:g} s)")
     # per element: its output and up to two neuron states (CUBA current and voltage), float32
     check_size(state * 3 * 4, f"{where}: one step of all nodes' state")
-    return graph
 
 
 def _check_values(value, where: str, positive: bool) -> None:

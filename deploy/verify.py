@@ -1,6 +1,16 @@
 """The certificate: every exported artifact spikes exactly like the trained network.
 
-Reference: the folded, quantized network (``folded.pt``), run by the training code.  Backends:
+Two parts, in this order:
+
+1. **Parameters** (``deploy/certificate.py``), before any spike is simulated: the reference is
+   rebuilt from the training run's checkpoint that ``metadata.json`` records (folded and
+   quantized again), and every weight, bias, decay, threshold, delay and edge of ``model.nir``,
+   ``model.net``, the Lava process graph and ``folded.pt`` must equal it exactly.  Any
+   difference fails verify, naming the node, the index and both values; no spike is simulated
+   then.  An export that records no run, or whose run is not here, is reported as
+   ``not_checked`` (not as passed): its spikes are compared with its own ``folded.pt``.
+2. **Spikes**, on real inputs: the reference network (the rebuilt one, else ``folded.pt``) run
+   by the training code against each backend:
 
 - ``nir``: ``model.nir`` in our simulator, Loihi fixed point: every neuron node's spikes (and
   the readout's voltage) must equal the reference's, node by node.
@@ -8,6 +18,7 @@ Reference: the folded, quantized network (``folded.pt``), run by the training co
   through netx when the export has one (sequential nets), else the process graph that
   ``to_lava`` builds from ``model.nir`` (residual nets trained with ``--timing loihi``).  Every
   layer's spikes and the readout voltage must equal the reference's; ``path`` says which ran.
+  Lava runs the first ``DEFAULT_SAMPLES['lava']`` samples (it costs about 10 s a sample).
 - detectors (``deploy/detector.py``): the spiking part's every neuron node as above, plus each
   Output node (P4, P5: what leaves the chip) against the folded network's features, and the
   off-chip readout (``readout.npz``) applied to the simulated outputs against the folded
@@ -16,9 +27,22 @@ Reference: the folded, quantized network (``folded.pt``), run by the training co
   (a detector exported with ``--timing loihi``) the same: every neuron node, both Output nodes
   (their source neurons' spikes in Lava) and the readout applied to them.
 - ``spikingjelly``, ``snntorch``: their NIR importers.  They implement NIR's float semantics,
-  not Loihi's fixed point, so they are held to our simulator in ``mode='float'`` on the same
-  (peer-lowered) graph, last spiking population compared.  How far float semantics drift from
-  the fixed point is reported as ``float_vs_fixed``: information, not a failure.
+  not Loihi's fixed point, so each is held to our simulator in ``mode='float'`` on the same
+  (peer-lowered) ``model.nir``, last spiking population compared.  A peer that matches
+  *reads model.nir as spikeline does (float semantics)*; it says nothing about whether
+  ``model.nir`` equals the trained network (that is ``nir``'s and the parameter
+  certificate's job), so it is never listed in ``checked_by``.  How far float semantics drift
+  from the fixed point is reported as ``float_vs_fixed``: information, not a failure.
+
+The silence rule: every compared layer of every backend must be active in the reference on the
+inputs (a spike, or a nonzero readout voltage); a layer that stayed silent certifies nothing, and
+verify fails naming it.  ``coverage`` gives, per spiking layer, the fraction of neurons that
+spiked at least once on the inputs.
+
+Default sample counts (``DEFAULT_SAMPLES``) come from a measurement
+(``benchmarks/verify_coverage.py``): how many ndigits test samples the spike comparison needs to
+catch a one-grid-step change of one weight in each layer of the demo cnn and of a
+``--timing loihi`` resnet18.
 """
 from __future__ import annotations
 
@@ -33,6 +57,7 @@ import torch
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
 
 from .detector import LEVELS, encode_input, is_detection, load_readout, reference_features
+from .certificate import ParameterCertificate
 from .export import load_folded
 from .lava_run import run_graph, run_netx
 from .peers import FIRES_AT_THRESHOLD, PEERS, PeerUnsupported, lower_for_peers, run_peer
@@ -40,6 +65,16 @@ from .simulate import graph_dt, simulate
 from .to_netx import netx_layer_modules
 
 BACKENDS = ("nir", "lava", *PEERS)
+# The backends whose spikes are compared with the trained network (the reference); the peers
+# are compared with our reading of model.nir.
+AGAINST_TRAINED = ("nir", "lava")
+PEER_CLAIM = "reads model.nir as spikeline does (float semantics)"
+# Samples the spike certificate runs by default: the CLI's `verify` and `run` read these.
+# Chosen from benchmarks/verify_coverage.py (see the README's verify section): the nir backend
+# and the peers are cheap (milliseconds a sample); Lava takes about 10 s a sample, and the
+# parameter certificate already compares model.net and the process graph entry by entry, so
+# Lava's share is to run those parameters' semantics on inputs that reach every layer.
+DEFAULT_SAMPLES = {"nir": 32, "spikingjelly": 32, "snntorch": 32, "lava": 4}
 
 
 @dataclass
@@ -54,6 +89,8 @@ class BackendResult:
     per_node: dict[str, int] = field(default_factory=dict)
     note: str = ""
     path: str = ""  # lava: which artifact ran (netx file or process graph)
+    silent: list[str] = field(default_factory=list)  # compared nodes silent in the reference
+    samples: int = 0
 
     def __post_init__(self):
         if self.status not in ("ok", "mismatch", "skipped", "error"):
@@ -67,27 +104,56 @@ class VerifyReport:
     backends: list[BackendResult]
     reference_spikes: int
     float_vs_fixed: dict[str, int] = field(default_factory=dict)
+    parameters: ParameterCertificate | None = None
+    coverage: dict[str, float] = field(default_factory=dict)  # spiking node -> fraction
+    reference: str = ""  # what the spikes were compared with
 
     @property
     def checked_by(self) -> list[str]:
-        """The backends that ran and matched the trained network."""
-        return [b.backend for b in self.backends if b.status == "ok"]
+        """The backends whose spikes ran and matched the trained network (``nir``, ``lava``);
+        a peer that matched is in ``peers_agree`` instead."""
+        return [b.backend for b in self.backends
+                if b.status == "ok" and b.backend in AGAINST_TRAINED]
+
+    @property
+    def peers_agree(self) -> list[str]:
+        """The peers that read ``model.nir`` as spikeline does (float semantics)."""
+        return [b.backend for b in self.backends if b.status == "ok" and b.backend in PEERS]
 
     def problems(self, allow_skip: bool = False) -> list[str]:
-        """Why this report certifies nothing (empty when it does): a mismatch or error, a
-        skipped backend (unless ``allow_skip``), no backend at all, or an input on which
-        nothing spiked."""
-        why = [f"{b.backend}: {b.status}{' (' + b.note.strip() + ')' if b.note else ''}"
-               for b in self.backends
-               if b.status in ("mismatch", "error") or (b.status == "skipped" and not allow_skip)]
+        """Why this report certifies nothing (empty when it does): a parameter that differs
+        from the run's checkpoint, a mismatch or error, a skipped backend (unless
+        ``allow_skip``), no backend compared with the trained network, or a compared layer
+        that stayed silent in the reference on the inputs."""
+        why = []
+        if self.parameters is not None and self.parameters.status == "mismatch":
+            p = self.parameters
+            why.append(f"parameters: {p.differences} entries differ from the run's checkpoint; "
+                       + "; ".join(str(d) for d in p.shown[:3]))
+            return why  # no spike was simulated
+        why += [f"{b.backend}: {b.status}{' (' + b.note.strip() + ')' if b.note else ''}"
+                for b in self.backends
+                if b.status in ("mismatch", "error") or (b.status == "skipped" and not allow_skip)]
+        ran = [b for b in self.backends if b.status in ("ok", "mismatch")]
         if not self.backends:
             why.append("no backend was requested")
-        elif not self.checked_by:
+        elif not ran:
             why.append("no backend ran")
-        if self.reference_spikes == 0:
+        elif not any(b.backend in AGAINST_TRAINED for b in ran):
+            why.append(f"no backend compared spikes with the trained network ({', '.join(PEERS)} "
+                       f"only {PEER_CLAIM}); add nir or lava to --backends")
+        for b in ran:
+            if b.silent:
+                why.append(f"{b.backend}: layer(s) {', '.join(b.silent)} never active in the "
+                           "reference on these inputs: a comparison of silence certifies "
+                           "nothing (use more or livelier samples)")
+        if self.reference_spikes == 0 and not any(b.silent for b in ran):
             why.append("nothing spiked in the reference on this input: a certificate on "
                        "silence certifies nothing")
         return why
+
+    def summary(self) -> str:
+        return report_summary(self)
 
     @property
     def ok(self) -> bool:
@@ -95,9 +161,14 @@ class VerifyReport:
         return not self.problems()
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "checked_by": self.checked_by, "problems": self.problems(),
+        return {"ok": self.ok, "checked_by": self.checked_by,
+                "peers_read_model_nir_as_spikeline": self.peers_agree,
+                "problems": self.problems(),
+                "parameters": None if self.parameters is None else self.parameters.to_dict(),
+                "spike_reference": self.reference,
                 "samples": self.samples, "T": self.steps,
                 "reference_spikes": self.reference_spikes,
+                "coverage": self.coverage,
                 "backends": [asdict(b) for b in self.backends],
                 "float_vs_fixed_mismatches": self.float_vs_fixed}
 
@@ -107,6 +178,8 @@ def _compare(name: str, reference: str, pairs) -> BackendResult:
     result = BackendResult(name, "ok", reference)
     for node, ours, theirs in pairs:
         ours, theirs = torch.as_tensor(ours), torch.as_tensor(theirs)
+        if ours.numel() and not bool(ours.any()):
+            result.silent.append(node)
         if ours.shape != theirs.shape:
             result.per_node[node] = ours.numel()
             result.note += f"{node}: shape {tuple(theirs.shape)} vs {tuple(ours.shape)}. "
@@ -134,17 +207,59 @@ def reference_activity(model, modules: dict, x: torch.Tensor) -> dict[str, torch
     return seen
 
 
+def _node_export(model, meta: dict):
+    """The NIR node mapping (node name -> module) of a folded model."""
+    from .to_nir import model_to_nir
+
+    if is_detection(meta.get("model_spec")):
+        from .detector import detector_to_nir
+
+        return detector_to_nir(model, tuple(meta["input_shape"]))
+    return model_to_nir(model, tuple(meta["input_shape"]))
+
+
+def coverage(ref: dict, graph: nir.NIRGraph) -> dict[str, float]:
+    """Per spiking node of ``graph`` in ``ref`` (``[T, N, ...]`` spikes): the fraction of its
+    neurons that spiked at least once, at any step, in any sample."""
+    out = {}
+    for name, value in ref.items():
+        if isinstance(graph.nodes.get(name), nir.CubaLIF):
+            fired = (torch.as_tensor(value) != 0).flatten(2).any(0).any(0)
+            out[name] = round(float(fired.float().mean()), 4)
+    return out
+
+
 def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
-                  lava_timeout: float = 300.0, progress=None) -> VerifyReport:
-    """Check the export in ``export_dir`` on ``frames [T, N, C, H, W]`` (event counts)."""
+                  lava_timeout: float = 300.0, progress=None,
+                  lava_samples: int | None = None) -> VerifyReport:
+    """Check the export in ``export_dir`` on ``frames [T, N, C, H, W]`` (event counts): the
+    parameter certificate first, then spikes (Lava on the first ``lava_samples`` samples,
+    all when None)."""
+    from .certificate import certify_parameters, reference_from_run
+
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         raise BadInput(f"unknown backend(s) {sorted(unknown)}; known: {', '.join(BACKENDS)}")
     if not backends:
         raise BadInput(f"no backend given: nothing would be checked (known: {', '.join(BACKENDS)})")
     export_dir = Path(export_dir)
-    model, meta, fresh = load_folded(export_dir)
+    folded, meta, folded_export = load_folded(export_dir)
     frames = torch.as_tensor(frames, dtype=torch.float32)
+    if progress:
+        progress("parameters")
+    reference, description = reference_from_run(export_dir, meta)
+    folded_spec = torch.load(export_dir / "folded.pt", weights_only=True,
+                             map_location="cpu")["model_spec"]
+    parameters = certify_parameters(export_dir, meta, folded, folded_spec, reference,
+                                    description)
+    if parameters.status == "mismatch":  # no spike is simulated on a network that differs
+        return VerifyReport(frames.shape[1], frames.shape[0], [], 0, parameters=parameters)
+    if reference is None:
+        model, fresh = folded, folded_export
+        ref_name = "folded.pt (the export's own; no training run to rebuild it from)"
+    else:
+        model, fresh = reference, _node_export(reference, meta)
+        ref_name = "the run's checkpoint, folded and quantized again"
     detector = is_detection(meta.get("model_spec"))
     # what the chip receives, [T + input_pad_steps, N, C, H, W]
     x = encode_input(model, frames.transpose(0, 1)) if detector else \
@@ -163,6 +278,7 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     results, float_vs_fixed = [], {}
     fixed = simulate(graph, x, mode="loihi") if "nir" in backends or set(PEERS) & set(backends) \
         else None
+    lava_n = x.shape[1] if lava_samples is None else max(1, min(int(lava_samples), x.shape[1]))
     for backend in backends:
         if progress:
             progress(backend)
@@ -170,23 +286,29 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
             pairs = [(n, ref[n], fixed.outputs[n]) for n in ref]
             if detector:
                 pairs += _detector_pairs(export_dir, model, fresh, frames, fixed.outputs)
-            results.append(_compare("nir", "folded model (fixed point)", pairs))
+            result = _compare("nir", "trained network (fixed point)", pairs)
         elif backend == "lava":
-            result = _verify_lava(export_dir, model, fresh, ref, x, lava_timeout, graph,
-                                  (lambda outs: _detector_pairs(export_dir, model, fresh, frames,
-                                                                outs)) if detector else None)
+            sub = {n: v[:, :lava_n] for n, v in ref.items()}
+            result = _verify_lava(export_dir, model, fresh, sub, x[:, :lava_n], lava_timeout,
+                                  graph, (lambda outs: _detector_pairs(
+                                      export_dir, model, fresh, frames[:, :lava_n], outs))
+                                  if detector else None)
             if detector and result.status == "skipped" and "delay" in result.note:
                 result.note = ("the detector was trained with ideal timing (no step per "
                                "synaptic hop), while every Lava synapse adds one step, so its "
                                "process graph would run a different network; train it with "
                                "--timing loihi. " + result.note)
-            results.append(result)
         else:
             result, drift = _verify_peer(backend, graph, x, fixed)
-            results.append(result)
             float_vs_fixed.update(drift)
-    spikes = int(sum(v.sum().item() for n, v in ref.items() if "lif" in n))
-    return VerifyReport(x.shape[1], x.shape[0], results, spikes, float_vs_fixed)
+        if result.status in ("ok", "mismatch"):
+            result.samples = lava_n if backend == "lava" else int(x.shape[1])
+        results.append(result)
+    spikes = int(sum(v.sum().item() for n, v in ref.items()
+                     if isinstance(graph.nodes.get(n), nir.CubaLIF)))
+    return VerifyReport(x.shape[1], x.shape[0], results, spikes, float_vs_fixed,
+                        parameters=parameters, coverage=coverage(ref, graph),
+                        reference=ref_name)
 
 
 def _detector_pairs(export_dir, model, fresh, frames, outputs: dict) -> list:
@@ -243,7 +365,7 @@ def _verify_lava_graph(export_dir, ref, x, timeout, graph, detector_pairs=None) 
     for a detector its Output nodes and the off-chip readout on Lava's outputs."""
     from .to_lava import lower
 
-    reference = "folded model (fixed point)"
+    reference = "trained network (fixed point)"
     path = "process graph from model.nir (to_lava)"
     try:
         net = lower(graph)
@@ -281,13 +403,13 @@ def _verify_netx(export_dir, model, fresh, ref, x, timeout) -> BackendResult:
                 theirs = torch.from_numpy(np.asarray(out[key], dtype=np.float32))
                 pairs.append((node, ref[node][:, i].reshape(theirs.shape), theirs))
     except SpikelineError as err:
-        return BackendResult("lava", "error", "folded model (fixed point)", note=str(err),
+        return BackendResult("lava", "error", "trained network (fixed point)", note=str(err),
                              path=path)
     merged = {}
     for node, ours, theirs in pairs:  # one entry per node, summed over samples
         a, b = merged.get(node, ([], []))
         merged[node] = (a + [ours], b + [theirs])
-    result = _compare("lava", "folded model (fixed point)",
+    result = _compare("lava", "trained network (fixed point)",
                       ((n, torch.stack(a), torch.stack(b)) for n, (a, b) in merged.items()))
     result.path = path
     return result
@@ -311,11 +433,70 @@ def _verify_peer(peer, graph, x, fixed):
                          fire_at_threshold=FIRES_AT_THRESHOLD[peer])
     last = next(src for src, dst in lowered.edges if dst == "output")
     drift = {last: int((float_sim.output != fixed.outputs[last]).sum())}
-    reference = "our simulator, float mode" + (", firing at v == threshold"
-                                               if FIRES_AT_THRESHOLD[peer] else "")
+    reference = ("model.nir in our simulator, float mode" + (", firing at v == threshold"
+                 if FIRES_AT_THRESHOLD[peer] else "") + f": {PEER_CLAIM}")
     try:
         theirs = run_peer(peer, lowered, x, dt)
     except Exception as err:  # noqa: BLE001 - an importer failing is a result to report
         return BackendResult(peer, "error", reference,
                              note=f"{type(err).__name__}: {err}"), drift
     return _compare(peer, reference, [(last, float_sim.output, theirs)]), drift
+
+
+def report_lines(report: VerifyReport) -> list[str]:
+    """The report as the CLI prints it: the parameter certificate, the spike comparison per
+    backend, coverage per layer."""
+    lines = []
+    p = report.parameters
+    if p is not None:
+        if p.status == "not_checked":
+            lines.append(f"parameters: NOT CHECKED ({p.note})")
+        else:
+            lines.append(f"parameters: {p.status}, {p.differences} of {p.compared} entries "
+                         f"differ ({', '.join(p.artifacts)} against {p.reference})")
+            lines += [f"  {d}" for d in p.shown]
+            if p.note:
+                lines.append(f"  ({p.note})")
+    if not report.backends:
+        return lines
+    lines.append(f"spikes: {report.samples} sample(s), {report.steps} steps each, "
+                 f"{report.reference_spikes} reference spikes; reference: {report.reference}")
+    lines.append(f"{'backend':14s} {'status':9s} {'samples':>7s} {'mismatches':>10s} "
+                 f"{'compared':>10s}  reference")
+    for b in report.backends:
+        lines.append(f"{b.backend:14s} {b.status:9s} {b.samples:7d} {b.mismatches:10d} "
+                     f"{b.compared:10d}  {b.reference or '-'}"
+                     f"{'  (' + b.note.strip() + ')' if b.note else ''}")
+        if b.path:
+            lines.append(f"{'':14s} ran: {b.path}")
+        if b.per_node and b.status != "skipped":
+            lines.append(f"{'':14s} mismatches per layer: "
+                         + ", ".join(f"{n} {m}" for n, m in b.per_node.items()))
+        if b.silent:
+            lines.append(f"{'':14s} silent in the reference: {', '.join(b.silent)}")
+    if report.coverage:
+        lines.append("coverage (neurons that spiked at least once): " + ", ".join(
+            f"{n} {100 * c:.1f}%" for n, c in report.coverage.items()))
+    if report.float_vs_fixed:
+        lines.append(f"float semantics vs Loihi fixed point (information): "
+                     f"{sum(report.float_vs_fixed.values())} differing spikes in the last "
+                     "spiking layer")
+    return lines
+
+
+def report_summary(report: VerifyReport) -> str:
+    """One line: what matched what (after ``problems()`` found none)."""
+    p = report.parameters
+    parts = []
+    if p is not None and p.status == "ok":
+        parts.append(f"parameters equal the run's checkpoint ({', '.join(p.artifacts)})")
+    elif p is not None:
+        parts.append("parameters NOT checked against a training run")
+    parts.append(f"spikes match the trained network on {', '.join(report.checked_by) or 'none'}"
+                 " (0 mismatches)")
+    if report.peers_agree:
+        parts.append(f"{', '.join(report.peers_agree)} {PEER_CLAIM}")
+    skipped = [b.backend for b in report.backends if b.status == "skipped"]
+    if skipped:
+        parts.append(f"skipped: {', '.join(skipped)}")
+    return "; ".join(parts)

@@ -26,6 +26,7 @@ the two leaves a ``last.pt`` whose ``best`` record names its own epoch, and ``re
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -35,7 +36,9 @@ import numpy as np
 import torch
 
 from spikeline.atomic import atomic_file
-from spikeline.errors import SpikelineError
+from spikeline.errors import BadInput, SpikelineError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "spikeline-train/1"
 
@@ -62,10 +65,17 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def _epoch_of(path: Path) -> int | None:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # noqa: BLE001 - missing, truncated or foreign: repaired from last.pt
+    """The epoch ``path`` records; None when there is no such file.  A file that is there but
+    cannot be read (no permission, truncated, refused by ``weights_only``) is an error: it is
+    never replaced silently."""
+    if not path.exists():
         return None
+    ckpt = load_checkpoint(path)
+    try:
+        return int(ckpt["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise BadInput(f"{path}: field 'epoch' must be an integer, got "
+                       f"{ckpt.get('epoch')!r}") from None
 
 
 def repair_best(run_dir: str | os.PathLike, last: dict | None = None) -> bool:
@@ -85,6 +95,8 @@ def repair_best(run_dir: str | os.PathLike, last: dict | None = None) -> bool:
     if best_epoch != int(last["epoch"]) or _epoch_of(run_dir / "best.pt") == best_epoch:
         return False
     _copy_atomic(last_path, run_dir / "best.pt")
+    log.warning("%s: restored from %s (a run stopped between writing last.pt and copying "
+                "it to best.pt)", run_dir / "best.pt", last_path)
     return True
 
 
@@ -213,8 +225,32 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "best", map_location
     Returns ``(model, checkpoint)``.  This is all export/deploy code needs: the checkpoint's
     ``model_spec`` rebuilds the architecture and ``model_stripped`` fills in the weights.
     """
-    ckpt = load_checkpoint(resolve_checkpoint(run_dir, which), map_location=map_location)
-    model = build_from_spec(ckpt["model_spec"])
-    model.load_state_dict(ckpt["model_stripped"])
+    path = resolve_checkpoint(run_dir, which)
+    ckpt = load_checkpoint(path, map_location=map_location)
+    return model_from_checkpoint(ckpt, path), ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path) -> "torch.nn.Module":
+    """The main network of a loaded checkpoint (``model_spec`` + ``model_stripped``), in eval
+    mode; a missing field, or weights that do not fit the spec, is a ``BadInput`` naming
+    ``path``."""
+    for key, kind in (("model_spec", dict), ("model_stripped", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            raise BadInput(f"{path}: field {key!r} is missing or not a {kind.__name__}; is it a "
+                           "checkpoint written by `spikeline train`?")
+    try:
+        model = build_from_spec(ckpt["model_spec"])
+    except SpikelineError:
+        raise
+    except Exception as err:  # an unknown model name, a bad argument
+        raise BadInput(f"{path}: field 'model_spec' does not build a network "
+                       f"({type(err).__name__}: {err})") from None
+    try:
+        model.load_state_dict(ckpt["model_stripped"])
+    except (RuntimeError, TypeError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadInput(f"{path}: the weights in 'model_stripped' do not fit the network its "
+                       f"'model_spec' names ({ckpt['model_spec'].get('name')!r}): {first}") \
+            from None
     model.eval()
-    return model, ckpt
+    return model

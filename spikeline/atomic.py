@@ -30,6 +30,9 @@ _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quo
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
 
 
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def _os_error_in(err: BaseException) -> OSError | None:
     """The OSError with a disk errno in ``err``'s cause/context chain (torch and h5py wrap it)."""
     seen = set()
@@ -37,7 +40,10 @@ def _os_error_in(err: BaseException) -> OSError | None:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
             return err
-        if "No space left on device" in str(err):
+        if "No space left on device" in str(err) or (
+                isinstance(err, OSError) and _SHORT_WRITE.search(str(err))):
+            # numpy's tofile reports a short write as "N requested and M written", no errno;
+            # a regular file is written short only when the disk (or quota) is full
             return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return None

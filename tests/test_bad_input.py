@@ -623,3 +623,124 @@ def test_export_of_an_unfinished_run_says_its_accuracy_was_not_measured(run_dir,
     code, err = run(["export", run_dir, "--out", tmp_path / "e"], capsys)
     assert code == 0 and (tmp_path / "e" / "manifest.json").is_file()
     assert "deployed accuracy: not measured" in err and "summary.json" in err
+
+
+# ---- issue 18: what the 569-run campaign still found -----------------------------------------
+
+def _structure_graph(path, edges, output=True):
+    """input -> a (Linear) -> b (Linear) -> lif -> output, wired by ``edges``."""
+    nodes = {"input": nir.Input(input_type={"input": np.array([3])}),
+             "a": nir.Linear(weight=np.eye(3)), "b": nir.Linear(weight=np.eye(3)),
+             "lif": nir.LIF(tau=np.full(3, 2e-3), r=np.ones(3), v_leak=np.zeros(3),
+                            v_threshold=np.ones(3))}
+    if output:
+        nodes["output"] = nir.Output(output_type={"output": np.array([3])})
+    return _write_graph(path, nodes, edges)
+
+
+@pytest.mark.parametrize("edges, output, named", [
+    ([("input", "a"), ("a", "b"), ("b", "lif")], False, "no Output node"),
+    ([("input", "a"), ("a", "b"), ("b", "a"), ("b", "lif"), ("lif", "output")], True,
+     "the cycle a -> b -> a passes through no neuron or delay"),
+    ([("input", "a"), ("a", "a"), ("a", "b"), ("b", "lif"), ("lif", "output")], True,
+     "the cycle a -> a passes through no neuron or delay"),
+    ([("input", "a"), ("a", "b"), ("lif", "output")], True,
+     "['lif', 'output'] are not reached from the Input node 'input': an edge into them is "
+     "missing"),
+], ids=["no-output", "stateless-cycle", "stateless-self-loop", "missing-edge"])
+def test_graph_structure_refused(tmp_path, capsys, edges, output, named):
+    path = _structure_graph(tmp_path / "g.nir", edges, output)
+    x = _input(tmp_path, (3,))
+    refused(["simulate", path, "--input", x], capsys, "g.nir", named)
+    refused(["energy", path, "--input", x], capsys, "g.nir", named)
+    refused(["import", path, "--out", tmp_path / "o.nir"], capsys, "g.nir", named)
+
+
+def test_a_cycle_through_a_neuron_is_accepted(tmp_path, capsys):
+    path = _structure_graph(tmp_path / "g.nir", [("input", "a"), ("a", "lif"), ("lif", "b"),
+                                                 ("b", "lif"), ("lif", "output")])
+    assert run(["simulate", path, "--input", _input(tmp_path, (3,))], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("values, named", [
+    (np.full((4, 2, 34, 34), 2**62, dtype=np.int64), "2**24"),
+    (np.full((4, 2, 34, 34), -5, dtype=np.int64), "negative values (min -5)"),
+    (np.full((4, 2, 34, 34), -0.5, dtype=np.float32), "negative values"),
+], ids=["int64-2**62", "all-minus-5", "negative-float"])
+def test_input_values_refused(export_dir, tmp_path, capsys, values, named):
+    path = tmp_path / "x.npy"
+    np.save(path, values)
+    refused(["simulate", export_dir, "--input", path], capsys, path, named)
+
+
+def test_input_counts_up_to_2_24_are_accepted(export_dir, tmp_path, capsys):
+    path = tmp_path / "x.npy"
+    np.save(path, np.full((2, 2, 34, 34), 2**24, dtype=np.int64))
+    assert run(["simulate", export_dir, "--input", path], capsys)[0] == 0
+
+
+def test_full_disk_as_numpy_reports_it(export_dir, tmp_path, capsys, monkeypatch, x_npy):
+    """numpy's tofile reports a short write as "N requested and M written" without errno."""
+    saved = tmp_path / "out.npy"
+
+    def short_write(*args, **kwargs):
+        raise OSError("3328 requested and 0 written")
+
+    monkeypatch.setattr(np.lib.format, "write_array", short_write)
+    refused(["simulate", export_dir, "--input", x_npy, "--save-output", saved], capsys,
+            "no space left on device", saved)
+    assert not saved.exists()
+
+
+def test_best_pt_without_model_stripped(run_dir, tmp_path, capsys):
+    from spikeline.pipeline.checkpoint import save_checkpoint
+
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    del ckpt["model_stripped"]
+    save_checkpoint(run_dir / "best.pt", ckpt)
+    refused(["export", run_dir, "--out", tmp_path / "e"], capsys, "best.pt", "'model_stripped'")
+
+
+def test_checkpoint_whose_spec_names_another_model(run_dir, tmp_path, capsys):
+    from spikeline.pipeline.checkpoint import save_checkpoint
+
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    ckpt["model_spec"] = {**ckpt["model_spec"], "name": "vgg11", "width": 8}
+    save_checkpoint(run_dir / "last.pt", ckpt)
+    refused(["export", run_dir, "--checkpoint", "last", "--out", tmp_path / "e"], capsys,
+            "last.pt", "do not fit the network", "'vgg11'")
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "refused"])
+def test_an_unreadable_best_pt_is_an_error_never_replaced(run_dir, tmp_path, capsys,
+                                                          monkeypatch, damage):
+    """best.pt cannot be read (mode 000 for an ordinary user; a pickle weights_only refuses):
+    export and evaluate exit 2 naming it, and it is not replaced by last.pt."""
+    from spikeline.pipeline.checkpoint import save_checkpoint
+
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    save_checkpoint(run_dir / "last.pt", {**ckpt, "epoch": 3, "best": {"epoch": 3}})
+    if damage == "unreadable":
+        (run_dir / "best.pt").chmod(0)
+        real_load = torch.load
+
+        def denied(f, *args, **kwargs):  # root ignores the mode: as for an ordinary user
+            if os.fspath(f) == os.fspath(run_dir / "best.pt"):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fspath(f))
+            return real_load(f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "load", denied)
+    else:  # a pickle naming os.system: weights_only refuses it
+        (run_dir / "best.pt").write_bytes(b"\x80\x04cos\nsystem\n.")
+    before = (run_dir / "best.pt").read_bytes() if damage == "refused" else None
+    refused(["export", run_dir, "--out", tmp_path / "e"], capsys, "best.pt")
+    refused(["evaluate", run_dir], capsys, "best.pt")
+    (run_dir / "best.pt").chmod(0o644)
+    if before is not None:
+        assert (run_dir / "best.pt").read_bytes() == before
+    assert (run_dir / "best.pt").read_bytes() != (run_dir / "last.pt").read_bytes()
+
+
+def test_data_show_names_the_T_option(tmp_path, capsys):
+    code, err = run(["data", "show", "ndigits", "--T", "0", "--out", tmp_path / "s.png"], capsys)
+    assert code == 2 and "--T" in err and "n_time_bins" not in err, err

@@ -69,9 +69,9 @@ def test_export_simulate_verify_import_commands(run_dir, tmp_path, capsys):
 
 
 def test_simulate_a_real_recording_through_an_external_graph(capsys):
-    graph, sample = SHARED / "nir" / "nmnist_cnn_sinabs.nir", SHARED / "events" / "nmnist_sample.bin"
-    if not graph.exists() or not sample.exists():
-        pytest.skip("../shared/data is absent")
+    from conftest import real_path
+
+    graph, sample = real_path("nir/nmnist_cnn_sinabs.nir"), real_path("nmnist_sample.bin")
     assert main(["simulate", str(graph), "--events", str(sample), "--T", "10"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["T"] == 10 and summary["spikes_per_node"]["1"] > 0

@@ -453,12 +453,11 @@ def test_missing_hardware_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def test_sinabs_nmnist_graph_counts_are_consistent():
-    simulate = pytest.importorskip("spikeline.deploy.simulate").simulate
-    from pathlib import Path
+    from conftest import real_path
 
-    path = Path(__file__).resolve().parent / "data" / "nir" / "nmnist_cnn_sinabs.nir"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
+    from spikeline.deploy.simulate import simulate
+
+    path = real_path("nir/nmnist_cnn_sinabs.nir")  # ships in tests/data: fails if absent
     g = nir.read(str(path))
     x = (torch.rand(4, 2, 2, 34, 34, generator=torch.Generator().manual_seed(0)) < 0.1).float()
     sim = simulate(g, x)

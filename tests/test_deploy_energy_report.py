@@ -152,7 +152,6 @@ def cli(argv) -> int:
 
 @pytest.fixture
 def export_dir(tmp_path):
-    pytest.importorskip("spikeline.deploy.simulate")
     folder = tmp_path / "export"
     folder.mkdir()
     nir.write(str(folder / "model.nir"), tiny_graph())
@@ -193,9 +192,9 @@ def test_cli_input_array_matches_direct_count(export_dir, tmp_path, capsys):
 
 
 def test_cli_events_are_binned_and_resized(export_dir, tmp_path):
-    sample = SHARED / "events" / "nmnist_sample.bin"
-    if not sample.is_file():
-        pytest.skip(f"{sample} not present")
+    from conftest import real_path
+
+    sample = real_path("nmnist_sample.bin")  # ships in tests/data: fails if absent
     out = tmp_path / "out.json"
     assert cli(["energy", str(export_dir), "--events", str(sample), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
@@ -222,7 +221,6 @@ def test_cli_errors_exit_2_with_a_message(export_dir, tmp_path, capsys):
 
 
 def test_cli_dataset_samples(export_dir, tmp_path):
-    pytest.importorskip("spikeline.datasets.registry")
     out = tmp_path / "out.json"
     assert cli(["energy", str(export_dir), "--dataset", "ndigits", "--samples", "2", "--T", "2",
                 "--data-dir", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),

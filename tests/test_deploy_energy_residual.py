@@ -20,6 +20,10 @@ def test_energy_on_a_residual_export(tmp_path, name, kind):
     spec = {"name": name, "in_channels": 2, "num_classes": 10, "input_size": [16, 16],
             "width": 4, "depths": depths}
     model = build_model(name, input_size=(16, 16), width=4, depths=depths)
+    with torch.no_grad():  # at init this tiny net is nearly silent after its stem: no spike
+        for p in model.parameters():  # would meet at a junction and the count would be 0
+            if p.dim() > 1:
+                p.mul_(4)
     export_model(model, spec, tmp_path / "export", config={"T": 4})
     x = (np.random.default_rng(0).random((4, 2, 2, 16, 16)) < 0.5).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -31,7 +35,7 @@ def test_energy_on_a_residual_export(tmp_path, name, kind):
     # every residual sum is priced: identity shortcuts into neurons (Spiking ResNet) or SEW
     # ADD junctions into the next synapse; the ANN of the same architecture adds densely
     assert data["totals"]["dense_shortcut_adds"] > 0
-    assert data["totals"]["shortcut_adds"] >= 0
+    assert data["totals"]["shortcut_adds"] > 0  # spikes did cross the shortcuts
     assert (data["convention"], data["hardware"]) == ("lemaire", "cmos45_int8")
     assert data["snn"]["memory_J"] > 0 and data["ann"]["memory_J"] > 0
     for entry in data["energy"].values():

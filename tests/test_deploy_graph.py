@@ -75,3 +75,44 @@ def test_simulator_and_energy_share_the_walk():
 
     assert sim_module.walk is walk and counts_module.walk is walk
     assert not hasattr(counts_module, "_node_input")  # the copy is gone
+
+
+def _recurrent(sep: str, w_rec: float = -0.6) -> nir.NIRGraph:
+    """A recurrent CUBA-LIF layer as snnTorch's RSynaptic and Norse export it: one flat graph
+    whose node names hold dots ('rnn.w_in', 'rnn.lif', 'rnn.w_rec')."""
+    n = 4
+    full = lambda v: np.full(n, v)  # noqa: E731
+    rng = np.random.default_rng(0)
+    name = lambda part: f"rnn{sep}{part}"  # noqa: E731
+    nodes = {"input": nir.Input(input_type={"input": np.array([3])}),
+             name("w_in"): nir.Linear(weight=rng.uniform(0, 1.5, (n, 3))),
+             name("lif"): nir.CubaLIF(tau_syn=full(2e-3), tau_mem=full(4e-3), r=full(1.0),
+                                      v_leak=full(0.0), v_threshold=full(0.5),
+                                      v_reset=full(0.0), w_in=full(1.0)),
+             name("w_rec"): nir.Linear(weight=w_rec * (1 - np.eye(n))),
+             "output": nir.Output(output_type={"output": np.array([n])})}
+    edges = [("input", name("w_in")), (name("w_in"), name("lif")),
+             (name("lif"), name("w_rec")), (name("w_rec"), name("lif")),
+             (name("lif"), "output")]
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={"dt": 1e-3})
+
+
+def test_a_recurrent_graph_with_dotted_node_names_reads_and_simulates(tmp_path, capsys):
+    """Issue 18 item 6: the validator took 'rnn.lif' for port 'lif' of a node 'rnn' and refused
+    the file.  Read from a file, the dotted graph simulates exactly as the same graph with
+    plain names, and its recurrent edge matters."""
+    from spikeline.cli import main
+    from spikeline.deploy.nir_check import read_nir
+    from spikeline.deploy.simulate import simulate
+
+    nir.write(tmp_path / "rnn.nir", _recurrent("."))
+    graph = read_nir(tmp_path / "rnn.nir")
+    assert {"rnn.lif", "rnn.w_rec", "rnn.w_in"} <= set(graph.nodes)
+    x = torch.from_numpy((np.random.default_rng(1).random((30, 2, 3)) < 0.5).astype(np.float32))
+    dotted = simulate(graph, x, mode="float").output
+    plain = simulate(_recurrent("_"), x, mode="float").output
+    assert torch.equal(dotted, plain) and dotted.sum() > 0
+    assert not torch.equal(dotted, simulate(_recurrent(".", 0.0), x, mode="float").output)
+    np.save(tmp_path / "x.npy", x[:, 0].numpy())
+    assert main(["simulate", str(tmp_path / "rnn.nir"), "--input", str(tmp_path / "x.npy")]) == 0
+    assert '"spikes_per_node"' in capsys.readouterr().out

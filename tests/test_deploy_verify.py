@@ -1,7 +1,6 @@
 """Export directory, the verify certificate (NIR, Lava, peers) and the netx -> NIR import."""
 import importlib.util
 import json
-import pathlib
 
 import h5py
 import nir
@@ -185,7 +184,6 @@ def test_netx_import_errors(tmp_path):
         netx_to_nir(tmp_path / "pool.net")
 
 
-SHARED_EVENTS = pathlib.Path(__file__).resolve().parent / "data" / "events"
 RECORDINGS = ["davis346_street.aedat4", "nmnist_sample.bin", "prophesee_evt2.raw"]
 
 
@@ -195,9 +193,9 @@ RECORDINGS = ["davis346_street.aedat4", "nmnist_sample.bin", "prophesee_evt2.raw
 def test_real_recordings_verify_with_zero_mismatches(cnn_export, backends):
     """Recordings of other sensor sizes are binned, resized by interpolation and encoded as
     spikes: every backend must still agree."""
-    files = [SHARED_EVENTS / name for name in RECORDINGS]
-    if not all(f.exists() for f in files):
-        pytest.skip("../shared/data is absent")
+    from conftest import real_path
+
+    files = [real_path(name) for name in RECORDINGS]  # ship in tests/data: fail if absent
     from spikeline.cli.inputs import inputs_from_events
 
     frames = inputs_from_events(files, 6, (2, 34, 34))

@@ -11,11 +11,9 @@ import torch.multiprocessing as mp
 from spikeline.pipeline.checkpoint import load_checkpoint
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is needed")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="torch.distributed with gloo is needed")]
 
 
 def _free_port() -> int:

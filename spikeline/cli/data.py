@@ -43,11 +43,22 @@ def _add_dataset_options(parser: argparse.ArgumentParser, detection: bool = Fals
 
     names = sorted(DATASETS) + (sorted(DETECTION_DATASETS) if detection else [])
     parser.add_argument("dataset", choices=names)
-    parser.add_argument("--T", type=int, help="time bins (default: the dataset's)")
+    parser.add_argument("--T", type=_positive, help="time bins (default: the dataset's)")
     parser.add_argument("--data-dir", help="folder with downloaded datasets "
                                            "(default $SPIKELINE_DATA or ~/data)")
     parser.add_argument("--cache-dir", help="frame cache and generated data "
                                             "(default $SPIKELINE_CACHE or ~/.cache/spikeline)")
+
+
+def _positive(text: str) -> int:
+    """--T: a positive integer (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _frame_size(text: str) -> tuple[int, int]:

@@ -46,11 +46,20 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "verify", help="prove the exported artifacts spike exactly like the trained network",
-        description="Run the same inputs through the folded network, our NIR simulation, the "
-                    "netx file in Lava and the NIR imports of SpikingJelly and snnTorch; report "
-                    "mismatching spikes per backend and node; exit 1 on any mismatch.")
+        description="First the parameters: every weight, bias, decay, threshold, delay and edge "
+                    "of model.nir, model.net and the Lava process graph against the training "
+                    "run's checkpoint, folded and quantized again (an export without its run "
+                    "says this was not checked). Then spikes: the same inputs through the "
+                    "trained network, our NIR simulation (nir) and Lava (lava), every layer "
+                    "compared; SpikingJelly and snnTorch are held to our float reading of "
+                    "model.nir (each one reads model.nir as spikeline does, float semantics). "
+                    "Prints per-layer coverage; exit 1 on "
+                    "any difference or on a compared layer that never spiked.")
     p.add_argument("model", metavar="EXPORT_DIR")
-    add_input_arguments(p, default_samples=4)
+    add_input_arguments(p, default_samples=None)  # None: deploy.verify.DEFAULT_SAMPLES
+    p.add_argument("--lava-samples", type=positive_int, default=None,
+                   help="of these samples, the first K run in Lava (about 10 s each; default: "
+                        "deploy.verify.DEFAULT_SAMPLES['lava'], printed by verify)")
     p.add_argument("--backends", default="nir,lava,spikingjelly,snntorch")
     p.add_argument("--lava-timeout", type=float, default=300.0,
                    help="seconds per Lava run before it is killed")
@@ -260,29 +269,21 @@ def _is_spiking(node) -> bool:
 
 
 def run_verify(args) -> int:
-    from spikeline.deploy.verify import verify_export
+    from spikeline.deploy.verify import DEFAULT_SAMPLES, report_lines, verify_export
     from spikeline.errors import VerifyFailed
 
+    if args.samples is None:
+        args.samples = max(DEFAULT_SAMPLES.values())
+    if args.lava_samples is None:
+        args.lava_samples = DEFAULT_SAMPLES["lava"]
     graph, metadata, _ = load_model(args.model)
     x, _ = load_inputs(args, graph, metadata)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     report = verify_export(args.model, x, backends, args.lava_timeout,
-                           progress=lambda b: print(f"verify: running {b} ...", flush=True))
-    print(f"{report.samples} sample(s), {report.steps} steps each, "
-          f"{report.reference_spikes} reference spikes")
-    print(f"{'backend':14s} {'status':9s} {'mismatches':>10s} {'compared':>10s}  reference")
-    for b in report.backends:
-        print(f"{b.backend:14s} {b.status:9s} {b.mismatches:10d} {b.compared:10d}  "
-              f"{b.reference or '-'}{'  (' + b.note.strip() + ')' if b.note else ''}")
-        if b.path:
-            print(f"{'':14s} ran: {b.path}")
-        if b.per_node and b.status != "skipped":
-            print(f"{'':14s} mismatches per layer: "
-                  + ", ".join(f"{n} {m}" for n, m in b.per_node.items()))
-    drift = sum(report.float_vs_fixed.values())
-    if report.float_vs_fixed:
-        print(f"float semantics vs Loihi fixed point (information): {drift} differing spikes "
-              "in the last spiking layer")
+                           progress=lambda b: print(f"verify: checking {b} ...", flush=True),
+                           lava_samples=args.lava_samples)
+    for line in report_lines(report):
+        print(line)
     if args.json:
         from spikeline.atomic import atomic_file
 
@@ -291,9 +292,7 @@ def run_verify(args) -> int:
     problems = report.problems(allow_skip=args.allow_skip)
     if problems:
         raise VerifyFailed("verify: FAILED: " + "; ".join(problems))
-    skipped = [b.backend for b in report.backends if b.status == "skipped"]
-    print(f"verify: OK, 0 mismatches ({', '.join(report.checked_by)} checked"
-          + (f"; skipped: {', '.join(skipped)}" if skipped else "") + ")")
+    print("verify: OK, " + report.summary())
     return 0
 
 

@@ -17,9 +17,10 @@ import numpy as np
 from spikeline.errors import BadInput, DataNotFound, check_size
 
 DEFAULT_T = 10
+MAX_EXACT_INPUT = 2 ** 24  # the largest count float32 holds exactly (with all below it)
 
 
-def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) -> None:
+def add_input_arguments(p: argparse.ArgumentParser, default_samples: int | None = 8) -> None:
     """--events / --input / --dataset (one of them), with --samples, --split, --T ..."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--events", nargs="+", metavar="FILE",
@@ -29,8 +30,9 @@ def add_input_arguments(p: argparse.ArgumentParser, default_samples: int = 8) ->
                      help="input array [T, *input_shape] or [T, N, *input_shape], fed as is")
     src.add_argument("--dataset", metavar="NAME", help="a dataset of `spikeline data`")
     p.add_argument("--samples", type=positive_int, default=default_samples,
-                   help=f"samples of --dataset to run (the first K of the split; default "
-                        f"{default_samples})")
+                   help="samples of --dataset to run (the first K of the split; default "
+                        + (f"{default_samples})" if default_samples else
+                           "deploy.verify.DEFAULT_SAMPLES, the most of any backend)"))
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="--dataset split (default test)")
     p.add_argument("--data-dir", help="folder with downloaded datasets")
@@ -222,12 +224,20 @@ def inputs_from_array(path, shape, graph=None) -> np.ndarray:
     if graph is not None:
         check_activity(graph, dims[0], dims[1], str(path))
     try:
-        array = np.load(path, allow_pickle=False).astype(np.float32).reshape(dims)
+        raw = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:  # a header claiming more than the file holds
         raise BadInput(f"{path}: cannot read the array ({err})") from None
-    if not np.all(np.isfinite(array)):
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
         raise BadInput(f"{path}: holds NaN or Inf values; inputs must be finite")
-    return np.ascontiguousarray(array)
+    low, high = raw.min().item(), raw.max().item()
+    if low < 0:
+        raise BadInput(f"{path}: holds negative values (min {low!r}); inputs are spikes or "
+                       "event counts, >= 0")
+    if high > MAX_EXACT_INPUT:
+        raise BadInput(f"{path}: holds values up to {high!r}, above {MAX_EXACT_INPUT} = 2**24, "
+                       "beyond which float32 (what the simulator computes in) no longer holds "
+                       "integers exactly")
+    return np.ascontiguousarray(raw.astype(np.float32).reshape(dims))
 
 
 def inputs_from_dataset(name, samples: int, T: int, shape, split="test", data_dir=None,

@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="the whole pipeline: prepare data, train, strip, export, verify, energy",
         description="Train --model with --heads on --dataset, strip the heads, export NIR and "
-                    "netx, verify every backend spike for spike (fails on any mismatch) and "
+                    "netx, verify them (parameters against best.pt, then spikes of nir and "
+                    "lava against the trained network; the peers read model.nir as spikeline "
+                    "does, float semantics; fails on any difference) and "
                     "write the energy report.  RUN_DIR gets the training run, export/, "
                     "verify.json, energy/ and pipeline.json (the summary).")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
@@ -28,8 +30,11 @@ def register(subparsers) -> None:
     from .train import _config_options
 
     _config_options(p, "run", defaults=RUN_DEFAULTS)
-    p.add_argument("--verify-samples", type=positive_int, default=2,
-                   help="test samples run through every backend (Lava: ~10 s each)")
+    p.add_argument("--verify-samples", type=positive_int, default=None,
+                   help="test samples the spike certificate runs (default: "
+                        "deploy.verify.DEFAULT_SAMPLES, as `verify`)")
+    p.add_argument("--lava-samples", type=positive_int, default=None,
+                   help="of those, the first K run in Lava (~10 s each; default as `verify`)")
     p.add_argument("--energy-samples", type=positive_int, default=16)
     p.add_argument("--backends", default="nir,lava,spikingjelly,snntorch")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -46,7 +51,7 @@ def run(args) -> int:
     from spikeline.deploy.energy import count_in_batches, load_hardware_models, price_table
     from spikeline.deploy.energy.report import build_report, summary_text, write_report
     from spikeline.deploy.export import export_run
-    from spikeline.deploy.verify import verify_export
+    from spikeline.deploy.verify import DEFAULT_SAMPLES, report_lines, verify_export
     from spikeline.pipeline.checkpoint import load_checkpoint
     from spikeline.pipeline.config import TrainConfig
 
@@ -54,6 +59,10 @@ def run(args) -> int:
 
     started = time.time()
     run_dir = Path(args.out)
+    if args.verify_samples is None:
+        args.verify_samples = max(DEFAULT_SAMPLES.values())
+    if args.lava_samples is None:
+        args.lava_samples = DEFAULT_SAMPLES["lava"]
     _step("train")
     result = train_from_args(args, "run", base=RUN_DEFAULTS)
     config = TrainConfig.from_dict(load_checkpoint(run_dir / "best.pt")["config"])
@@ -72,14 +81,15 @@ def run(args) -> int:
     frames = inputs_from_dataset(config.dataset, samples, T, shape, "test", args.data_dir,
                                  args.cache_dir)
 
-    _step("verify (every backend against the trained network, spike for spike)")
+    _step("verify (parameters against best.pt; spikes of nir and lava against the trained "
+          "network; peers against our reading of model.nir)")
     backends = tuple(b for b in args.backends.split(",") if b)
     report = verify_export(export.out_dir, frames[:, :args.verify_samples], backends,
-                           progress=lambda b: print(f"  running {b} ...", flush=True))
+                           progress=lambda b: print(f"  checking {b} ...", flush=True),
+                           lava_samples=args.lava_samples)
     atomic_text(run_dir / "verify.json", json.dumps(report.to_dict(), indent=2))
-    for b in report.backends:
-        print(f"  {b.backend:13s} {b.status:9s} {b.mismatches} mismatches / {b.compared} "
-              f"compared{'  (' + b.note.strip() + ')' if b.note else ''}")
+    for line in report_lines(report):
+        print("  " + line)
     # `run` reports a backend that cannot take this graph (a peer refusing voltage biases) as
     # skipped and goes on; `spikeline verify` is the strict certificate (--allow-skip there).
     problems = report.problems(allow_skip=True)
@@ -108,6 +118,9 @@ def run(args) -> int:
         "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
                    for b in report.backends},
         "verified_by": report.checked_by, "verify_skipped": skipped,
+        "peers_read_model_nir_as_spikeline": report.peers_agree,
+        "verify_parameters": report.parameters.status if report.parameters else None,
+        "verify_coverage": report.coverage,
         "energy_per_inference_J": {
             key: {"convention": e["convention"], "hardware": e["hardware"],
                   "snn": e["snn"]["total_J"], "ann": e["ann"]["total_J"],
@@ -125,8 +138,7 @@ def run(args) -> int:
     print(f"  test accuracy (heads stripped, best.pt chosen on validation): trained "
           f"{100 * acc['trained_test_acc']:.2f}%, deployed {100 * acc['deployed_test_acc']:.2f}%"
           f" ({100 * acc['deployed_minus_trained']:+.2f} points)")
-    print(f"  verify: 0 mismatches, checked by {', '.join(report.checked_by)}"
-          + (f"; skipped (see verify.json): {', '.join(skipped)}" if skipped else ""))
+    print(f"  verify: {report.summary()}")
     head = energy["energy"].get("lemaire/cmos45_int8")
     if head is not None:  # like for like: SNN and ANN on one model, memory included
         be = head["break_even_rate"]
