@@ -21,6 +21,12 @@ import torch
 
 from spikeline.errors import BadInput
 
+from spikeline.pipeline.models import encode_frames
+from spikeline.pipeline.precision import exact_fp32
+
+from .artifact import GraphTiming
+from . import simulate as simulation  # looked up at call time: tests put a fake in its place
+
 __all__ = ["DeployedAccuracy", "deployed_accuracy", "deployed_logits", "readout_window"]
 
 
@@ -38,18 +44,8 @@ class DeployedAccuracy:
 
 def readout_window(graph: nir.NIRGraph) -> tuple[int, int]:
     """``(input_pad_steps, readout_start)`` from the graph's metadata (defaults 0, 0)."""
-    meta = graph.metadata or {}
-    values = []
-    for key in ("input_pad_steps", "readout_start"):
-        value = meta.get(key, 0)
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            number = -1
-        if number < 0 or number != value:
-            raise BadInput(f"NIR metadata {key}: expected an integer >= 0, got {value!r}")
-        values.append(number)
-    return values[0], values[1]
+    timing = GraphTiming.of(graph)
+    return timing.input_pad_steps, timing.readout_start
 
 
 @torch.no_grad()
@@ -57,8 +53,6 @@ def deployed_accuracy(graph: nir.NIRGraph, loader, encoding: str = "binary",
                       mode: str = "loihi") -> DeployedAccuracy:
     """Accuracy of ``graph`` over ``loader``'s ``(frames [N, T, C, H, W], labels [N])``, in
     exact float32 (TF32 off, no autocast)."""
-    from spikeline.pipeline.train import exact_fp32
-
     pad, start = readout_window(graph)
     correct = count = 0
     with exact_fp32():
@@ -72,13 +66,10 @@ def deployed_accuracy(graph: nir.NIRGraph, loader, encoding: str = "binary",
 def deployed_logits(graph: nir.NIRGraph, frames: torch.Tensor, encoding: str, mode: str,
                     pad: int, start: int) -> torch.Tensor:
     """``[N, classes]``: the output voltage averaged over steps ``[start, T + pad)``."""
-    from spikeline.deploy.simulate import simulate
-    from spikeline.pipeline.models import encode_frames
-
     x = encode_frames(frames.float().transpose(0, 1), encoding)  # [T, N, C, H, W]
     if pad:
         x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
     if start >= x.shape[0]:
         raise BadInput(f"NIR metadata readout_start {start} leaves no step of the "
                        f"{x.shape[0]} the network runs")
-    return simulate(graph, x, mode=mode).output[start:].mean(0)  # [T + L, N, classes] -> mean
+    return simulation.simulate(graph, x, mode=mode).output[start:].mean(0)  # [T + L, N, classes] -> mean

@@ -28,10 +28,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+import nir
 import numpy as np
 import torch
 
 from spikeline.errors import BadInput, ExportUnsupported
+from spikeline.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+
+from .detector import readout_arrays
+from .fold import fold_model
+from .tasks import to_nir
+from .to_lava import lower
+from .to_netx import write_netx
 
 RUN_FIELD = "run"
 SHOWN = 10  # differences listed in full; all are counted
@@ -156,32 +165,24 @@ def _show(value):
 
 # --- the reference, from the run's checkpoint ----------------------------------------------
 
-def reference_from_run(export_dir, meta: dict):
+def reference_from_run(export_dir, meta):
     """``(folded model, description)`` rebuilt from the run the export records, or
     ``(None, why not)`` when the export records no run or the run is not there.  A checkpoint
     that is there but cannot be read, or does not build its network, raises ``BadInput``."""
-    from spikeline.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-
-    from .fold import fold_model
 
     export_dir = Path(export_dir)
-    record = meta.get(RUN_FIELD)
+    record = meta.run
     if record is None:
         return None, ("the export records no training run (metadata.json has no 'run'): the "
                       "parameters were not checked against a checkpoint; spikes are compared "
                       "with the export's own folded.pt")
-    where = f"{export_dir / 'metadata.json'}: field 'run'"
-    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in
-                                             ("dir", "dir_absolute", "checkpoint", "sha256"))):
-        raise BadInput(f"{where} must hold the strings dir, dir_absolute, checkpoint, sha256; "
-                       f"got {record!r}")
-    run_dir = next((d for d in (export_dir / record["dir"], Path(record["dir_absolute"]))
+    run_dir = next((d for d in (export_dir / record.dir, Path(record.dir_absolute))
                     if d.is_dir()), None)
     if run_dir is None:
-        return None, (f"the training run {record['dir_absolute']} that the export records is "
+        return None, (f"the training run {record.dir_absolute} that the export records is "
                       "not here: the parameters were not checked against a checkpoint; spikes "
                       "are compared with the export's own folded.pt")
-    path = run_dir / record["checkpoint"]
+    path = run_dir / record.checkpoint
     if not path.exists():
         return None, (f"{path}, the checkpoint the export was made from, is gone: the "
                       "parameters were not checked; spikes are compared with folded.pt")
@@ -193,7 +194,7 @@ def reference_from_run(export_dir, meta: dict):
     except Exception as err:  # noqa: BLE001 - a checkpoint that is there must load
         raise BadInput(f"{path}: the checkpoint this export was made from cannot be read "
                        f"({err}); verify will not fall back to folded.pt") from None
-    stale = _sha256(path) != record["sha256"]
+    stale = _sha256(path) != record.sha256
     description = (f"{path}, folded and quantized again"
                    + (" (it changed since the export: its SHA-256 differs)" if stale else ""))
     return fold_model(model), description
@@ -202,7 +203,6 @@ def reference_from_run(export_dir, meta: dict):
 # --- the comparison ------------------------------------------------------------------------
 
 def _graph(comparison: _Comparison, artifact: str, expected, found) -> None:
-    import nir
 
     for name in sorted(set(expected.nodes) | set(found.nodes)):
         ours, theirs = expected.nodes.get(name), found.nodes.get(name)
@@ -233,7 +233,6 @@ def _graph(comparison: _Comparison, artifact: str, expected, found) -> None:
 
 
 def _hdf5(comparison: _Comparison, artifact: str, expected: Path, found: Path) -> None:
-    import h5py
 
     def datasets(path):
         out = {}
@@ -257,8 +256,6 @@ def _hdf5(comparison: _Comparison, artifact: str, expected: Path, found: Path) -
 
 def _process_graph(comparison: _Comparison, expected_graph, found_graph) -> str:
     """The Lava process graph of both; returns a note when none is built."""
-    from .to_lava import lower
-
     artifact = "Lava process graph"
     try:
         ours = lower(expected_graph)
@@ -295,17 +292,12 @@ def certify_parameters(export_dir, meta: dict, folded_model, folded_spec: dict,
                        reference, description: str) -> ParameterCertificate:
     """Compare every artifact of ``export_dir`` with ``reference`` (the folded network rebuilt
     from the run; None when there is no run: ``description`` then says why)."""
-    import nir
-
-    from .detector import is_detection
-    from .to_netx import write_netx
-    from .to_nir import model_to_nir
 
     export_dir = Path(export_dir)
     if reference is None:
         return ParameterCertificate("not_checked", note=description)
-    spec = (meta.get("model_spec") or {})
-    input_shape = tuple(meta["input_shape"])
+    spec = meta.model_spec
+    input_shape = meta.require_shape()
     comparison = _Comparison()
     artifacts = ["folded.pt"]
     comparison.values("folded.pt", "model_spec", "spec", spec, folded_spec)
@@ -313,12 +305,7 @@ def certify_parameters(export_dir, meta: dict, folded_model, folded_spec: dict,
     for name in sorted(set(expected_state) | set(found_state)):
         comparison.values("folded.pt", name, "tensor", expected_state.get(name),
                           found_state.get(name))
-    if is_detection(spec):
-        from .detector import detector_to_nir, readout_arrays
-
-        expected_graph = detector_to_nir(reference, input_shape).graph
-    else:
-        expected_graph = model_to_nir(reference, input_shape).graph
+    expected_graph = to_nir(reference, spec, input_shape).graph
     found_graph = nir.read(export_dir / "model.nir")
     _graph(comparison, "model.nir", expected_graph, found_graph)
     artifacts.append("model.nir")

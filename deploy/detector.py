@@ -47,11 +47,16 @@ import torch
 import torch.nn.functional as F
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
+from spikeline.pipeline.detection import CONF_THRESHOLD, MAX_DET, NMS_IOU, Anchors, decode, nms
+from spikeline.pipeline.models import encode_frames
+from spikeline.pipeline.timing import pad_steps
 
+from .artifact import GraphTiming
 from .nir_params import DT
+from .simulate import simulate
 from .to_nir import Export, _Exporter
 
-__all__ = ["LEVELS", "READOUT_EQUATION", "is_detection", "check_deployable", "detector_to_nir",
+__all__ = ["LEVELS", "READOUT_EQUATION", "check_deployable", "detector_to_nir",
            "detector_timing", "readout_arrays", "Readout", "load_readout", "encode_input",
            "readout_raw", "reference_features", "deployed_detections"]
 
@@ -63,10 +68,6 @@ READOUT_EQUATION = ("raw_l[n,a,y,x,o] = b_l[a*O+o] + sum_c W_l[a*O+o,c] * mean_t
                     "steps before padding)")
 DECODE_EQUATION = ("xy = (2 sigmoid(raw_xy) - 0.5 + cell) * stride_l; wh = (2 sigmoid(raw_wh))^2 "
                    "* anchor; score = sigmoid(raw_obj) * sigmoid(raw_cls); then per-class NMS")
-
-
-def is_detection(spec: dict | None) -> bool:
-    return isinstance(spec, dict) and spec.get("task") == "detection"
 
 
 def check_deployable(model) -> None:
@@ -122,7 +123,7 @@ def detector_timing(model) -> dict:
 def readout_arrays(folded, graph: nir.NIRGraph) -> tuple[dict[str, np.ndarray], dict]:
     """``(arrays for readout.npz, its description for metadata.json)``."""
     head = folded.head
-    outs = list(graph.metadata["output_nodes"])
+    outs = list(GraphTiming.of(graph).output_nodes)
     arrays = {"levels": np.array(LEVELS), "input_nodes": np.array(outs),
               "strides": np.array(head.anchors.strides, dtype=np.int64),
               "anchors": np.array(head.anchors.sizes, dtype=np.float64),
@@ -189,8 +190,6 @@ class Readout:
 
 
 def load_readout(path) -> Readout:
-    from spikeline.pipeline.detection import Anchors
-
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -244,8 +243,6 @@ def readout_raw(graph: nir.NIRGraph, readout: Readout, x: torch.Tensor, mode: st
                 sim=None):
     """``(simulation, raw outputs)``: the graph simulated on ``x [T + input_pad_steps, N, ...]``
     (padded already) and the off-chip readout applied to the Output nodes it names."""
-    from .simulate import simulate
-
     if sim is None:
         sim = simulate(graph, x, mode=mode)
     missing = [n for n in readout.input_nodes if n not in sim.outputs]
@@ -258,13 +255,7 @@ def deployed_detections(graph, readout: Readout, frames_nt: torch.Tensor, encodi
                         conf: float | None = None, iou: float | None = None) -> list[torch.Tensor]:
     """NMS'd ``[k, 6]`` rows per sample of the deployed detector on ``[N, T, C, H, W]``
     (``conf``/``iou`` default to what the trained network is scored with)."""
-    from spikeline.pipeline.detect_train import CONF_THRESHOLD, MAX_DET, NMS_IOU
-    from spikeline.pipeline.detection import decode, nms
-    from spikeline.pipeline.models import encode_frames
-
-    from spikeline.pipeline.timing import pad_steps
-
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0) or 0)
+    pad = GraphTiming.of(graph).input_pad_steps
     if pad != readout.pad_steps:
         raise BadInput(f"the graph's input_pad_steps ({pad}) and the readout's "
                        f"({readout.pad_steps}) differ: they come from different exports")

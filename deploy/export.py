@@ -19,7 +19,6 @@ mix of two exports, or a file edited since).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from contextlib import ExitStack
@@ -27,17 +26,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nir
+import numpy as np
 import torch
 
 from spikeline import __version__
-from spikeline.atomic import atomic_file, atomic_path
+from spikeline.atomic import atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
 from spikeline.pipeline.checkpoint import (build_from_spec, load_checkpoint,
                                           model_from_checkpoint, resolve_checkpoint)
 from spikeline.pipeline.models import ResidualBlock, SpikingNet, batchnorm_of
 
-from .detector import is_detection
+from .artifact import (
+    EXPORT_FILES, MANIFEST, ExportMeta, GraphTiming, check_manifest, spec_task, write_manifest,
+)
+from .detector import (
+    check_deployable, detector_timing, detector_to_nir, readout_arrays,
+)
+from .certificate import run_record
 from .fold import fold_model
+from .tasks import to_nir
 from .to_netx import write_netx
 from .nir_params import DT
 from .to_nir import Export, model_to_nir, timing_metadata
@@ -46,8 +53,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("nir", "netx")
 FILES = {"nir": "model.nir", "netx": "model.net"}
-MANIFEST = "manifest.json"
-EXPORT_FILES = ("model.nir", "model.net", "readout.npz", "folded.pt", "metadata.json")  # under the manifest
 QUANTIZATION = {
     "weights": "8-bit mantissas on the 2/64 grid, in [-256, 254]/64 (lava-dl quantize_8bit)",
     "weight_scale": 64,
@@ -103,10 +108,15 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     the old manifest removed, the files renamed into place, stale files of formats not
     written removed, and the new manifest written.  A failure while writing (a full disk, an
     internal error) leaves the previous export untouched and valid."""
-    formats = check_formats(formats)
     spec = with_batchnorm(spec, model)
-    if is_detection(spec):
-        return export_detector(model, spec, out_dir, formats, config, run)
+    return EXPORTERS[spec_task(spec)](model, spec, out_dir, check_formats(formats), config,
+                                      run)
+
+
+def export_classifier(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
+                      config: dict | None = None, run: dict | None = None) -> ExportResult:
+    """``export_model`` of a classifier: ``model.nir``, ``model.net`` (sequential networks),
+    ``folded.pt``, ``metadata.json``."""
     out = Path(out_dir)
     folded = fold_model(model)  # before touching the folder: a failure here changes nothing
     input_shape = (int(spec.get("in_channels", 2)), *(int(v) for v in spec["input_size"]))
@@ -183,10 +193,6 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
     (real-valued) form is refused (``ExportUnsupported``).  Written in the same two phases as
     ``export_model``."""
     spec = with_batchnorm(spec, model)
-    import numpy as np
-
-    from .detector import check_deployable, detector_timing, detector_to_nir, readout_arrays
-
     check_deployable(model)
     if "nir" not in formats:
         raise ExportUnsupported("a detector exports through NIR: --format must include nir")
@@ -201,15 +207,16 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
         result.skipped["netx"] = ("netx HDF5 holds one sequential chain of layers ending in one "
                                   "output; the detector has residual shortcut edges and two "
                                   "outputs (P4, P5)")
-    graph_meta = nir_export.graph.metadata
+    graph_timing = GraphTiming.of(nir_export.graph)
     meta = {"spikeline_version": __version__, "task": "detection", "model_spec": spec,
             "training_config": config or {}, "input_shape": list(input_shape),
             "input_encoding": folded.encoding, "T": (config or {}).get("T"),
             "dataset": (config or {}).get("dataset"), "dt": DT, "quantization": QUANTIZATION,
-            "heads": "removed", "output_nodes": graph_meta["output_nodes"],
+            "heads": "removed", "output_nodes": list(graph_timing.output_nodes),
             "readout": readout_meta, **detector_timing(folded),
             "chip_steps_per_sample": None if (config or {}).get("T") is None
-            else int(config["T"]) + graph_meta["latency_steps"], **({"run": run} if run else {})}
+            else int(config["T"]) + graph_timing.latency_steps,
+            **({"run": run} if run else {})}
     with ExitStack() as staged:
         nir.write(staged.enter_context(atomic_path(out / "model.nir")), nir_export.graph)
         result.files["nir"] = "model.nir"
@@ -231,10 +238,12 @@ def chip_timing(model: SpikingNet, T: int | None) -> dict:
     return meta
 
 
+# what each task exports (one dispatch, on the spec's task)
+EXPORTERS = {"classify": export_classifier, "detection": export_detector}
+
+
 def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> ExportResult:
     """Export the stripped network of a training run (``best.pt`` by default)."""
-    from .certificate import run_record
-
     formats = check_formats(formats)
     path = resolve_checkpoint(run_dir, which)
     ckpt = load_checkpoint(path)
@@ -243,81 +252,16 @@ def export_run(run_dir, out_dir, formats=FORMATS, which: str = "best") -> Export
                         run=run_record(run_dir, path, out_dir))
 
 
-# ---- the manifest ---------------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_manifest(export_dir) -> Path:
-    """Commit ``export_dir``: record the hash and size of each export file present in it."""
-    export_dir = Path(export_dir)
-    files = {name: {"sha256": _sha256(export_dir / name), "bytes": (export_dir / name).stat()
-                    .st_size} for name in EXPORT_FILES if (export_dir / name).is_file()}
-    manifest = {"spikeline_version": __version__, "files": files}
-    with atomic_file(export_dir / MANIFEST, fsync=True) as fh:
-        fh.write(json.dumps(manifest, indent=2).encode())
-    return export_dir / MANIFEST
-
-
-def check_manifest(export_dir) -> dict:
-    """Refuse an export folder whose files are not the ones its manifest records."""
-    export_dir = Path(export_dir)
-    path = export_dir / MANIFEST
-    if not path.is_file():
-        raise BadInput(f"{export_dir}: no {MANIFEST}, so its files may come from different "
-                       "exports (an interrupted export, or one made before manifests); run "
-                       "`spikeline export` again, or pass the .nir file itself")
-    try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-        assert isinstance(files, dict) and all(
-            isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values())
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as err:
-        raise BadInput(f"{path}: not a valid export manifest ({type(err).__name__}: "
-                       f"{err})") from None
-    for name in EXPORT_FILES:
-        file = export_dir / name
-        if name not in files:
-            if file.exists():
-                raise BadInput(f"{file}: not part of this export (absent from {MANIFEST}): "
-                               "a file of another export; re-export")
-            continue
-        if not file.is_file():
-            raise BadInput(f"{file}: missing, but {MANIFEST} lists it; re-export")
-        if file.stat().st_size != files[name].get("bytes") or _sha256(file) != \
-                files[name]["sha256"]:
-            raise BadInput(f"{file}: does not match {MANIFEST} (changed, truncated or from "
-                           "another export); re-export")
-    return manifest
-
-
 # ---- reading an export ----------------------------------------------------------------------
 
-def read_metadata(export_dir) -> dict:
-    """``metadata.json`` of an export, with the fields readers rely on checked."""
-    path = Path(export_dir) / "metadata.json"
-    try:
-        meta = json.loads(path.read_text())
-    except OSError as err:
-        raise BadInput(f"{path}: cannot read ({err.strerror or err})") from None
-    except ValueError as err:
-        raise BadInput(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise BadInput(f"{path}: expected a JSON object")
-    shape = meta.get("input_shape")
-    if not (isinstance(shape, list) and shape and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
-        raise BadInput(f"{path}: field 'input_shape' must be a list of positive integers, "
-                       f"got {shape!r}")
+def read_metadata(export_dir) -> ExportMeta:
+    """``metadata.json`` of an export, checked, with the input shape ``folded.pt`` needs."""
+    meta = ExportMeta.read(export_dir)
+    meta.require_shape()
     return meta
 
 
-def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
+def load_folded(export_dir) -> tuple[SpikingNet, ExportMeta, Export]:
     """The folded reference network of an export, its metadata, and its NIR node mapping."""
     export_dir = Path(export_dir)
     path, meta_path = export_dir / "folded.pt", export_dir / "metadata.json"
@@ -350,15 +294,10 @@ def load_folded(export_dir) -> tuple[SpikingNet, dict, Export]:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BadInput(f"{path}: parameter {name!r} holds NaN or Inf")
     try:
-        if is_detection(saved["model_spec"]):
-            from .detector import detector_to_nir
-
-            export = detector_to_nir(model, tuple(meta["input_shape"]))
-        else:
-            export = model_to_nir(model, tuple(meta["input_shape"]))
+        export = to_nir(model, saved["model_spec"], meta.input_shape)
     except SpikelineError:
         raise
     except Exception as err:
-        raise BadInput(f"{meta_path}: input_shape {meta['input_shape']} does not fit the "
+        raise BadInput(f"{meta_path}: input_shape {list(meta.input_shape)} does not fit the "
                        f"model ({type(err).__name__}: {err})") from None
     return model, meta, export

@@ -31,6 +31,7 @@ import nir
 import numpy as np
 
 from spikeline.errors import BadInput, DataNotFound, SpikelineError, check_size
+from spikeline.pipeline.geometry import conv_output_size
 from spikeline.pipeline.neuron import P_SCALE, CubaParams
 
 from .to_netx import NEVER_SPIKES
@@ -69,7 +70,7 @@ def _int(group, key, where, low=0, high=_MAX_DIM, default=None) -> int:
     return int(array[0])
 
 
-def _pair(group, key, where, low, default=None) -> tuple[int, int]:
+def _read_pair(group, key, where, low, default=None) -> tuple[int, int]:
     if default is not None and key not in group:
         return default
     array = _numbers(_field(group, key, where), key, where).reshape(-1)
@@ -193,10 +194,10 @@ def _first_input(g, kind, where, given):
         if len(out) != 3:
             raise BadInput(f"{where}/shape: a {kind} layer's output is (C, H, W), got {out}")
         channels = _int(g, "inChannels", where, 1) if kind == "conv" else out[0]
-        k = _pair(g, "kernelSize", where, 1)
-        s = _pair(g, "stride", where, 1, default=k if kind == "pool" else (1, 1))
-        p = _pair(g, "padding", where, 0, default=(0, 0))
-        d = _pair(g, "dilation", where, 1, default=(1, 1))
+        k = _read_pair(g, "kernelSize", where, 1)
+        s = _read_pair(g, "stride", where, 1, default=k if kind == "pool" else (1, 1))
+        p = _read_pair(g, "padding", where, 0, default=(0, 0))
+        d = _read_pair(g, "dilation", where, 1, default=(1, 1))
         ranges = [(r.start, r.stop - 1) for r in
                   (input_sizes(o, *a) for o, a in zip(out[1:], zip(k, s, p, d)))]
     else:
@@ -216,8 +217,7 @@ def _first_input(g, kind, where, given):
 
 
 def _conv_out(shape, k, s, p, d):
-    return tuple((n + 2 * pi - di * (ki - 1) - 1) // si + 1
-                 for n, ki, si, pi, di in zip(shape[1:], k, s, p, d))
+    return conv_output_size(shape[1:], k, s, p, d)
 
 
 def _layer(g, kind, where, shape, nodes, edges, prev, i):
@@ -259,10 +259,10 @@ def _layer(g, kind, where, shape, nodes, edges, prev, i):
 
 def _conv_like(g, kind, where, shape, out_shape, i):
     c = shape[0]
-    k = _pair(g, "kernelSize", where, 1)
-    s = _pair(g, "stride", where, 1, default=k if kind == "pool" else (1, 1))
-    p = _pair(g, "padding", where, 0, default=(0, 0))
-    d = _pair(g, "dilation", where, 1, default=(1, 1))
+    k = _read_pair(g, "kernelSize", where, 1)
+    s = _read_pair(g, "stride", where, 1, default=k if kind == "pool" else (1, 1))
+    p = _read_pair(g, "padding", where, 0, default=(0, 0))
+    d = _read_pair(g, "dilation", where, 1, default=(1, 1))
     computed = _conv_out(shape, k, s, p, d)
     if computed != out_shape[1:]:
         raise BadInput(f"{where}: a {kind} with kernel {k}, stride {s}, padding {p} maps a "

@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.neuron import bias_to_int, cuba_step
 
+from .artifact import GraphTiming
 from .graph import gather, topological_order, walk  # noqa: F401  (re-exported)
-from .nir_params import DT, nir_to_cuba
+from .nir_check import graph_dt  # noqa: F401  (re-exported: one graph_dt, nir_check's)
+from .nir_params import nir_to_cuba
 
 MODES = ("auto", "loihi", "float")
 
@@ -287,10 +289,6 @@ class Simulation:
         return self.outputs[self.output_node]
 
 
-def graph_dt(graph: nir.NIRGraph) -> float:
-    return float(graph.metadata.get("dt", DT)) if graph.metadata else DT
-
-
 def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
              dt: float | None = None, fire_at_threshold: bool = False) -> Simulation:
     """Run ``graph`` on ``x`` of shape ``[T, N, *input_shape]``.
@@ -308,8 +306,7 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
     if len(inputs) != 1 or not outputs:
         raise SpikelineError(f"the graph needs exactly one Input node and at least one Output "
                              f"node; it has inputs {inputs} and outputs {outputs}")
-    named = (graph.metadata or {}).get("output_nodes")
-    named = [] if named is None else [str(v) for v in np.atleast_1d(named)]
+    named = list(GraphTiming.of(graph).output_nodes)
     if sorted(named) == sorted(outputs):  # the order the exporter gave them (e.g. P4, P5)
         outputs = named
     expected = tuple(int(v) for v in graph.nodes[inputs[0]].input_type["input"])

@@ -47,7 +47,10 @@ import nir
 import numpy as np
 
 from spikeline.errors import ExportUnsupported
+from spikeline.pipeline.geometry import conv_output_size
+from spikeline.pipeline.geometry import pair as _pair
 
+from .artifact import GraphTiming
 from .nir_params import nir_to_cuba
 
 GRADED_BITS = 24  # num_message_bits of a synapse whose input can exceed 1 (counts)
@@ -158,16 +161,6 @@ def _mantissa(name: str, weight, dense: bool) -> np.ndarray:
     return mant.astype(np.int32)
 
 
-def _pair(value) -> tuple[int, int]:
-    a = tuple(int(v) for v in np.atleast_1d(value))
-    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
-
-
-def _out_hw(h, w, kernel, stride, padding, dilation):
-    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
-                 for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation))
-
-
 class _Lowering:
     def __init__(self, graph: nir.NIRGraph):
         from .simulate import graph_dt, topological_order
@@ -231,10 +224,9 @@ class _Lowering:
                 self.fail(name, "no Lava process for this node type; supported: Input, "
                           "Output, Delay, Flatten, Scale, Conv2d, Linear, SumPool2d, CubaLIF, "
                           "CubaLI")
-        meta = self.g.metadata or {}
-        net.pad_steps = int(meta.get("input_pad_steps", 0))
-        net.readout_start = int(meta.get("readout_start", 0))
-        net.graded_input = meta.get("input_encoding", "binary") != "binary"
+        timing = GraphTiming.of(self.g)
+        net.pad_steps, net.readout_start = timing.input_pad_steps, timing.readout_start
+        net.graded_input = (timing.input_encoding or "binary") != "binary"
         return net
 
     def scale(self, name, node: nir.Scale) -> None:
@@ -278,7 +270,7 @@ class _Lowering:
                           "whose graphs carry that hop as a Delay node)")
         graded = len(terms) > 1 or any(t.delay > 1 for t in terms) or (
             any(isinstance(self.g.nodes[t.source], nir.Input) for t in terms)
-            and (self.g.metadata or {}).get("input_encoding", "binary") != "binary")
+            and (GraphTiming.of(self.g).input_encoding or "binary") != "binary")
         if isinstance(node, nir.Linear):
             if len(in_shape) != 1:
                 self.fail(name, f"Linear on a {in_shape} map (flatten it first)")
@@ -314,7 +306,7 @@ class _Lowering:
                                                      (1, 1), c)
                 torch_w = np.full((c, 1, *kernel), ONE, dtype=np.int32)
             cout, _, kh, kw = torch_w.shape
-            oh, ow = _out_hw(h, w, (kh, kw), stride, padding, dilation)
+            oh, ow = conv_output_size((h, w), (kh, kw), stride, padding, dilation)
             weight = np.ascontiguousarray(torch_w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1))
             syn = Synapse(name, "conv", weight, in_shape, (cout, oh, ow), graded,
                           stride[::-1], padding[::-1], dilation[::-1], groups)

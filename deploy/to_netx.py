@@ -25,6 +25,7 @@ from torch import nn
 
 from spikeline.errors import ExportUnsupported, SpikelineError
 from spikeline.pipeline.blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
+from spikeline.pipeline.geometry import conv_output_size
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.neuron import CubaParams
 from spikeline.pipeline.quantize import weight_mantissa
@@ -137,8 +138,7 @@ def _(m, g: h5py.Group, shape):
         mant = float(weight_mantissa(syn.weight, syn.scale))
         weight = np.full((c, 1, *syn.kernel_size), mant, dtype=np.float32)
         cout, groups, dilation = c, c, (1, 1)
-    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, k, s, p, d in
-           zip((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)]
+    out = conv_output_size((h, w), syn.kernel_size, syn.stride, syn.padding, dilation)
     _type(g, "conv")
     for key, value in (("inChannels", c), ("outChannels", cout), ("groups", groups)):
         g.create_dataset(key, data=value)

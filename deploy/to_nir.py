@@ -26,6 +26,7 @@ from spikeline.errors import ExportUnsupported, SpikelineError
 from spikeline.pipeline.blocks import (
     LIF, Affine, ConvSynapse, DenseSynapse, Dropout, Flatten, PoolSynapse, SpikingBlock,
 )
+from spikeline.pipeline.geometry import conv_output_size
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.quantize import quantize_bias, quantize_weight
 
@@ -66,10 +67,7 @@ def _conv_node(syn: ConvSynapse, shape):
 
 
 def _conv_out(shape, channels, kernel, stride, padding, dilation=(1, 1)):
-    _, h, w = shape
-    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-           for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation)]
-    return (channels, *out)
+    return (channels, *conv_output_size(shape[1:], kernel, stride, padding, dilation))
 
 
 def _bias(syn) -> np.ndarray | None:

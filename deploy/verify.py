@@ -56,12 +56,14 @@ import torch
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
 
-from .detector import LEVELS, encode_input, is_detection, load_readout, reference_features
+from .artifact import ExportMeta, GraphTiming
 from .certificate import ParameterCertificate
+from .detector import LEVELS, encode_input, load_readout, reference_features
 from .export import load_folded
 from .lava_run import run_graph, run_netx
 from .peers import FIRES_AT_THRESHOLD, PEERS, PeerUnsupported, lower_for_peers, run_peer
 from .simulate import graph_dt, simulate
+from .tasks import to_nir
 from .to_netx import netx_layer_modules
 
 BACKENDS = ("nir", "lava", *PEERS)
@@ -207,15 +209,9 @@ def reference_activity(model, modules: dict, x: torch.Tensor) -> dict[str, torch
     return seen
 
 
-def _node_export(model, meta: dict):
+def _node_export(model, meta: ExportMeta):
     """The NIR node mapping (node name -> module) of a folded model."""
-    from .to_nir import model_to_nir
-
-    if is_detection(meta.get("model_spec")):
-        from .detector import detector_to_nir
-
-        return detector_to_nir(model, tuple(meta["input_shape"]))
-    return model_to_nir(model, tuple(meta["input_shape"]))
+    return to_nir(model, meta.model_spec, meta.require_shape())
 
 
 def coverage(ref: dict, graph: nir.NIRGraph) -> dict[str, float]:
@@ -260,7 +256,7 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     else:
         model, fresh = reference, _node_export(reference, meta)
         ref_name = "the run's checkpoint, folded and quantized again"
-    detector = is_detection(meta.get("model_spec"))
+    detector = meta.is_detection
     # what the chip receives, [T + input_pad_steps, N, C, H, W]
     x = encode_input(model, frames.transpose(0, 1)) if detector else \
         model.network_input(frames.transpose(0, 1))
@@ -270,7 +266,7 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     if missing:
         raise SpikelineError(f"{export_dir / 'model.nir'}: nodes {sorted(missing)} of the "
                              "folded model are missing: the graph does not belong to folded.pt")
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0))
+    pad = GraphTiming.of(graph, str(export_dir / "model.nir")).input_pad_steps
     if pad != getattr(model, "input_pad_steps", 0):
         raise SpikelineError(f"{export_dir / 'model.nir'}: input_pad_steps {pad} but the folded "
                              f"model needs {model.input_pad_steps}: the graph does not belong to "
@@ -316,7 +312,7 @@ def _detector_pairs(export_dir, model, fresh, frames, outputs: dict) -> list:
     ``outputs``: the backend's signal per node name (what each Output node received)."""
     features, raw = reference_features(model, frames.transpose(0, 1))
     readout = load_readout(export_dir / "readout.npz")
-    outs = list(fresh.graph.metadata["output_nodes"])  # as the graph from folded.pt names them
+    outs = list(GraphTiming.of(fresh.graph).output_nodes)  # as the graph from folded.pt names them
     pairs = [(name, ref, outputs.get(name, torch.empty(0)))
              for name, ref in zip(outs, features)]
     try:

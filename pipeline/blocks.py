@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .geometry import pair as _pair
 from .neuron import CubaParams, cuba_spikes, cuba_voltage, delay_shift
 from .quantize import quantize_bias, quantize_weight
 
@@ -62,10 +63,6 @@ def grid_init_(weight: torch.Tensor, scale: int = 64) -> torch.Tensor:
     bound = max(1.0 / math.sqrt(fan_in), INIT_FLOOR_STEPS * 2.0 / scale)
     with torch.no_grad():
         return weight.uniform_(-bound, bound)
-
-
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 class BiasNorm(nn.Module):

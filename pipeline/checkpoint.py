@@ -38,6 +38,12 @@ import torch
 from spikeline.atomic import atomic_file
 from spikeline.errors import BadInput, SpikelineError
 
+from .detection import Anchors
+from .ems import DETECTORS
+from .models import build_model
+from .neuron import CubaParams
+from .structure import CUSTOM, build_custom
+
 log = logging.getLogger(__name__)
 
 FORMAT = "spikeline-train/1"
@@ -180,9 +186,11 @@ def build_from_spec(spec: dict):
     ``ideal``, as for classifiers: ``loihi`` builds the deployable form with one step per
     synaptic hop, and is refused with ``BadInput`` for the published form; ``batchnorm``,
     ``scale`` or ``shift``, is ``shift`` when absent, and ``identity_weight`` 1.0: specs
-    written before they existed)."""
-    from spikeline.pipeline.models import build_model
-
+    written before they existed).  A network
+    assembled from blocks (``"name": "custom"``, ``structure.describe``) rebuilds from its
+    described structure."""
+    if spec.get("name") == CUSTOM:
+        return build_custom(spec)
     kwargs = dict(spec)
     name = kwargs.pop("name")
     # specs written before scale-only BatchNorm existed describe the shifting one
@@ -196,17 +204,11 @@ def build_from_spec(spec: dict):
             kwargs[key] = tuple(kwargs[key])
     neuron = kwargs.get("neuron")
     if isinstance(neuron, dict):
-        from spikeline.pipeline.neuron import CubaParams
-
-        kwargs["neuron"] = CubaParams(**neuron)
+            kwargs["neuron"] = CubaParams(**neuron)
     return build_model(name, **kwargs)
 
 
 def _build_detector(name: str, kwargs: dict):
-    from spikeline.pipeline.detection import Anchors
-    from spikeline.pipeline.ems import DETECTORS
-    from spikeline.pipeline.neuron import CubaParams
-
     if name not in DETECTORS:
         raise KeyError(f"unknown detector {name!r}; known: {', '.join(DETECTORS)}")
     if isinstance(kwargs.get("neuron"), dict):

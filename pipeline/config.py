@@ -52,6 +52,9 @@ TIMINGS = ("ideal", "loihi")
 BATCHNORMS = ("scale", "shift")  # models.BATCHNORMS
 TASKS = ("classify", "detection")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
+# Time steps of an input when nothing says otherwise (a diagnosis, a graph that records no T);
+# a dataset's own T is its DatasetInfo.default_T.  The paper's T (arXiv 2401.04486).
+DEFAULT_T = 10
 NEURON_FIELDS = ("threshold", "current_decay", "voltage_decay", "tau_grad", "scale_grad")
 
 
@@ -406,3 +409,10 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.lr is None:
         c.lr = DEFAULT_LR[c.optimizer]
     return c
+
+
+def neuron_params(config: TrainConfig, default) -> dict:
+    """The run's CubaParams as a dict: the default, with the config's explicit choices."""
+    params = dataclasses.asdict(default)
+    params.update({k: getattr(config, k) for k in NEURON_FIELDS if getattr(config, k) is not None})
+    return params

@@ -1,7 +1,8 @@
 """What training a detector adds to the training loop: its spec, loss and evaluation.
 
-``train.py`` runs one loop for every task; a task object (``train.ClassifyTask`` or
-``DetectionTask`` here) says what the loop trains and how it is scored:
+``train.py`` runs one loop for every task; a task object (``tasks.ClassifyTask`` or
+``tasks.DetectionTask``, which uses what is here) says what the loop trains and how it is
+scored:
 
 * the model: an EMS-YOLO detector of ``ems.DETECTORS`` wrapped in ``DetectionTrainer``, whose
   ``.model`` is the detector (the checkpoint's ``model_stripped``: the whole detector, there are
@@ -21,27 +22,31 @@ scaled to the run's frame size per axis.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 from torch import nn
 
+from spikeline.datasets.detection import DETECTION_DATASETS
+from spikeline.datasets.registry import DATASETS
 from spikeline.errors import BadInput
 
-from .detection import GEN1_ANCHORS, Anchors, decode, mean_average_precision, nms, yolo_loss
+from .config import neuron_params
+from .ems import DETECTORS, NDIGITS_ANCHORS, detector_neuron
+from .models import identity_weight_for
+from .neuron import CubaParams
+from .detection import (  # noqa: F401 (the scoring constants, re-exported)
+    CONF_THRESHOLD, GEN1_ANCHORS, MAX_DET, NMS_IOU, Anchors, decode, mean_average_precision, nms,
+    yolo_loss,
+)
+from .precision import exact_fp32
 
-__all__ = ["CONF_THRESHOLD", "NMS_IOU", "MAX_DET", "DetectionTask", "DetectionTrainer",
+__all__ = ["CONF_THRESHOLD", "NMS_IOU", "MAX_DET", "DetectionTrainer",
            "anchors_for", "check_detection_config", "detection_spec", "evaluate_detector",
            "predict", "score_detections", "targets_to_truths"]
 
-# YOLOv5 val.py's post-processing for mAP (https://github.com/ultralytics/yolov5, val.py:
-# conf_thres=0.001, iou_thres=0.6, max_det=300)
-CONF_THRESHOLD, NMS_IOU, MAX_DET = 0.001, 0.6, 300
 
 
 def _anchor_table() -> dict[str, tuple[Anchors, tuple[int, int]]]:
-    from .ems import NDIGITS_ANCHORS
-
     # dataset -> (anchors, the (H, W) frame size they are given for): EMS-YOLO's Gen1 anchors
     # are YOLOv5 anchors, in pixels of the network input, and its Gen1 command trains at
     # --img 640 (https://github.com/BICLab/EMS-YOLO README and g1-resnet/train_g1.py)
@@ -63,11 +68,6 @@ def anchors_for(dataset: str, size) -> Anchors:
 
 def check_detection_config(config) -> None:
     """Refuse, naming the option, what a detection run cannot honour."""
-    from spikeline.datasets.detection import DETECTION_DATASETS
-    from spikeline.datasets.registry import DATASETS
-
-    from .ems import DETECTORS
-
     if config.task != "detection":
         if config.dataset in DETECTION_DATASETS:
             raise BadInput(f"--dataset (dataset): {config.dataset!r} is a detection dataset; "
@@ -106,11 +106,6 @@ def check_detection_config(config) -> None:
 def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
     """The checkpoint's ``model_spec`` of a detector, from the config and one sample
     ``[T, C, H, W]`` (see the module doc)."""
-    from .ems import detector_neuron
-    from .models import identity_weight_for
-    from .neuron import CubaParams
-    from .train import neuron_params
-
     neuron = neuron_params(config, detector_neuron())  # stored explicitly, as for classifiers
 
     size = [int(sample.shape[2]), int(sample.shape[3])]
@@ -177,7 +172,6 @@ def score_detections(detect, loader, num_classes: int) -> dict:
     rows per image`` over ``loader``'s ``(x, targets)`` batches, in exact float32: one scorer
     for the trained network (``evaluate_detector``) and the deployed one (``spikeline
     export``)."""
-    from .train import exact_fp32
 
     predictions, truths = [], []
     with exact_fp32():
@@ -200,67 +194,6 @@ def evaluate_detector(model: nn.Module, loader, device: torch.device) -> dict:
     finally:
         model.train(was_training)
     return {"map50": result["mAP50"], "map50_95": result["mAP50_95"]}
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectionTask:
-    """Training an EMS-YOLO detector (see ``train.ClassifyTask`` for the interface)."""
-
-    name: str = "detection"
-    metric: str = "val_map50"  # best.pt is the epoch with the highest validation mAP@0.5
-    sharded_eval: bool = False  # mAP is not a sum over samples: every rank scores the whole split
-    plot_series: tuple = (("val_map50", "validation mAP@0.5"),
-                          ("val_map50_95", "validation mAP@0.5:0.95"))
-    plot_label: str = "mAP"
-    plot_scale: float = 1.0
-
-    def check(self, config) -> None:
-        check_detection_config(config)
-
-    def spec(self, config, sample, num_classes: int) -> dict:
-        return detection_spec(config, sample, num_classes)
-
-    def build(self, config, spec: dict) -> DetectionTrainer:
-        from spikeline.errors import SpikelineError
-
-        from .checkpoint import build_from_spec
-
-        self.check(config)
-        try:
-            model = build_from_spec(spec)
-        except (ValueError, KeyError, TypeError) as err:
-            raise SpikelineError(f"cannot build detector {config.model!r}: {err}") from err
-        return DetectionTrainer(model, max(spec["input_size"]),
-                                (config.box_gain, config.obj_gain, config.cls_gain))
-
-    def batch_size_of(self, x: torch.Tensor, y) -> int:
-        return int(x.shape[0])
-
-    def zero_stats(self) -> torch.Tensor:
-        return torch.zeros(4, dtype=torch.float64)
-
-    def batch_stats(self, loss, aux: torch.Tensor, y, n: int) -> torch.Tensor:
-        """``[box * n, obj * n, cls * n, n]`` (the loss is their sum, YOLOv5's per batch)."""
-        return torch.cat([aux.detach().double().cpu() * n,
-                          torch.tensor([n], dtype=torch.float64)])
-
-    def train_metrics(self, stats) -> dict:
-        n = max(float(stats[-1]), 1.0)
-        box, obj, cls = (float(v) / n for v in stats[:3])
-        return {"train_loss": box + obj + cls, "train_box": box, "train_obj": obj,
-                "train_cls": cls}
-
-    def postfix(self, stats) -> dict:
-        m = self.train_metrics(stats)
-        return {"loss": f"{m['train_loss']:.4f}", "cls": f"{m['train_cls']:.4f}"}
-
-    def evaluate(self, model, loader, ranks) -> dict:
-        return evaluate_detector(model, loader, ranks.device)
-
-    def epoch_line(self, record: dict) -> str:
-        return (f"loss {record['train_loss']:.4f} (box {record['train_box']:.4f} obj "
-                f"{record['train_obj']:.4f} cls {record['train_cls']:.4f})  val mAP@0.5 "
-                f"{record['val_map50']:.4f} mAP@0.5:0.95 {record['val_map50_95']:.4f}")
 
 
 def summary_numbers(summary: dict) -> str:

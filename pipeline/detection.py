@@ -35,6 +35,11 @@ from torch import nn
 __all__ = ["Anchors", "Detect", "decode", "yolo_loss", "nms", "mean_average_precision",
            "GEN1_ANCHORS", "COCO_ANCHORS"]
 
+# YOLOv5 val.py's post-processing for mAP (https://github.com/ultralytics/yolov5, val.py:
+# conf_thres=0.001, iou_thres=0.6, max_det=300): the trained and the deployed detector are
+# scored with it
+CONF_THRESHOLD, NMS_IOU, MAX_DET = 0.001, 0.6, 300
+
 # (w, h) in input pixels per level, stride 16 then stride 32 (EMS-YOLO's yaml files)
 COCO_ANCHORS = (((10, 14), (23, 27), (37, 58)), ((81, 82), (135, 169), (344, 319)))
 GEN1_ANCHORS = (((10, 14), (23, 27), (37, 58)), ((81, 82), (135, 169), (216, 269)))

@@ -16,6 +16,15 @@ from torch import nn
 
 from spikeline.errors import SpikelineError
 
+from .blocks import LIF, ConvSynapse, DenseSynapse
+from .config import DEFAULT_T
+from .distributed import resolve_device
+from .models import MODELS, build_model
+from .plots import plot_grad_norms
+from .quantize import quantize_weight
+from .tasks.classify import build_heads, model_spec_for
+from .train import seed_everything
+
 
 def weight_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Trainable weight tensors (>= 2-D: conv and dense weights) in registration order, which
@@ -56,7 +65,6 @@ def diagnose_gradients(configs: list, data, make_loader, *, batches: int = 3,
     ``heads`` only), on the same initial weights and the same ``batches`` batches of
     ``data.train``; writes ``OUT/gradients.json`` and ``OUT/gradients.png`` when ``out`` is
     given."""
-    from .train import build_heads, model_spec_for, resolve_device, seed_everything
 
     if not configs:
         raise SpikelineError("--heads needs at least one mode")
@@ -84,8 +92,6 @@ def diagnose_gradients(configs: list, data, make_loader, *, batches: int = 3,
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "gradients.json").write_text(json.dumps(result, indent=2) + "\n")
-        from .plots import plot_grad_norms
-
         plot_grad_norms(per_mode, out / "gradients.png",
                         title=f"{config.model} on {config.dataset}: gradient norm per weight "
                         "tensor")
@@ -99,7 +105,7 @@ PAPER_SIZE = {"cnn": 34}
 DEFAULT_PAPER_SIZE = 48
 
 
-def diagnose_init(model: str, *, size=None, T: int = 10, width: int | None = None,
+def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | None = None,
                   batch_size: int = 2, seed: int = 0, rate: float = 0.1,
                   num_classes: int = 10) -> dict:
     """Dead layers at initialisation.
@@ -111,9 +117,6 @@ def diagnose_init(model: str, *, size=None, T: int = 10, width: int | None = Non
     weights under the cross-entropy of the main logits, and the ``output_rate`` of the spiking
     layer it feeds (None for the readout); plus ``main_logits_nonzero``.
     """
-    from .blocks import LIF, ConvSynapse, DenseSynapse
-    from .models import MODELS, build_model
-    from .quantize import quantize_weight
 
     if model not in MODELS:
         raise SpikelineError(f"--model: unknown model {model!r}; known: {', '.join(MODELS)}")

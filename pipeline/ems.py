@@ -21,15 +21,18 @@ the stride-16 backbone map.  The ``Detect`` readout stays off-chip in both forms
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from spikeline.errors import BadInput
 
-from .blocks import LIF, ConvSynapse, remove_norm_shifts
+from .blocks import LIF, Conv, ConvSynapse, remove_norm_shifts
 from .detection import Anchors, Detect
-from .models import ResidualBlock, SpikingNet, encode_frames
+from .models import (BATCHNORMS, DEFAULT_NEURON, ResidualBlock, SpikingNet, default_batchnorm,
+                     encode_frames)
 from .neuron import CubaParams
 from .timing import arrival, check_timing, hops, pad_steps, shift
 
@@ -300,8 +303,6 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
     ``SpikingDetector`` (``loihi`` for the deployable form only); ``batchnorm`` as in
     ``models.build_model`` (``scale`` for the deployable form only: the published form adds
     tdBN's shift to real values); ``identity_weight`` as in ``models.build_model``."""
-    from .models import BATCHNORMS, default_batchnorm
-
     if depth not in (10, 18):
         raise ValueError(f"EMS-ResNet depth must be 10 or 18, got {depth}")
     check_timing(timing)
@@ -319,8 +320,6 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
             neuron, cin, cout, 1, k, identity_weight=identity_weight)
         block2 = lambda cin, cout, s: DeployableEMSBlock(  # noqa: E731
             neuron, cin, cout, s, identity_weight=identity_weight)
-        from .blocks import Conv
-
         stem = Conv(neuron, in_channels, c[0], 3, stride=2, padding=1, norm=True,
                     delay_shift=False)
     else:
@@ -368,10 +367,6 @@ def _detector(depth: int):
 # ndigits-detect: class-only loss 0.492 -> 0.486 with 0.004, -> 0.460 with 0.02); the Spiking
 # ResNet repro does not want it (chance with 0.02 at branch gain 1, see the README).
 def detector_neuron() -> CubaParams:
-    import dataclasses
-
-    from .models import DEFAULT_NEURON
-
     return dataclasses.replace(DEFAULT_NEURON, tau_grad=0.02)
 
 

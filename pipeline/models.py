@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool, remove_norm_shifts
+from .geometry import conv_output_size
 from .neuron import CubaParams
 from .timing import arrival, check_timing, hops, pad_steps, set_window, shift
 
@@ -323,7 +324,7 @@ def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, input_size,
     stem = nn.Sequential(_conv(neuron, in_channels, spec.stem * width // 64))
     cin, stages, size = spec.stem * width // 64, [], tuple(input_size)
     for i, (cout, depth, stride) in enumerate(zip(scaled, depths, spec.strides)):
-        size = tuple((v - 1) // stride + 1 for v in size)  # 3x3 conv, padding 1
+        size = conv_output_size(size, 3, stride, 1)  # the stage's first 3x3 conv
         layers = [stem] if i == 0 else []
         for j in range(depth):
             layers.append(ResidualBlock(neuron, cin, cout, stride if j == 0 else 1, kind, rezero,

@@ -30,98 +30,17 @@ are differentiated as the linear leaky integrators they are below threshold (res
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from .cuba import P_SCALE, SCALE_RHO_MULT, TAU_RHO_MULT, CubaParams  # noqa: F401 (re-exported)
+from .cuba import decay_int as _decay_int  # noqa: F401 (re-exported)
+from .cuba import reset_threshold, spike_threshold  # noqa: F401 (re-exported)
 from .kernels import choose
 
-P_SCALE = 1 << 12  # decays are 12-bit fractions
-TAU_RHO_MULT = 100.0  # lava-dl neuron/cuba.py
-SCALE_RHO_MULT = 0.1
-
-
-@dataclass(frozen=True)
-class CubaParams:
-    """Parameters of a CUBA-LIF population, as lava-dl's ``cuba.Neuron`` takes them.
-
-    ``current_decay`` and ``voltage_decay`` are fractions lost per step (``alpha`` in
-    ``u[t] = (1 - alpha) u[t-1] + x[t]``); ``scale`` is the weight scale (64 on Loihi).
-    """
-
-    threshold: float = 1.25
-    current_decay: float = 0.25
-    voltage_decay: float = 0.03
-    tau_grad: float = 0.03
-    scale_grad: float = 3.0
-    scale: int = 64
-
-    def __post_init__(self):
-        if not self.threshold > 0:
-            raise ValueError(f"CubaParams.threshold must be > 0, got {self.threshold}")
-        for name in ("current_decay", "voltage_decay"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"CubaParams.{name} must lie in [0, 1], got {value}")
-        if self.scale <= 0 or self.scale & (self.scale - 1):
-            raise ValueError(f"CubaParams.scale must be a power of two, got {self.scale}")
-
-    @property
-    def s_scale(self) -> int:
-        """Integer scale of the states (4096 for scale 64)."""
-        return self.scale * 64
-
-    @property
-    def i_decay(self) -> int:
-        """12-bit current decay, rounded as lava-dl's ``quantize`` does (float32, half-even)."""
-        return _decay_int(self.current_decay)
-
-    @property
-    def v_decay(self) -> int:
-        return _decay_int(self.voltage_decay)
-
-    @property
-    def theta(self) -> float:
-        """Threshold on the weight grid: ``int(threshold * scale) / scale``."""
-        return int(self.threshold * self.scale) / self.scale
-
-    @property
-    def v_th_mant(self) -> int:
-        """Loihi's threshold mantissa (``vThMant``)."""
-        return int(self.theta * self.scale)
-
-    @property
-    def threshold_eps(self) -> float:
-        return 0.01 / self.s_scale
-
-    @property
-    def tau_rho(self) -> float:
-        return self.tau_grad * self.theta * TAU_RHO_MULT
-
-    @property
-    def scale_rho(self) -> float:
-        return self.scale_grad * SCALE_RHO_MULT
-
-    def device_params(self) -> dict:
-        """The ``neuron/`` group of a netx HDF5 layer."""
-        return {
-            "type": "CUBA",
-            "iDecay": self.i_decay,
-            "vDecay": self.v_decay,
-            "vThMant": self.v_th_mant,
-            "refDelay": 1,
-            "gradedSpike": False,
-        }
-
-
-def _decay_int(fraction: float) -> int:
-    value = np.float32(P_SCALE * fraction)  # lava-dl stores p_scale * decay as float32
-    return int(np.clip(np.round(value), 0, P_SCALE))
-
-
-def _integrate(x: torch.Tensor, decay: int, s_scale: int, state: torch.Tensor):
-    """One leaky-integrator step on int64 states; ``x`` is float32 as lava-dl feeds it."""
+def integrate(x: torch.Tensor, decay: int, s_scale: int, state: torch.Tensor):
+    """One leaky-integrator step on int64 states; ``x`` is float32 as lava-dl feeds it.
+    (The energy counter rebuilds a node's current with it: ``deploy/energy/counts.py``.)"""
     x_int = (s_scale * x).to(torch.int64)
     return torch.div(state * (P_SCALE - decay), P_SCALE, rounding_mode="trunc") + x_int
 
@@ -134,8 +53,8 @@ def _fixed_point_step(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     A pure function of tensors and scalars, so that ``torch.compile`` can fuse its dozen
     element-wise ops into one kernel (``fused=True``) with the very same results.
     """
-    u = _integrate(x, i_decay, s, u)
-    v = _integrate(u / s, v_decay, s, v)  # lava-dl hands the voltage integrator u as float32
+    u = integrate(x, i_decay, s, u)
+    v = integrate(u / s, v_decay, s, v)  # lava-dl hands the voltage integrator u as float32
     if bias_int is not None:
         v = v + bias_int
     voltage = v / s
@@ -157,16 +76,6 @@ def _step_function(compiled: bool):
     if _COMPILED_STEP is None:
         _COMPILED_STEP = torch.compile(_fixed_point_step, dynamic=True)
     return _COMPILED_STEP
-
-
-def reset_threshold(p: CubaParams) -> float:
-    """The float32 threshold lava-dl compares the integer voltage state with to reset it."""
-    return float(np.float32((p.theta + p.threshold_eps) * p.s_scale))
-
-
-def spike_threshold(p: CubaParams) -> float:
-    """The float32 threshold the voltage ``v / 4096`` is compared with to spike."""
-    return float(np.float32(p.theta + p.threshold_eps))
 
 
 def cuba_step(x: torch.Tensor, p: CubaParams, u: torch.Tensor, v: torch.Tensor,
@@ -223,12 +132,12 @@ def _run_forward(impl: str, x: torch.Tensor, bias_int: torch.Tensor | None, p: C
     """``(spikes or None, voltage)`` by ``impl``; ``voltage`` may be None when not asked for
     (the kernels then skip writing it)."""
     if impl == "triton":
-        from .kernels import triton_cuba
+        from .kernels import triton_cuba  # optional dependency (triton); imported when chosen
 
         return triton_cuba.forward(x.contiguous(), bias_int, p, spiking,
                                    write_voltage=write_voltage or not spiking)
     if impl == "compiled" and x.device.type == "cpu":
-        from .kernels import cpu
+        from .kernels import cpu  # numba: imported (and compiled) only when the CPU kernel runs
 
         return cpu.forward(x.contiguous(), bias_int, p, spiking,
                            write_voltage=write_voltage or not spiking)
@@ -258,11 +167,11 @@ def _run_backward(impl: str, grad: torch.Tensor, voltage: torch.Tensor | None, p
     neurons; None for the non-spiking readout), then the voltage and current adjoints."""
     grad = grad.to(torch.float32)
     if impl == "triton":
-        from .kernels import triton_cuba
+        from .kernels import triton_cuba  # optional dependency (triton); imported when chosen
 
         return triton_cuba.backward(grad, voltage, p, bias_grad)
     if impl == "compiled" and grad.device.type == "cpu":
-        from .kernels import cpu
+        from .kernels import cpu  # numba: imported (and compiled) only when the CPU kernel runs
 
         return cpu.backward(grad, voltage, p, bias_grad)
     if voltage is not None:

@@ -34,7 +34,21 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "",
                 ylabel: str = "accuracy (%)", scale: float = 100.0) -> Path:
     """Loss (left) and the scores ``series`` (``(record key, label)``, times ``scale``;
     default train/validation accuracy in %) per epoch from metrics records (right)."""
-    fig, axes = _figure(1, 2, figsize=(10, 4))
+    return _save(curves_figure(history, title, series, ylabel, scale, pyplot=True), path)
+
+
+def curves_figure(history: list[dict], title: str = "",
+                  series=(("train_acc", "train"), ("val_acc", "validation")),
+                  ylabel: str = "accuracy (%)", scale: float = 100.0, pyplot: bool = False):
+    """The figure of :func:`plot_curves` (``pyplot=False``: a ``matplotlib.figure.Figure``
+    outside pyplot's state, as a notebook shows it and nothing has to close it)."""
+    if pyplot:
+        fig, axes = _figure(1, 2, figsize=(10, 4))
+    else:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10, 4))
+        axes = fig.subplots(1, 2, squeeze=False)
     epochs = [h["epoch"] for h in history]
     ax = axes[0][0]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -55,7 +69,9 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "",
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    if not pyplot:
+        fig.tight_layout()
+    return fig
 
 
 def plot_grad_norms(per_mode: dict[str, list[dict]], path: str | os.PathLike,

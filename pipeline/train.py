@@ -1,7 +1,7 @@
 """Training loop: shortcut heads, cosine LR, atomic resumable checkpoints, DDP, bf16 AMP.
 
-One loop for every task: ``config.task`` picks a task object (``ClassifyTask`` here,
-``detect_train.DetectionTask`` for EMS-YOLO detectors) that says what is built (its spec and
+One loop for every task: ``config.task`` picks a task object (``tasks.ClassifyTask``,
+``tasks.DetectionTask`` for EMS-YOLO detectors; ``tasks.base.Task`` is the interface) that says what is built (its spec and
 training module), how a batch's loss is summed, how a split is scored and which validation
 metric chooses ``best.pt`` (``val_acc``; ``val_map50`` for detection).  What follows describes
 classification; detection differs only in those points (see ``detect_train``).
@@ -38,20 +38,21 @@ dynamics in float32/int64, and evaluation runs in exact float32 (``exact_fp32``:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
 
 from spikeline.atomic import atomic_file
 from spikeline.errors import BadInput, SpikelineError
@@ -67,7 +68,11 @@ from .checkpoint import (
     save_epoch,
     set_rng_state,
 )
-from .config import NEURON_FIELDS, Runtime, TrainConfig
+from .config import Runtime, TrainConfig, neuron_params  # noqa: F401 (re-exported)
+from .plots import plot_curves
+from .precision import exact_fp32  # noqa: F401 (re-exported)
+from .tasks import ClassifyTask, task_for
+from .tasks.classify import build_heads, evaluate_model, model_spec_for  # noqa: F401 (re-exported)
 
 __all__ = [
     "Runtime",
@@ -131,56 +136,6 @@ def lambda_at(lam: float, iteration: int, total: int) -> float:
     return lam * (1.0 - iteration / max(total, 1))
 
 
-def neuron_params(config: TrainConfig, default) -> dict:
-    """The run's CubaParams as a dict: the default, with the config's explicit choices."""
-    params = dataclasses.asdict(default)
-    params.update({k: getattr(config, k) for k in NEURON_FIELDS if getattr(config, k) is not None})
-    return params
-
-
-def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) -> dict:
-    """``build_model`` keyword arguments, from the config and one sample ``[T, C, H, W]``."""
-    from spikeline.pipeline.models import DEFAULT_NEURON, identity_weight_for
-    from spikeline.pipeline.neuron import CubaParams
-
-    spec = {"name": config.model, "in_channels": int(sample.shape[1]),
-            "num_classes": int(num_classes),
-            "input_size": [int(sample.shape[2]), int(sample.shape[3])],
-            "encoding": config.encoding, "rezero": bool(config.rezero),
-            # stored explicitly so that a later change of the default cannot change the model
-            "neuron": neuron_params(config, DEFAULT_NEURON)}
-    for key in ("width", "depths", "connect"):
-        value = getattr(config, key)
-        if value is not None:
-            spec[key] = list(value) if key == "depths" else value
-    if config.timing != "ideal":  # omitted when ideal, so older specs build unchanged
-        spec["timing"] = config.timing
-    # always stored (specs without it predate scale-only BatchNorm: build_from_spec reads
-    # them as "shift")
-    spec["batchnorm"] = config.batchnorm or ("scale" if config.timing == "loihi" else "shift")
-    # likewise (absent: 1.0, the identity shortcut before it was weighted)
-    spec["identity_weight"] = identity_weight_for(CubaParams(**spec["neuron"]))
-    return spec
-
-
-def build_heads(config: TrainConfig, spec: dict):
-    from spikeline.pipeline.heads import HEAD_MODES, ShortcutHeads
-    from spikeline.pipeline.models import MODELS
-
-    if config.model not in MODELS:
-        raise BadInput(f"--model (model): unknown model {config.model!r}; known: "
-                       f"{', '.join(MODELS)}")
-    if config.heads not in HEAD_MODES:
-        raise BadInput(f"--heads (heads): expected one of {', '.join(HEAD_MODES)}, got "
-                       f"{config.heads!r}")
-    try:
-        model = build_from_spec(spec)
-        return ShortcutHeads(model, spec["num_classes"], config.heads, lam=config.lam)
-    except (ValueError, KeyError, TypeError) as err:
-        raise SpikelineError(f"cannot build model {config.model!r} with heads "
-                             f"{config.heads!r}: {err}") from err
-
-
 def make_optimizer(config: TrainConfig, params):
     params = [p for p in params if p.requires_grad]
     if config.optimizer == "adam":
@@ -205,108 +160,6 @@ class _LossModule(nn.Module):
 
     def forward(self, x, y, progress: float):
         return self.heads.loss(x, y, progress)
-
-
-@contextmanager
-def exact_fp32():
-    """Float32 without TF32 and without autocast: with 8-bit weights on the 2/64 grid and
-    binary spikes every product and partial sum is exactly representable, so CPU, CUDA and the
-    fixed-point export see the same synaptic input bit for bit."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, loader, device: torch.device) -> tuple[int, int]:
-    """``(correct, count)`` of ``model`` (eval mode, exact float32, no autograd) over
-    ``loader``."""
-    was_training = model.training
-    model.eval()
-    correct = count = 0
-    try:
-        with exact_fp32():
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                correct += int((model(x.float()).argmax(1) == y).sum())
-                count += int(y.numel())
-    finally:
-        model.train(was_training)
-    return correct, count
-
-
-@dataclass(frozen=True)
-class ClassifyTask:
-    """Training a classifier with shortcut heads: what the loop builds and how it scores.
-
-    The interface every task has: ``metric`` (the record key that chooses best.pt),
-    ``sharded_eval`` (a split's score is a sum over samples, so ranks score shards),
-    ``check``, ``spec``, ``build`` (the training module: ``.model`` is what is deployed,
-    ``.loss(x, y, progress) -> (loss, aux)``), ``batch_size_of``, ``batch_stats`` /
-    ``train_metrics`` / ``postfix`` (the epoch's running sums and what they mean),
-    ``evaluate`` (``{name: value}``, recorded as ``val_<name>`` / ``test_<name>``),
-    ``epoch_line`` and the curves' ``plot_*``."""
-
-    name: str = "classify"
-    metric: str = "val_acc"
-    sharded_eval: bool = True
-    plot_series: tuple = (("train_acc", "train"), ("val_acc", "validation"))
-    plot_label: str = "accuracy (%)"
-    plot_scale: float = 100.0
-
-    def check(self, config: TrainConfig) -> None:
-        from .detect_train import check_detection_config
-
-        check_detection_config(config)  # a detector or detection dataset is refused here
-
-    def spec(self, config: TrainConfig, sample: torch.Tensor, num_classes: int) -> dict:
-        return model_spec_for(config, sample, num_classes)
-
-    def build(self, config: TrainConfig, spec: dict) -> nn.Module:
-        self.check(config)
-        return build_heads(config, spec)
-
-    def batch_size_of(self, x: torch.Tensor, y: torch.Tensor) -> int:
-        return int(y.numel())
-
-    def zero_stats(self) -> torch.Tensor:
-        return torch.zeros(3, dtype=torch.float64)
-
-    def batch_stats(self, loss, logits, y, n: int) -> torch.Tensor:
-        """``[loss * n, correct, n]``."""
-        correct = int((logits.detach().argmax(1) == y).sum())
-        return torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
-
-    def train_metrics(self, stats) -> dict:
-        return {"train_loss": float(stats[0] / max(stats[2], 1)),
-                "train_acc": float(stats[1] / max(stats[2], 1))}
-
-    def postfix(self, stats) -> dict:
-        return {"loss": f"{stats[0] / stats[2]:.3f}", "acc": f"{stats[1] / stats[2]:.3f}"}
-
-    def evaluate(self, model: nn.Module, loader, ranks: ddp.Ranks) -> dict:
-        counts = torch.tensor(evaluate_model(model, loader, ranks.device), dtype=torch.float64)
-        counts = ddp.all_reduce_sum(counts, ranks)
-        return {"acc": float(counts[0] / max(counts[1], 1))}
-
-    def epoch_line(self, record: dict) -> str:
-        return (f"loss {record['train_loss']:.4f}  train {100 * record['train_acc']:.1f}%  "
-                f"val {100 * record['val_acc']:.1f}%")
-
-
-def task_for(config: TrainConfig):
-    """The task object of ``config.task``."""
-    if config.task == "detection":
-        from .detect_train import DetectionTask
-
-        return DetectionTask()
-    return ClassifyTask()
 
 
 def _eval_subset(dataset, task, ranks: ddp.Ranks):
@@ -417,9 +270,6 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
     """One epoch of optimizer steps; returns ``(stats, loader, cut)``: ``stats`` the task's
     running sums (classification ``[loss*n, correct, n]``), ``cut``: --max-steps ended the
     epoch early."""
-    from torch.utils.data.distributed import DistributedSampler
-    from tqdm.auto import tqdm
-
     c, device = state.config, ranks.device
     if c.fold_finetune_epochs:
         set_fold_aware(state.heads.model, epoch >= c.epochs - c.fold_finetune_epochs)
@@ -512,8 +362,6 @@ def save_epoch_state(state: _State, record: dict, run_dir: Path, partial: bool,
         fh.write(json.dumps(record) + "\n")
     save_epoch(run_dir, payload, is_best)
     try:
-        from .plots import plot_curves
-
         t = state.task
         plot_curves(state.history, run_dir / "curves.png",
                     title=(f"{c.model} / heads {c.heads} / {c.dataset}" if t.name == "classify"
@@ -534,8 +382,6 @@ def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
         set_fold_aware(model, True)
     if ranks.world > 1:
         model.load_state_dict(state.heads.model.state_dict())  # replaced by rank 0's below
-        import torch.distributed as dist
-
         if ranks.is_main:
             model.load_state_dict(best["model_stripped"])
         for tensor in model.state_dict().values():
@@ -592,12 +438,14 @@ def finish(state: _State, finished: bool, run_dir: Path, data, make_loader: Load
 
 
 def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: LoaderFactory,
-          ) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train (or, with ``runtime.resume``, continue) a run in ``runtime.out``.
 
     ``data``: ``.train``, ``.val``, ``.test`` (torch datasets of ``(frames [T, C, H, W],
     label)``, or ``(frames, targets [n, 5])`` for detection) and ``.num_classes``; ``make_loader(dataset, batch_size, shuffle=, workers=,
     seed=)`` batches them.  On resume ``config`` is None or the stored one.
+    ``on_epoch(record)``: called on the main process after each epoch's checkpoint with its
+    metrics record (what ``metrics.jsonl`` gets).
     """
     run_dir = Path(runtime.out)
     with ddp.session(runtime.device) as ranks:
@@ -621,6 +469,8 @@ def train(config: TrainConfig | None, runtime: Runtime, data, make_loader: Loade
                 save_epoch_state(state, record, run_dir, partial=cut, is_best=is_best)
                 _say(f"epoch {epoch + 1}/{c.epochs}  {state.task.epoch_line(record)}  "
                      f"lr {record['lr']:.3g}  {record['seconds']:.1f}s", runtime.progress)
+                if on_epoch is not None:
+                    on_epoch(dict(record))
             ddp.barrier(ranks)
             if cut:
                 finished = False

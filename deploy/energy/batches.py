@@ -10,6 +10,7 @@ import numpy as np
 import nir
 import torch
 
+from ..artifact import GraphTiming
 from ..simulate import simulate
 from .counts import EnergyCounts, combine_counts, count_operations
 
@@ -26,7 +27,7 @@ def count_in_batches(graph: nir.NIRGraph, x: np.ndarray, batch_size: int = 8,
     zero steps follow the input (``input_pad_steps``) so that the last input step reaches the
     readout; those steps are simulated and counted like the others, and count towards the
     chip's ``latency_steps`` (only the rest, if any, is priced as input-free updates)."""
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0) or 0)
+    pad = GraphTiming.of(graph).input_pad_steps
     if pad > 0:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
         latency_steps = max(latency_steps - pad, 0)

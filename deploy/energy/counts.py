@@ -72,10 +72,12 @@ import torch.nn.functional as F
 import nir
 
 from spikeline.errors import SpikelineError
-from spikeline.pipeline.neuron import P_SCALE
+from spikeline.pipeline.geometry import conv_output_size, pair
+from spikeline.pipeline.neuron import integrate
 
 from ..graph import recorded_input, upstream, walk
-from ..nir_params import DT, nir_to_cuba
+from ..nir_check import graph_dt
+from ..nir_params import nir_to_cuba
 
 SYNAPTIC_NODES = (nir.Conv2d, nir.Conv1d, nir.Linear, nir.Affine, nir.SumPool2d, nir.AvgPool2d)
 SPIKING_NEURONS = (nir.CubaLIF, nir.LIF, nir.IF, nir.Threshold)
@@ -296,12 +298,11 @@ class EnergyCounts:
 # --------------------------------------------------------------------------------------------
 
 def _pair(value, name: str, node: str) -> tuple[int, int]:
-    arr = np.asarray(value).reshape(-1)
-    if arr.size == 1:
-        return int(arr[0]), int(arr[0])
-    if arr.size == 2:
-        return int(arr[0]), int(arr[1])
-    raise SpikelineError(f"node {node!r}: {name} must be one or two integers, got {value!r}")
+    try:
+        return pair(value)
+    except ValueError:
+        raise SpikelineError(f"node {node!r}: {name} must be one or two integers, got "
+                             f"{value!r}") from None
 
 
 def _padding(padding, kernel: tuple[int, int], dilation: tuple[int, int],
@@ -337,8 +338,7 @@ def conv_fanout(in_shape: tuple[int, int, int], mask: torch.Tensor, stride: tupl
     top, bottom, left, right = padding
     hp, wp = height + top + bottom, width + left + right
     kh, kw = mask.shape[-2:]
-    h_out = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    w_out = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    h_out, w_out = conv_output_size((hp, wp), (kh, kw), stride, 0, dilation)
     if h_out < 1 or w_out < 1:
         raise ValueError(f"kernel {kh}x{kw} does not fit the padded input {hp}x{wp}")
     ones = torch.ones(1, mask.shape[0], h_out, w_out, dtype=torch.float64)
@@ -488,8 +488,7 @@ def _cuba_active(node, x: torch.Tensor, dt: float) -> torch.Tensor:
         p = fixed[0]
         u = torch.zeros(x.shape[1:], dtype=torch.int64)
         for t in range(x.shape[0]):
-            u = torch.div(u * (P_SCALE - p.i_decay), P_SCALE, rounding_mode="trunc") \
-                + (p.s_scale * x[t].to(torch.float32)).to(torch.int64)
+            u = integrate(x[t].to(torch.float32), p.i_decay, p.s_scale, u)
             active[t] = u != 0
         return active
     rate = torch.as_tensor(dt / np.asarray(node.tau_syn, dtype=np.float64))
@@ -519,10 +518,6 @@ def _shortcut_adds(name, preds, outputs, N) -> tuple[float, int]:
     return float(adds) / N, (len(preds) - 1) * size
 
 
-def _graph_dt(graph: nir.NIRGraph) -> float:
-    return float(graph.metadata.get("dt", DT)) if graph.metadata else DT
-
-
 @torch.no_grad()
 def count_operations(graph: nir.NIRGraph, sim: Any, *, fanout: str = "structural",
                      latency_steps: int = 0) -> EnergyCounts:
@@ -547,7 +542,7 @@ def count_operations(graph: nir.NIRGraph, sim: Any, *, fanout: str = "structural
                                  f"flat graph")
     steps = walk(graph)
     topo, preds = steps.order, steps.preds
-    dt = _graph_dt(graph)
+    dt = graph_dt(graph)
 
     T = N = None
 

@@ -54,6 +54,7 @@ from typing import Mapping, Sequence
 
 from spikeline.errors import BadInput
 
+from ..artifact import DetectorReadout
 from .conventions import EnergyEstimate
 from .counts import EnergyCounts
 
@@ -79,22 +80,16 @@ class ReadoutLevel:
         return self.height * self.width * self.out_channels
 
 
-def readout_levels(readout: Mapping, counts: EnergyCounts) -> list[ReadoutLevel]:
+def readout_levels(readout: DetectorReadout, counts: EnergyCounts) -> list[ReadoutLevel]:
     """The levels of ``metadata.json``'s ``readout`` with their measured input spikes."""
     spikes = {n.name: n.spikes for n in counts.neuron_nodes}
     out = []
-    try:
-        for lv in readout["levels"]:
-            source = str(lv["source_node"])
-            if source not in spikes:
-                raise BadInput(f"metadata.json readout level {lv.get('level')!r}: source node "
-                               f"{source!r} is not a neuron node of the graph")
-            out.append(ReadoutLevel(str(lv["level"]), source, int(lv["in_channels"]),
-                                    int(lv["out_channels"]), int(lv["height"]),
-                                    int(lv["width"]), float(spikes[source])))
-    except (KeyError, TypeError, ValueError) as err:
-        raise BadInput(f"metadata.json field 'readout' is malformed ({type(err).__name__}: "
-                       f"{err})") from None
+    for lv in readout.levels:
+        if lv.source_node not in spikes:
+            raise BadInput(f"metadata.json readout level {lv.level!r}: source node "
+                           f"{lv.source_node!r} is not a neuron node of the graph")
+        out.append(ReadoutLevel(lv.level, lv.source_node, lv.in_channels, lv.out_channels,
+                                lv.height, lv.width, float(spikes[lv.source_node])))
     return out
 
 
@@ -109,22 +104,14 @@ def price_readout(levels: Sequence[ReadoutLevel], convention: str, e_mac: float,
     return e_mac * macs + e_ac * (spikes + bias), e_mac * macs + e_ac * bias
 
 
-def _pad_steps(readout: Mapping) -> int:
-    try:
-        return int(readout.get("input_pad_steps", 0) or 0)
-    except (TypeError, ValueError):
-        raise BadInput("metadata.json readout field 'input_pad_steps' must be an integer, got "
-                       f"{readout.get('input_pad_steps')!r}") from None
-
-
-def readout_report(readout: Mapping, counts: EnergyCounts,
+def readout_report(readout: DetectorReadout, counts: EnergyCounts,
                    estimates: Sequence[EnergyEstimate], models: Mapping) -> dict:
     """The readout's counts, and per estimate key its price and the totals with it."""
     from .report import estimate_key
 
     levels = readout_levels(readout, counts)
     # the host reads T steps per level; a loihi-timed graph runs input_pad_steps more
-    steps = max(counts.T - _pad_steps(readout), 1)
+    steps = max(counts.T - readout.input_pad_steps, 1)
     entry = {"where": "off-chip (host: the hardware model's ann_baseline CMOS model)",
              "levels": [{"level": lv.level, "source_node": lv.source_node,
                          "in_channels": lv.in_channels, "out_channels": lv.out_channels,

@@ -297,9 +297,13 @@ def _json_safe(value):
     return value
 
 
+def json_text(report: Mapping) -> str:
+    """The report as JSON text (non-finite numbers refused, numpy values as plain ones)."""
+    return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(report: Mapping, path: str | Path) -> Path:
-    text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, text.encode())
+    return atomic_write_bytes(path, json_text(report).encode())
 
 
 def _figure_png(fig) -> bytes:
@@ -313,7 +317,12 @@ def _figure_png(fig) -> bytes:
 
 def plot_layers(report: Mapping) -> bytes:
     """PNG: per-layer event-driven ops (AC / MAC stacked) and, for the primary estimate, per
-    layer SNN and ANN energy stacked into compute and memory."""
+    layer SNN and ANN energy stacked into compute and memory (:func:`layers_figure`)."""
+    return _figure_png(layers_figure(report))
+
+
+def layers_figure(report: Mapping):
+    """The ``matplotlib.figure.Figure`` of :func:`plot_layers`."""
     from matplotlib.figure import Figure
 
     layers = report["layers"]
@@ -349,7 +358,7 @@ def plot_layers(report: Mapping) -> bytes:
         ax_e.legend(fontsize=7, ncol=2)
     ax_e.set_xticks(xs)
     ax_e.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    return _figure_png(fig)
+    return fig
 
 
 def plot_models(report: Mapping) -> bytes:

@@ -19,6 +19,8 @@ import numba
 import numpy as np
 import torch
 
+from ..cuba import P_SCALE, reset_threshold, spike_threshold
+
 BLOCK = 512  # neurons per task: the states of one block stay in L1
 
 
@@ -104,8 +106,6 @@ def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
 
     Both are always computed (see ``_forward``); ``write_*`` only say what the caller needs.
     """
-    from ..neuron import reset_threshold, spike_threshold
-
     spikes, voltage = torch.empty_like(x), torch.empty_like(x)
     if x.shape[0] == 0 or x[0].numel() == 0:
         return (spikes if spiking else None), voltage
@@ -123,8 +123,6 @@ def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
 
 def backward(grad: torch.Tensor, voltage: torch.Tensor | None, p, bias_grad: bool):
     """``(grad_x, grad of the bias summed over time or None)``, as ``triton_cuba.backward``."""
-    from ..neuron import P_SCALE
-
     grad = grad.contiguous().to(torch.float32)
     grad_x = torch.empty_like(grad)
     grad_bias = torch.zeros(grad.shape[1:], dtype=torch.float32)

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..cuba import P_SCALE, reset_threshold, spike_threshold
+
 BLOCK = 1024
 NUM_WARPS = 8  # H100 sweep (FIGURES_kernel.md): 1024 x 8 warps was fastest both ways
 
@@ -133,8 +135,6 @@ def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
 
     ``bias_int`` is the 4096-scaled integer bias, broadcast to one step's shape.
     """
-    from ..neuron import reset_threshold, spike_threshold
-
     T = x.shape[0]
     n = x[0].numel() if T else 0
     spikes = torch.empty_like(x) if spiking and write_spikes else None
@@ -158,8 +158,6 @@ def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
 def backward(grad: torch.Tensor, voltage: torch.Tensor | None, p, bias_grad: bool):
     """``(grad_x, grad of the bias summed over time or None)``: both leaky adjoints, with the
     surrogate at ``voltage`` in front when it is given (spiking neurons)."""
-    from ..neuron import P_SCALE
-
     grad = grad.contiguous().to(torch.float32)
     T = grad.shape[0]
     n = grad[0].numel() if T else 0

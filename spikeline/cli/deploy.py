@@ -83,7 +83,9 @@ def register(subparsers) -> None:
 
 
 def run_export(args) -> int:
+    from spikeline.deploy.artifact import ExportMeta
     from spikeline.deploy.export import check_formats, export_run
+    from spikeline.workflow import deployed_score
 
     formats = check_formats(f.strip() for f in args.format.split(",") if f.strip())
     out = output_dir(args.out, "--out")
@@ -93,68 +95,14 @@ def run_export(args) -> int:
     for fmt, why in result.skipped.items():
         print(f"{fmt:7s} not written: {why}")
     if args.accuracy and args.checkpoint == "best" and "nir" in result.files:
-        detector = "readout" in result.files
+        task = ExportMeta.read(result.out_dir).task
         try:
-            if detector:
-                fields = report_deployed_map(args.run_dir, result.out_dir, args.data_dir,
-                                             args.cache_dir)
-            else:
-                fields = report_deployed_accuracy(args.run_dir, result.out_dir, args.data_dir,
-                                                  args.cache_dir)
+            fields = deployed_score(args.run_dir, result.out_dir, args.data_dir, args.cache_dir)
         except SpikelineError as why:  # the export is complete; say what was not measured
-            print(f"deployed {'mAP' if detector else 'accuracy'}: not measured ({why})",
-                  file=sys.stderr)
+            print(f"deployed {SCORE_NAMES[task]}: not measured ({why})", file=sys.stderr)
         else:
-            print(map_line(fields) if detector else accuracy_line(fields))
+            print(SCORE_LINES[task](fields))
     return 0
-
-
-def report_deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None,
-                        limit: int | None = None, batch_size: int = 50) -> dict:
-    """A detector's mAP on the run's test split, deployed (``model.nir`` in the fixed-point
-    simulator + the off-chip ``readout.npz``, decode, NMS, pycocotools) next to the trained
-    network's (``best.pt``, float, unfolded, the same decode / NMS / scorer), both written
-    into the run's ``summary.json`` (created when absent).  ``limit``: the first K scenes."""
-    import nir
-    import torch
-
-    from spikeline.atomic import atomic_text
-    from spikeline.datasets.detection import detection_collate, load_detection
-    from spikeline.deploy.detector import deployed_detections, load_readout
-    from spikeline.pipeline.checkpoint import load_run_model
-    from spikeline.pipeline.detect_train import predict, score_detections
-
-    run_dir, export_dir = Path(run_dir), Path(export_dir)
-    model, ckpt = load_run_model(run_dir)
-    config, spec = ckpt.get("config") or {}, ckpt["model_spec"]
-    if not config.get("dataset") or not config.get("T"):
-        raise BadInput(f"{run_dir / 'best.pt'}: the training config names no dataset or T")
-    size = tuple(int(v) for v in (config.get("size") or spec.get("input_size")))
-    test = load_detection(config["dataset"], "test", T=int(config["T"]), size=size,
-                          data_dir=data_dir, cache_dir=cache_dir)
-    if limit is not None:
-        test = torch.utils.data.Subset(test, range(min(limit, len(test))))
-    loader = torch.utils.data.DataLoader(test, batch_size=batch_size,
-                                         collate_fn=detection_collate)
-    graph, readout = nir.read(export_dir / "model.nir"), load_readout(export_dir / "readout.npz")
-    encoding = spec.get("encoding", "binary")
-    nc = readout.num_classes
-    deployed = score_detections(lambda f: deployed_detections(graph, readout, f, encoding),
-                                loader, nc)
-    trained = score_detections(lambda f: predict(model, f), loader, nc)
-    fields = {"trained_test_mAP50": trained["mAP50"], "trained_test_mAP50_95": trained["mAP50_95"],
-              "deployed_test_mAP50": deployed["mAP50"],
-              "deployed_test_mAP50_95": deployed["mAP50_95"],
-              "deployed_minus_trained_mAP50": deployed["mAP50"] - trained["mAP50"],
-              "deployed_num_test": deployed["count"]}
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{summary_path}: cannot read the run's summary ({err})") from None
-    summary.update(fields)
-    atomic_text(summary_path, json.dumps(summary, indent=2) + "\n")
-    return fields
 
 
 def map_line(fields: dict) -> str:
@@ -164,41 +112,6 @@ def map_line(fields: dict) -> str:
             f"{fields['deployed_test_mAP50_95']:.4f}; trained {fields['trained_test_mAP50']:.4f}"
             f" / {fields['trained_test_mAP50_95']:.4f}; delta mAP@0.5 "
             f"{fields['deployed_minus_trained_mAP50']:+.4f}")
-
-
-def report_deployed_accuracy(run_dir, export_dir, data_dir=None, cache_dir=None) -> dict:
-    """The exported graph's accuracy on the run's whole test split (fixed-point simulator,
-    which equals Lava), next to the trained network's (best.pt, from summary.json), both
-    written into the run's summary.json.  Returns those fields."""
-    import nir
-
-    from spikeline.atomic import atomic_text
-    from spikeline.datasets.registry import load_splits, make_loader
-    from spikeline.deploy.accuracy import deployed_accuracy
-    from spikeline.pipeline.checkpoint import load_checkpoint
-    from spikeline.pipeline.config import TrainConfig
-
-    run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(load_checkpoint(run_dir / "best.pt")["config"])
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{summary_path}: cannot read the run's summary ({err}): train the run "
-                       "to its end, or export with --no-accuracy") from None
-    test = load_splits(config.dataset, T=config.T, size=tuple(config.size), augment=False,
-                       val_fraction=config.val_fraction, limit_test=config.limit_test,
-                       data_dir=data_dir, cache_dir=cache_dir).test
-    deployed = deployed_accuracy(nir.read(Path(export_dir) / "model.nir"),
-                                 make_loader(test, config.batch_size, shuffle=False),
-                                 config.encoding)
-    trained = summary.get("test_acc")
-    fields = {"trained_test_acc": trained, "deployed_test_acc": deployed.accuracy,
-              "deployed_minus_trained": None if trained is None
-              else deployed.accuracy - trained, "deployed_num_test": deployed.count}
-    summary.update(fields)
-    atomic_text(summary_path, json.dumps(summary, indent=2) + "\n")
-    return fields
 
 
 def accuracy_line(fields: dict) -> str:
@@ -211,61 +124,35 @@ def accuracy_line(fields: dict) -> str:
             f"{100 * fields['deployed_minus_trained']:+.2f} points")
 
 
-def run_simulate(args) -> int:
-    import torch
+# how `spikeline export` names and prints each task's deployed score
+SCORE_NAMES = {"classify": "accuracy", "detection": "mAP"}
+SCORE_LINES = {"classify": accuracy_line, "detection": map_line}
 
+
+def run_simulate(args) -> int:
     from spikeline.atomic import atomic_file
     from spikeline.deploy.nir_check import validate_graph
-    from spikeline.deploy.simulate import simulate
+    from spikeline.workflow import simulate_model, simulation_summary
 
     save = output_file(args.save_output, "--save-output") if args.save_output else None
-    graph, metadata, path = load_model(args.model)
+    graph, meta, path = load_model(args.model)
     if args.dt is not None:  # delays in steps of the new dt
         validate_graph(graph, str(path), dt=args.dt)
-    x, source = load_inputs(args, graph, metadata)
-    pad = int((graph.metadata or {}).get("input_pad_steps", 0))
+    x, source = load_inputs(args, graph, meta)
+    sim, pad = simulate_model(graph, x, args.mode, args.dt)
     if pad > 0:  # hardware timing: the last input step needs `pad` more steps to the readout
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), dtype=x.dtype)])
         source["input_pad_steps"] = pad
-    with torch.no_grad():
-        sim = simulate(graph, torch.from_numpy(np.ascontiguousarray(x)), args.mode, args.dt)
-    if len(sim.output_nodes) > 1:  # a detector's spiking part: P4 and P5 spike maps
-        if save is not None:
-            raise BadInput(f"--save-output saves one output; {path} has "
-                           f"{len(sim.output_nodes)} ({', '.join(sim.output_nodes)})")
-        summary = {
-            "model": str(path), "source": source, "T": int(x.shape[0]),
-            "samples": int(x.shape[1]), "output_nodes": list(sim.output_nodes),
-            "outputs": {n: {"shape": list(sim.outputs[n].shape[2:]),
-                            "spikes_per_sample": sim.outputs[n].flatten(2).sum(-1).sum(0)
-                            .tolist()} for n in sim.output_nodes},
-            "spikes_per_node": {n: int(v.sum()) for n, v in sim.outputs.items()
-                                if _is_spiking(graph.nodes[n])},
-        }
-        print(json.dumps(summary, indent=2))
-        return 0
-    out = sim.output
-    summary = {
-        "model": str(path), "source": source, "T": int(x.shape[0]), "samples": int(x.shape[1]),
-        "output_node": sim.output_node, "output_shape": list(out.shape[2:]),
-        "output_sum_per_sample": out.sum(dim=tuple(range(2, out.dim()))).sum(0).tolist(),
-        "output_mean_over_time": out.mean(0).reshape(out.shape[1], -1).tolist(),
-        "spikes_per_node": {n: int(v.sum()) for n, v in sim.outputs.items()
-                            if _is_spiking(graph.nodes[n])},
-    }
+    if len(sim.output_nodes) > 1 and save is not None:
+        raise BadInput(f"--save-output saves one output; {path} has "
+                       f"{len(sim.output_nodes)} ({', '.join(sim.output_nodes)})")
+    summary = simulation_summary(graph, sim, str(path), source)
     if save is not None:
-        values = out.numpy()
+        values = sim.output.numpy()
         with atomic_file(save) as fh:
             np.save(fh, values[:, 0] if values.shape[1] == 1 else values)
         summary["saved_output"] = str(save)
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _is_spiking(node) -> bool:
-    import nir
-
-    return isinstance(node, (nir.CubaLIF, nir.LIF, nir.IF, nir.Threshold))
 
 
 def run_verify(args) -> int:
@@ -305,7 +192,7 @@ def run_import(args) -> int:
     from spikeline.deploy.nir_check import validate_graph
     from spikeline.deploy.simulate import simulate
 
-    from .inputs import graph_input_shape
+    from spikeline.deploy.artifact import graph_input_shape
 
     path = Path(args.file)
     if not path.is_file():
@@ -327,3 +214,16 @@ def run_import(args) -> int:
     print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, input "
           f"{list(shape)}")
     return 0
+
+
+def __getattr__(name):
+    # moved to spikeline.workflow; still importable from here for callers of the old place
+    if name == "report_deployed_map":
+        from spikeline.workflow import deployed_map
+
+        return deployed_map
+    if name == "report_deployed_accuracy":
+        from spikeline.workflow import deployed_test_accuracy
+
+        return deployed_test_accuracy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 The recording is read by ``datasets.events.read_events`` (the readers `spikeline simulate
 --events` uses), binned into the run's T frames of counts over its whole duration and resized
-to the run's frame size (``inputs.fit_frames``); the detector runs in exact float32 and its
+to the run's frame size (``datasets.inputs.fit_frames``); the detector runs in exact float32 and its
 boxes go through NMS and are cut to the frame.  Writes ``OUT/detections.png`` (every time bin
 with the predicted boxes, and the true ones for a dataset sample) and ``OUT/detections.json``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spikeline.errors import BadInput, SpikelineError
+from spikeline.errors import BadInput
 
 # YOLOv5 detect.py's defaults for what is shown (https://github.com/ultralytics/yolov5,
 # detect.py: conf_thres=0.25, iou_thres=0.45); mAP uses val.py's 0.001 / 0.6 instead.
@@ -66,24 +66,6 @@ def _fraction(text):
     return value
 
 
-def frames_from_events(path, T: int, size) -> tuple[np.ndarray, tuple[int, int]]:
-    """``([T, 2, H, W] counts on the run's frame grid, the sensor's (H, W))``; a bad file is a
-    ``SpikelineError`` naming ``--events`` and the file."""
-    from spikeline.datasets.events import read_events
-    from spikeline.datasets.frames import events_to_frames
-
-    from .inputs import fit_frames
-
-    try:
-        stream = read_events(path)
-        frames = events_to_frames(stream.events, stream.sensor_size, T)
-        fitted = fit_frames(frames, (2, *size), str(path))
-    except SpikelineError as err:
-        raise type(err)(f"--events {err}") from None
-    width, height = stream.sensor_size[:2]
-    return fitted.astype(np.float32), (int(height), int(width))
-
-
 def _run_info(ckpt: dict) -> tuple[int, list[int], dict]:
     spec = ckpt["model_spec"]
     if spec.get("task") != "detection":
@@ -93,14 +75,14 @@ def _run_info(ckpt: dict) -> tuple[int, list[int], dict]:
 
 
 def handle_detect(args) -> int:
-    import torch
-
+    # library imports here: importing spikeline.cli takes 0.1 s, torch + nir 2.9 s (measured)
+    from spikeline.atomic import atomic_text
     from spikeline.datasets.boxes import Boxes
     from spikeline.datasets.detection import DETECTION_DATASETS, draw_detections, load_detection
+    from spikeline.datasets.inputs import frames_from_events
     from spikeline.paths import output_dir
     from spikeline.pipeline.checkpoint import load_run_model
-    from spikeline.pipeline.detect_train import predict
-    from spikeline.pipeline.train import exact_fp32, resolve_device
+    from spikeline.workflow import class_names, detect_boxes
 
     out = output_dir(args.out, "--out")
     model, ckpt = load_run_model(args.run_dir, args.checkpoint)
@@ -121,23 +103,14 @@ def handle_detect(args) -> int:
         frames, truth = data.read(args.index)
         frames = np.asarray(frames, dtype=np.float32)
         source = {"dataset": args.dataset, "split": args.split, "index": args.index}
-    device = resolve_device(args.device)
-    model.to(device)
-    with exact_fp32():
-        rows = predict(model, torch.from_numpy(frames)[None].to(device), args.conf,
-                       args.iou)[0].cpu().numpy()
-    # boxes cut to the frame, as YOLOv5's detect.py draws them (mAP is scored unclipped)
-    rows[:, [0, 2]] = rows[:, [0, 2]].clip(0, size[1])
-    rows[:, [1, 3]] = rows[:, [1, 3]].clip(0, size[0])
-    names = _class_names(ckpt["config"]["dataset"])
+    rows = detect_boxes(model, frames, size, args.conf, args.iou, args.device)
+    names = class_names(ckpt["config"]["dataset"])
     boxes = [{"xyxy": [round(float(v), 3) for v in r[:4]], "score": round(float(r[4]), 5),
               "class": int(r[5]), **({"name": names[int(r[5])]} if names else {})}
              for r in rows]
     result = {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint,
               "epoch": int(ckpt["epoch"]), **source, "T": T, "input_size": size,
               "conf": args.conf, "iou": args.iou, "boxes": boxes}
-    from spikeline.atomic import atomic_text
-
     atomic_text(out / "detections.json", json.dumps(result, indent=2) + "\n")
     predicted = Boxes(rows[:, :4], rows[:, 5].astype(np.int64), tuple(size))
     what = source.get("events") or f"{args.dataset} {args.split} #{args.index}"
@@ -153,9 +126,9 @@ def handle_detect(args) -> int:
     return 0
 
 
-def _class_names(dataset: str):
-    if dataset == "gen1":
-        from spikeline.datasets.gen1 import CLASSES
+def __getattr__(name):
+    if name == "frames_from_events":  # moved to spikeline.datasets.inputs
+        from spikeline.datasets.inputs import frames_from_events
 
-        return list(CLASSES)
-    return None  # ndigits-detect: the class is the digit
+        return frames_from_events
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,18 +1,14 @@
-"""``spikeline run``: event data -> trained network -> verified artifact -> energy, in one go."""
+"""``spikeline run``: event data -> trained network -> verified artifact -> energy, in one go.
+
+The chain is ``spikeline.workflow.run_pipeline``; this module parses the flags and prints what
+each stage reports."""
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
+from .deploy import accuracy_line
+from .inputs import positive_int
 
-from spikeline.atomic import atomic_text
-from spikeline.errors import VerifyFailed
-
-from .deploy import accuracy_line, report_deployed_accuracy
-from .energy import latency_steps
-from .inputs import encode, inputs_from_dataset, positive_int
-
-# `run` trains a demo by default: evolutionary heads, 4 epochs (train's defaults otherwise)
+# `run` trains a demo by default: evolutionary heads, 4 epochs (train's defaults otherwise);
+# the same dict as spikeline.workflow.RUN_DEFAULTS, kept here so that --help needs no torch
 RUN_DEFAULTS = {"heads": "evolutionary", "epochs": 4}
 
 
@@ -45,108 +41,64 @@ def _step(name: str) -> None:
     print(f"\n== {name} " + "=" * max(0, 70 - len(name)), flush=True)
 
 
+def _print_event(kind: str, data) -> None:
+    """What `spikeline run` prints as each stage of the pipeline reports."""
+    if kind == "step":
+        _step(data)
+    elif kind == "export":
+        for fmt, name in data.files.items():
+            print(f"  {fmt:7s} {data.out_dir / name}")
+        for fmt, why in data.skipped.items():
+            print(f"  {fmt:7s} not written: {why}")
+    elif kind == "accuracy":
+        print("  " + accuracy_line(data))
+    elif kind == "backend":
+        print(f"  checking {data} ...", flush=True)
+    elif kind == "verify":
+        from spikeline.deploy.verify import report_lines
+
+        for line in report_lines(data):
+            print("  " + line)
+    elif kind == "energy":
+        from spikeline.deploy.energy.report import summary_text
+
+        print(summary_text(data))
+
+
 def run(args) -> int:
-    import nir
+    # library imports here: importing spikeline.cli takes 0.1 s, torch + nir 2.9 s (measured)
+    from spikeline.paths import output_dir
+    from spikeline.workflow import run_pipeline
 
-    from spikeline.deploy.energy import count_in_batches, load_hardware_models, price_table
-    from spikeline.deploy.energy.report import build_report, summary_text, write_report
-    from spikeline.deploy.export import export_run
-    from spikeline.deploy.verify import DEFAULT_SAMPLES, report_lines, verify_export
-    from spikeline.pipeline.checkpoint import load_checkpoint
-    from spikeline.pipeline.config import TrainConfig
+    from .train import _progress_logging, config_from_args, runtime_from_args
 
-    from .train import train_from_args
+    runtime = runtime_from_args(args, "run", args.out)
+    _progress_logging(runtime.progress)
+    output_dir(args.out, "--out")
+    config = config_from_args(args, "run", base=RUN_DEFAULTS)
+    seen = {}
 
-    started = time.time()
-    run_dir = Path(args.out)
-    if args.verify_samples is None:
-        args.verify_samples = max(DEFAULT_SAMPLES.values())
-    if args.lava_samples is None:
-        args.lava_samples = DEFAULT_SAMPLES["lava"]
-    _step("train")
-    result = train_from_args(args, "run", base=RUN_DEFAULTS)
-    config = TrainConfig.from_dict(load_checkpoint(run_dir / "best.pt")["config"])
+    def on_event(kind, data):
+        seen[kind] = data
+        _print_event(kind, data)
 
-    _step("export (heads stripped, BatchNorm folded, weights quantized)")
-    export = export_run(run_dir, run_dir / "export")
-    for fmt, name in export.files.items():
-        print(f"  {fmt:7s} {export.out_dir / name}")
-    for fmt, why in export.skipped.items():
-        print(f"  {fmt:7s} not written: {why}")
-    acc = report_deployed_accuracy(run_dir, export.out_dir, args.data_dir, args.cache_dir)
-    print("  " + accuracy_line(acc))
-    meta = json.loads((export.out_dir / "metadata.json").read_text())
-    shape, T = tuple(meta["input_shape"]), int(meta["T"])
-    samples = max(args.verify_samples, args.energy_samples)
-    frames = inputs_from_dataset(config.dataset, samples, T, shape, "test", args.data_dir,
-                                 args.cache_dir)
-
-    _step("verify (parameters against best.pt; spikes of nir and lava against the trained "
-          "network; peers against our reading of model.nir)")
-    backends = tuple(b for b in args.backends.split(",") if b)
-    report = verify_export(export.out_dir, frames[:, :args.verify_samples], backends,
-                           progress=lambda b: print(f"  checking {b} ...", flush=True),
-                           lava_samples=args.lava_samples)
-    atomic_text(run_dir / "verify.json", json.dumps(report.to_dict(), indent=2))
-    for line in report_lines(report):
-        print("  " + line)
-    # `run` reports a backend that cannot take this graph (a peer refusing voltage biases) as
-    # skipped and goes on; `spikeline verify` is the strict certificate (--allow-skip there).
-    problems = report.problems(allow_skip=True)
-    if problems:
-        raise VerifyFailed(f"verify failed ({'; '.join(problems)}): see "
-                           f"{run_dir / 'verify.json'}")
-    skipped = [b.backend for b in report.backends if b.status == "skipped"]
-
-    _step("energy")
-    graph = nir.read(export.out_dir / "model.nir")
-    x = encode(frames[:, :args.energy_samples], meta["input_encoding"])
-    counts = count_in_batches(graph, x, batch_size=8, mode="auto", fanout="structural",
-                              latency_steps=latency_steps(meta))
-    models = load_hardware_models()
-    estimates, refused = price_table(counts, list(models.values()))
-    energy = build_report(counts, estimates, models,
-                          {"model": str(export.out_dir / "model.nir"),
-                           "source": {"dataset": config.dataset, "split": "test"}}, refused)
-    files = write_report(energy, run_dir / "energy")
-    print(summary_text(energy))
-
-    summary = {
-        **acc, "num_test": acc["deployed_num_test"],
-        "val_acc": result.summary.get("val_acc"), "epochs": config.epochs,
-        "model": config.model, "heads": config.heads, "dataset": config.dataset,
-        "verify": {b.backend: {"status": b.status, "mismatches": b.mismatches}
-                   for b in report.backends},
-        "verified_by": report.checked_by, "verify_skipped": skipped,
-        "peers_read_model_nir_as_spikeline": report.peers_agree,
-        "verify_parameters": report.parameters.status if report.parameters else None,
-        "verify_coverage": report.coverage,
-        "energy_per_inference_J": {
-            key: {"convention": e["convention"], "hardware": e["hardware"],
-                  "snn": e["snn"]["total_J"], "ann": e["ann"]["total_J"],
-                  "snn_memory": e["snn"]["memory_J"], "ann_memory": e["ann"]["memory_J"],
-                  "ann_over_snn": e["ratio"], "break_even_rate": e["break_even_rate"],
-                  "measured": e["measured"]}
-            for key, e in energy["energy"].items()},
-        "paths": {"run": str(run_dir), "export": str(export.out_dir),
-                  "verify": str(run_dir / "verify.json"),
-                  **{k: str(v) for k, v in files.items()}},
-        "seconds": round(time.time() - started, 1),
-    }
-    atomic_text(run_dir / "pipeline.json", json.dumps(summary, indent=2, default=str))
+    summary = run_pipeline(config, runtime, verify_samples=args.verify_samples,
+                           lava_samples=args.lava_samples, energy_samples=args.energy_samples,
+                           backends=tuple(b for b in args.backends.split(",") if b),
+                           on_event=on_event)
     _step("summary")
     print(f"  test accuracy (heads stripped, best.pt chosen on validation): trained "
-          f"{100 * acc['trained_test_acc']:.2f}%, deployed {100 * acc['deployed_test_acc']:.2f}%"
-          f" ({100 * acc['deployed_minus_trained']:+.2f} points)")
-    print(f"  verify: {report.summary()}")
-    head = energy["energy"].get("lemaire/cmos45_int8")
+          f"{100 * summary['trained_test_acc']:.2f}%, deployed "
+          f"{100 * summary['deployed_test_acc']:.2f}% "
+          f"({100 * summary['deployed_minus_trained']:+.2f} points)")
+    print(f"  verify: {seen['verify'].summary()}")
+    head = summary["energy_per_inference_J"].get("lemaire/cmos45_int8")
     if head is not None:  # like for like: SNN and ANN on one model, memory included
         be = head["break_even_rate"]
         wins = ("never wins at any spike rate" if be is None else
                 f"wins below a uniform spike rate of {100 * be:.2f}%")
         print(f"  energy (lemaire, cmos45_int8, memory included): SNN "
-              f"{head['snn']['total_J'] * 1e6:.3g} uJ vs ANN {head['ann']['total_J'] * 1e6:.3g} "
+              f"{head['snn'] * 1e6:.3g} uJ vs ANN {head['ann'] * 1e6:.3g} "
               f"uJ per inference; the SNN {wins}")
-    print(f"  summary: {run_dir / 'pipeline.json'}  ({summary['seconds']} s)")
+    print(f"  summary: {summary['paths']['run']}/pipeline.json  ({summary['seconds']} s)")
     return 0
-
