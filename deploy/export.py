@@ -34,7 +34,7 @@ from spikeline.atomic import atomic_path
 from spikeline.errors import BadInput, DataNotFound, ExportUnsupported, SpikelineError, check_size
 from spikeline.pipeline.checkpoint import (build_from_spec, load_checkpoint,
                                           model_from_checkpoint, resolve_checkpoint)
-from spikeline.pipeline.models import SpikingNet
+from spikeline.pipeline.models import ResidualBlock, SpikingNet, batchnorm_of
 
 from .artifact import (
     EXPORT_FILES, MANIFEST, ExportMeta, GraphTiming, check_manifest, spec_task, write_manifest,
@@ -82,6 +82,20 @@ def check_formats(formats) -> tuple[str, ...]:
     return formats
 
 
+def with_batchnorm(spec: dict, model) -> dict:
+    """``spec`` with what ``model`` was built with where older specs mean something else:
+    its ``batchnorm`` form (absent: ``shift``) and its residual blocks' ``identity_weight``
+    (absent: 1.0).  ``folded.pt`` is rebuilt from the spec it stores."""
+    extra = {}
+    form = batchnorm_of(model)
+    if form is not None:
+        extra["batchnorm"] = form
+    weights = {m.identity_weight for m in model.modules() if isinstance(m, ResidualBlock)}
+    if len(weights) == 1:
+        extra["identity_weight"] = weights.pop()
+    return spec if all(spec.get(k) == v for k, v in extra.items()) else {**spec, **extra}
+
+
 def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
                  config: dict | None = None, run: dict | None = None) -> ExportResult:
     """Fold ``model`` (built from ``spec``) and write the requested formats to ``out_dir``.
@@ -94,6 +108,7 @@ def export_model(model: SpikingNet, spec: dict, out_dir, formats=FORMATS,
     the old manifest removed, the files renamed into place, stale files of formats not
     written removed, and the new manifest written.  A failure while writing (a full disk, an
     internal error) leaves the previous export untouched and valid."""
+    spec = with_batchnorm(spec, model)
     return EXPORTERS[spec_task(spec)](model, spec, out_dir, check_formats(formats), config,
                                       run)
 
@@ -177,6 +192,7 @@ def export_detector(model, spec: dict, out_dir, formats=FORMATS,
     Detect readout; ``folded.pt`` and ``metadata.json`` as for classifiers.  The published
     (real-valued) form is refused (``ExportUnsupported``).  Written in the same two phases as
     ``export_model``."""
+    spec = with_batchnorm(spec, model)
     check_deployable(model)
     if "nir" not in formats:
         raise ExportUnsupported("a detector exports through NIR: --format must include nir")

@@ -5,6 +5,7 @@ they are checked against our simulator in ``mode='float'`` on the same graph.  W
 import is lowered first, exactly:
 
 - SumPool2d -> an ungrouped Conv2d with one-hot weights (sums of 0/1 spikes are exact);
+- Scale (one factor per channel: a weighted identity shortcut) -> a diagonal 1x1 Conv2d;
 - the non-spiking readout (CubaLI, which neither imports) is cut: the graph's output becomes the
   last spiking population, whose spikes are compared.
 A voltage bias (``v_leak``, folded BatchNorm) has no counterpart there: such graphs are refused.
@@ -41,6 +42,21 @@ def _sumpool_as_conv(node: nir.SumPool2d, channels: int, size) -> nir.Conv2d:
                       bias=np.zeros(channels))
 
 
+def _scale_as_conv(name: str, node: nir.Scale) -> nir.Conv2d:
+    """A per-channel ``Scale`` of a (C, H, W) map (a Spiking ResNet's identity shortcut of
+    weight 84/64) as a diagonal 1x1 ``Conv2d``: the peers import no ``Scale``."""
+    scale = np.asarray(node.scale, dtype=np.float64)
+    if scale.ndim != 3 or np.ptp(scale.reshape(scale.shape[0], -1), axis=1).any():
+        raise PeerUnsupported(f"node {name!r}: a Scale that is not one factor per channel of a "
+                              "(C, H, W) map")
+    channels = scale.shape[0]
+    weight = np.zeros((channels, channels, 1, 1))
+    weight[np.arange(channels), np.arange(channels), 0, 0] = scale[:, 0, 0]
+    return nir.Conv2d(input_shape=np.array(scale.shape[1:]), weight=weight,
+                      stride=np.array([1, 1]), padding=np.array([0, 0]),
+                      dilation=np.array([1, 1]), groups=1, bias=np.zeros(channels))
+
+
 def lower_for_peers(graph: nir.NIRGraph) -> nir.NIRGraph:
     """An equivalent graph the peers import; its output is the last spiking population."""
     nodes, edges = dict(graph.nodes), graph_edges(graph)
@@ -52,6 +68,8 @@ def lower_for_peers(graph: nir.NIRGraph) -> nir.NIRGraph:
         if isinstance(node, nir.SumPool2d):
             channels, *size = (int(v) for v in node.input_type["input"])
             nodes[name] = _sumpool_as_conv(node, channels, size)
+        elif isinstance(node, nir.Scale):
+            nodes[name] = _scale_as_conv(name, node)
     outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
     if len(outputs) > 1:
         raise PeerUnsupported(f"the graph has {len(outputs)} Output nodes {outputs}; the peer "

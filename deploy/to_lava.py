@@ -14,7 +14,8 @@ How a graph written by ``to_nir`` (``--timing loihi``) maps, and why it is exact
   steps.  ``d = 1`` is the hop itself; a larger ``d`` becomes a delay line of ``d - 1``
   identity hops (weight 1, graded) in front of the synapse.  A neuron fed by spikes delayed
   ``d >= 1`` steps (a Spiking ResNet's identity shortcut) gets a line of ``d`` identity hops,
-  the last of weight 64 (1.0).  A line is a chain of ``Sparse`` processes rather than one
+  the last of weight 64 (1.0), or of the weight a ``Scale`` node gives it (an identity
+  shortcut weighted just above the threshold: 84, i.e. 1.3125).  A line is a chain of ``Sparse`` processes rather than one
   ``DelaySparse``: the same steps, but ``DelaySparse``'s model rebuilds its per-delay matrices
   every step (csr item assignment), which took minutes per sample on a 34x34x8 map.  The
   RingBuffer source sends frame ``t`` at Lava step ``t + 1``, so Lava's monitored step ``i``
@@ -67,6 +68,7 @@ class Term:
     source: str
     delay: int
     flat: bool = False
+    weight: int = 64  # the mantissa it arrives with (a Scale node changes it)
 
 
 @dataclass
@@ -204,6 +206,8 @@ class _Lowering:
                 self.shapes[name] = self.input_shape(name)
                 self.terms[name] = [Term(t.source, t.delay + steps, t.flat)
                                     for t in self.gather(name)]
+            elif isinstance(node, nir.Scale):
+                self.scale(name, node)
             elif isinstance(node, nir.Flatten):
                 shape = self.input_shape(name)
                 self.shapes[name] = (int(np.prod(shape)),)
@@ -218,11 +222,28 @@ class _Lowering:
                 self.terms[name] = []
             else:
                 self.fail(name, "no Lava process for this node type; supported: Input, "
-                          "Output, Delay, Flatten, Conv2d, Linear, SumPool2d, CubaLIF, CubaLI")
+                          "Output, Delay, Flatten, Scale, Conv2d, Linear, SumPool2d, CubaLIF, "
+                          "CubaLI")
         timing = GraphTiming.of(self.g)
         net.pad_steps, net.readout_start = timing.input_pad_steps, timing.readout_start
         net.graded_input = (timing.input_encoding or "binary") != "binary"
         return net
+
+    def scale(self, name, node: nir.Scale) -> None:
+        """A uniform ``Scale`` on the 1/64 weight grid multiplies the weight its terms arrive
+        with; a neuron then takes them through an identity line of that last weight."""
+        shape = self.input_shape(name)
+        factor = np.unique(np.asarray(node.scale, dtype=np.float64))
+        if factor.size != 1:
+            self.fail(name, "a Scale with more than one factor (Lava's identity line carries one "
+                      "weight)")
+        terms = self.gather(name)
+        mants = [t.weight * float(factor[0]) for t in terms]
+        if any(m != round(m) or not 1 <= m <= 255 for m in mants):
+            self.fail(name, f"scale {factor[0]} is not a positive 8-bit weight on the 1/64 grid")
+        self.shapes[name] = shape
+        self.terms[name] = [Term(t.source, t.delay, t.flat, int(round(m)))
+                            for t, m in zip(terms, mants)]
 
     def _line(self, net: LavaNet, term: Term, weight: int, delay: int) -> str:
         name = f"line_{term.source}_{weight}_{delay}"
@@ -240,6 +261,9 @@ class _Lowering:
             if not isinstance(src, (nir.Input, nir.CubaLIF)):
                 self.fail(name, f"its input {t.source!r} is not spikes (a synapse must follow "
                           "the input or a spiking neuron)")
+            if t.weight != ONE:
+                self.fail(name, f"its input from {t.source!r} is scaled (a Scale node must "
+                          "feed a neuron: fold the factor into the synapse's weights)")
             if t.delay < 1:
                 self.fail(name, f"its input from {t.source!r} arrives with {t.delay} steps of "
                           "delay, but every Lava synapse adds one (train with --timing loihi, "
@@ -321,10 +345,10 @@ class _Lowering:
         net.lifs[name] = Lif(name, shape, p.i_decay - 1, p.v_decay, int(vth), mant, readout)
         for t in self.gather(name):
             src = self.g.nodes[t.source]
-            if isinstance(src, SYNAPSES) and t.delay == 0 and not t.flat:
+            if isinstance(src, SYNAPSES) and t.delay == 0 and not t.flat and t.weight == ONE:
                 net.edges.append(Edge(t.source, name))
             elif isinstance(src, (nir.Input, nir.CubaLIF)) and t.delay >= 1 and not t.flat:
-                net.edges.append(Edge(self._line(net, t, ONE, t.delay - 1), name))
+                net.edges.append(Edge(self._line(net, t, t.weight, t.delay - 1), name))
             else:
                 self.fail(name, f"its input from {t.source!r} (delayed {t.delay} steps) has no "
                           "Lava form: a neuron takes a synapse's output undelayed, or spikes "

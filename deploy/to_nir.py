@@ -121,6 +121,12 @@ class _Exporter:
         out = _conv_out(shape, shape[0], syn.kernel_size, syn.stride, syn.padding)
         return self.b.add("sumpool", node, sources), out, None
 
+    def identity(self, sources, shape, weight: float) -> str:
+        """``weight * x`` (a Spiking ResNet's identity shortcut of weight != 1): one NIR
+        ``Scale`` node; Lava runs it as the last hop of the shortcut's identity line
+        (``to_lava``), energy counts it as the plain edge it replaces."""
+        return self.b.add("scale", nir.Scale(scale=np.full(shape, float(weight))), sources)
+
     def lif(self, lif: LIF, sources, shape, bias):
         # the node reproduces the population's spikes before its hop (``lif.spikes``)
         name = self.b.add("cubalif", cuba_to_nir(lif.neuron, shape, bias), sources, lif.spikes)
@@ -172,8 +178,10 @@ class _Exporter:
         if m.kind == "spiking":
             skip = self.delay(sources, shape, m.skip_delay)  # the shortcut's input, delayed
             into, bias = [c2], b2
-            if m.down is None:
+            if m.down is None and m.identity_weight == 1.0:
                 into += skip  # identity residual: the block input feeds the neuron directly
+            elif m.down is None:  # identity of another weight: a Scale node
+                into.append(self.identity(skip, shape, m.identity_weight))
             else:
                 cd, _, bd = self.synapse(m.down, skip, shape)
                 into.append(cd)

@@ -9,7 +9,9 @@ lava-dl's ``[N, C, H, W, T]`` at the boundary.
 BatchNorm (``norm=True``) is placed so that it folds exactly into what Loihi runs: its scale
 ``s = gamma / sqrt(var + eps)`` multiplies the synaptic input, its shift ``beta - s * mean``
 becomes the neuron's voltage bias (Loihi's ``bias``).  ``fold()`` returns the block with the
-scale in the weights and the shift in ``bias``.
+scale in the weights and the shift in ``bias``.  A scale-only BatchNorm (``BiasNorm`` with
+``shift=None``, ``remove_norm_shifts``) writes no bias: what the chip then runs has no
+input-independent drive at all (see ``timing.py``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from .quantize import quantize_bias, quantize_weight
 
 __all__ = [
     "Affine", "BiasNorm", "Conv", "ConvSynapse", "Dense", "DenseSynapse", "Dropout", "Flatten",
-    "LIF", "Pool", "PoolSynapse", "SpikingBlock", "Synapse", "from_lava", "to_lava",
+    "LIF", "Pool", "PoolSynapse", "SpikingBlock", "Synapse", "from_lava", "remove_norm_shifts",
+    "to_lava",
 ]
 
 
@@ -68,7 +71,21 @@ class BiasNorm(nn.Module):
 
     ``z -> s * z`` with ``s = gamma / sqrt(var + eps)``, and ``bias = beta - s * mean`` added to
     the voltage every step.  Statistics are taken over time, batch and space.
+
+    Scale-only (``shift`` is None, see ``remove_norm_shifts``): ``z -> s * z`` and no bias.
+    ``mean`` and ``var`` are still the batch's (centred) statistics, so ``s`` normalises as
+    BatchNorm does; only the shift, which the chip would run as a constant voltage bias from
+    step 0, is gone.
+
+    ``window = (head, tail)``: the statistics skip the first ``head`` and the last ``tail``
+    steps of ``z`` (training and ``recalibrate_norms``), so that they cover the layer's own
+    ``T`` steps ``[arrival, arrival + T)`` under ``loihi`` timing (set by ``set_timing``);
+    ``(0, 0)``, every step, under ``ideal``.  The steps outside carry no input: before
+    ``arrival`` the layer has only seen biases, after ``arrival + T`` only the tail of the
+    input.
     """
+
+    window = (0, 0)
 
     def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
@@ -78,30 +95,51 @@ class BiasNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
+    def windowed(self, z: torch.Tensor) -> torch.Tensor:
+        """The steps of ``z`` (time first) that the statistics are taken over."""
+        head, tail = self.window
+        return z[head:z.shape[0] - tail] if head or tail else z
+
+    def batch_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(mean, biased var, count)`` per channel over ``z``'s window, in float32."""
+        # float32 whatever the autocast dtype: the running buffers are float32, and lerp_
+        # refuses a bfloat16 end (and bf16 sums of T*N*H*W terms are coarse)
+        z32 = self.windowed(z).float()
+        dims = [d for d in range(z32.dim()) if d != 2]
+        return z32.mean(dims), z32.var(dims, unbiased=False), z32.numel() / z32.shape[2]
+
     def forward(self, z: torch.Tensor):
-        """``z``: ``[T, N, C, ...]``; returns ``(scaled z, bias [C, 1, ...])``."""
-        dims = [d for d in range(z.dim()) if d != 2]
+        """``z``: ``[T, N, C, ...]``; returns ``(scaled z, bias [C, 1, ...] or None)``."""
         if self.training:
-            # statistics in float32 whatever the autocast dtype: the running buffers are
-            # float32, and lerp_ refuses a bfloat16 end (and bf16 sums of T*N*H*W terms are
-            # coarse)
-            z32 = z.float()
-            mean = z32.mean(dims)
-            var = z32.var(dims, unbiased=False)
+            mean, var, n = self.batch_stats(z)
             with torch.no_grad():
-                n = z.numel() / z.shape[2]
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         scale = self.weight / torch.sqrt(var + self.eps)
         view = [-1] + [1] * (z.dim() - 3)
+        if self.shift is None:
+            return z * scale.view(view), None
         return z * scale.view(view), (self.shift - scale * mean).view(view)
 
-    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eval-mode ``(scale, bias)`` per channel."""
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval-mode ``(scale, bias or None)`` per channel."""
         scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        if self.shift is None:
+            return scale.detach(), None
         return scale.detach(), (self.shift - scale * self.running_mean).detach()
+
+
+def remove_norm_shifts(model: nn.Module) -> int:
+    """Make every ``BiasNorm`` of ``model`` scale-only (drop its shift parameter); returns how
+    many it changed.  Applied right after building, where every shift is still 0."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, BiasNorm) and m.shift is not None:
+            m.shift = None
+            count += 1
+    return count
 
 
 def set_fold_aware(model: nn.Module, on: bool) -> int:
@@ -132,11 +170,9 @@ def recalibrate_norms(model: nn.Module, loader, device: torch.device, max_batche
     sums = {m: [0.0, 0.0] for m in norms}
 
     def record(module, inputs, _output):
-        z = inputs[0].float()
-        dims = [d for d in range(z.dim()) if d != 2]
-        n = z.numel() / z.shape[2]
-        sums[module][0] = sums[module][0] + z.mean(dims)
-        sums[module][1] = sums[module][1] + z.var(dims, unbiased=False) * n / max(n - 1, 1)
+        mean, var, n = module.batch_stats(inputs[0])  # over the norm's own window
+        sums[module][0] = sums[module][0] + mean
+        sums[module][1] = sums[module][1] + var * n / max(n - 1, 1)
 
     hooks = [m.register_forward_hook(record) for m in norms]
     was_training, used = model.training, 0
@@ -197,6 +233,8 @@ class Synapse(nn.Module):
         w = quantize_weight(self.weight, self.scale)
         w = quantize_weight(w * scale.view([-1] + [1] * (w.dim() - 1)), self.scale)
         z = self.apply_weight(x, w)
+        if norm.shift is None:
+            return z, None
         bias = quantize_bias(norm.shift - scale * norm.running_mean, self.scale)
         return z, bias.view([-1] + [1] * (z.dim() - 3))
 

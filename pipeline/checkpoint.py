@@ -184,13 +184,19 @@ def build_from_spec(spec: dict):
     ``ems.DETECTORS`` (``anchors`` as nested ``[[w, h], ...]`` lists per level, and optional
     ``strides``; ``deployable`` picks the all-spike form that exports; ``timing``, absent for
     ``ideal``, as for classifiers: ``loihi`` builds the deployable form with one step per
-    synaptic hop, and is refused with ``BadInput`` for the published form).  A network
+    synaptic hop, and is refused with ``BadInput`` for the published form; ``batchnorm``,
+    ``scale`` or ``shift``, is ``shift`` when absent, and ``identity_weight`` 1.0: specs
+    written before they existed).  A network
     assembled from blocks (``"name": "custom"``, ``structure.describe``) rebuilds from its
     described structure."""
     if spec.get("name") == CUSTOM:
         return build_custom(spec)
     kwargs = dict(spec)
     name = kwargs.pop("name")
+    # specs written before scale-only BatchNorm existed describe the shifting one
+    kwargs.setdefault("batchnorm", "shift")
+    # ... and, for residual nets, the identity shortcut of weight 1
+    kwargs.setdefault("identity_weight", 1.0)
     if kwargs.pop("task", "classify") == "detection":
         return _build_detector(name, kwargs)
     for key in ("input_size", "depths"):

@@ -29,6 +29,7 @@ from spikeline.errors import BadInput
 
 __all__ = [
     "AMP_MODES",
+    "BATCHNORMS",
     "DEFAULT_LR",
     "NEURON_FIELDS",
     "OPTIMIZERS",
@@ -48,6 +49,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")  # auto: bf16 autocast on CUDA, none on CPU
 TIMINGS = ("ideal", "loihi")
+BATCHNORMS = ("scale", "shift")  # models.BATCHNORMS
 TASKS = ("classify", "detection")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
 # Time steps of an input when nothing says otherwise (a diagnosis, a graph that records no T);
@@ -207,14 +209,22 @@ class TrainConfig:
                               "(default ADD)", choices=("ADD", "AND", "IAND"), commands=_MODEL)
     timing: str = opt("ideal", "ideal (one step per layer, as trained) or loihi (the chip's "
                       "per-hop delays)", choices=TIMINGS, commands=_MODEL)
-    # CUBA-LIF parameters; None: models.DEFAULT_NEURON's
+    batchnorm: str | None = opt(None, "BatchNorm form: scale (multiplies only: the folded "
+                                "network has no voltage bias, so under --timing loihi it is "
+                                "the ideal network shifted in time) or shift (standard "
+                                "BatchNorm; its shift becomes each neuron's voltage bias, "
+                                "which Loihi applies from step 0, before the layer's input "
+                                "arrives); default: scale under --timing loihi, shift under "
+                                "ideal", choices=BATCHNORMS, commands=_MODEL)
+    # CUBA-LIF parameters; None: models.DEFAULT_NEURON's (detectors: ems.detector_neuron()'s)
     threshold: float | None = opt(None, "neuron threshold", parse=_parse_float,
                                   check=positive_float, commands=_MODEL)
     current_decay: float | None = opt(None, "fraction of the current lost per step",
                                       parse=_parse_float, check=unit_fraction, commands=_MODEL)
     voltage_decay: float | None = opt(None, "fraction of the voltage lost per step",
                                       parse=_parse_float, check=unit_fraction, commands=_MODEL)
-    tau_grad: float | None = opt(None, "surrogate width: tau_rho = 100 * tau_grad * threshold",
+    tau_grad: float | None = opt(None, "surrogate width: tau_rho = 100 * tau_grad * threshold "
+                                 "(default 0.004 for classifiers, 0.02 for detectors)",
                                  parse=_parse_float, check=positive_float, commands=_MODEL)
     scale_grad: float | None = opt(None, "surrogate height: peak slope = 0.1 * scale_grad / "
                                    "(2 tau_rho)", parse=_parse_float, check=positive_float,
@@ -389,6 +399,8 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.fold_finetune_epochs and c.rezero:
         raise BadInput("--fold-finetune-epochs (fold_finetune_epochs): not available with "
                        "--rezero (the fold multiplies the gate into the weights before rounding)")
+    if c.batchnorm is None:  # models.default_batchnorm
+        c.batchnorm = "scale" if c.timing == "loihi" else "shift"
     if c.T is None:
         c.T = int(default_T)
     if c.size is None:

@@ -31,8 +31,9 @@ from spikeline.datasets.registry import DATASETS
 from spikeline.errors import BadInput
 
 from .config import neuron_params
-from .ems import DETECTORS, NDIGITS_ANCHORS
-from .models import DEFAULT_NEURON
+from .ems import DETECTORS, NDIGITS_ANCHORS, detector_neuron
+from .models import identity_weight_for
+from .neuron import CubaParams
 from .detection import (  # noqa: F401 (the scoring constants, re-exported)
     CONF_THRESHOLD, GEN1_ANCHORS, MAX_DET, NMS_IOU, Anchors, decode, mean_average_precision, nms,
     yolo_loss,
@@ -92,6 +93,10 @@ def check_detection_config(config) -> None:
             flag = "--" + name
             raise BadInput(f"{flag} ({name}): not available with --task detection (the "
                            f"EMS detectors have a fixed layout)")
+    if config.batchnorm == "scale" and not config.deployable:
+        raise BadInput("--batchnorm (batchnorm): scale-only BatchNorm needs the deployable "
+                       "detector (--deployable / deployable = true): the published form's "
+                       "tdBN shifts the real values it passes between blocks")
     if config.timing != "ideal" and not config.deployable:
         raise BadInput(f"--timing (timing): {config.timing!r} timing needs the deployable "
                        "detector (--deployable / deployable = true): the published form passes "
@@ -101,16 +106,23 @@ def check_detection_config(config) -> None:
 def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
     """The checkpoint's ``model_spec`` of a detector, from the config and one sample
     ``[T, C, H, W]`` (see the module doc)."""
+    neuron = neuron_params(config, detector_neuron())  # stored explicitly, as for classifiers
+
     size = [int(sample.shape[2]), int(sample.shape[3])]
     anchors = anchors_for(config.dataset, size)
     return {"name": config.model, "task": "detection", "in_channels": int(sample.shape[1]),
             "num_classes": int(num_classes), "width": int(config.width or 64),
             "deployable": bool(config.deployable), "encoding": config.encoding,
-            "neuron": neuron_params(config, DEFAULT_NEURON),
+            "neuron": neuron,
             "anchors": [[[float(w), float(h)] for w, h in level] for level in anchors.sizes],
             "strides": [int(s) for s in anchors.strides], "input_size": size,
             # omitted when ideal, so older specs build unchanged
-            **({"timing": config.timing} if config.timing != "ideal" else {})}
+            **({"timing": config.timing} if config.timing != "ideal" else {}),
+            # always stored; absent (older specs): shift
+            "batchnorm": config.batchnorm or ("scale" if config.timing == "loihi"
+                                              and config.deployable else "shift"),
+            # likewise; absent: 1.0
+            "identity_weight": identity_weight_for(CubaParams(**neuron))}
 
 
 class DetectionTrainer(nn.Module):

@@ -1,7 +1,7 @@
 """Shortcut heads ("Take A Shortcut Back", arXiv 2401.04486) and their training outputs.
 
 A head after each stage l < n: global average pool over space -> fully connected -> classes,
-averaged over time.  With ``b_l`` the logits of head l and ``b_n`` the main network's:
+averaged over the stage's own ``T`` steps (``SpikingNet.stage_window``).  With ``b_l`` the logits of head l and ``b_n`` the main network's:
 
 - ``none``          vanilla: ``o = b_n``
 - ``shortcut``      Eq. 6:  ``o = sum_l b_l`` (heads and main summed), loss ``CE(o, y)``
@@ -51,7 +51,10 @@ class ShortcutHeads(nn.Module):
         if self.mode == "none":
             return [], self.model(x)
         stages, main = self.model.forward_stages(x)
-        heads = [head(self._pool(h)).mean(0) for head, h in zip(self.heads, stages)]
+        # each head averages its own stage's T steps (under loihi timing a stage's output
+        # starts later the deeper it is; the steps outside carry no input)
+        heads = [head(self._pool(self.model.stage_window(i, h))).mean(0)
+                 for i, (head, h) in enumerate(zip(self.heads, stages))]
         return heads, main
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, progress: float = 0.0):

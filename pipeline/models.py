@@ -21,12 +21,21 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool
+from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool, remove_norm_shifts
 from .geometry import conv_output_size
 from .neuron import CubaParams
-from .timing import check_timing, hops, pad_steps, shift
+from .timing import arrival, check_timing, hops, pad_steps, set_window, shift
 
 ENCODINGS = ("binary", "counts")
+# BatchNorm forms (``build_model(batchnorm=...)``): ``scale`` multiplies only, so the folded net
+# has no voltage bias; ``shift`` is the full BatchNorm, whose shift becomes each neuron's bias
+BATCHNORMS = ("scale", "shift")
+
+
+def default_batchnorm(timing: str) -> str:
+    """``scale`` under ``loihi`` timing (a bias would drive every layer before its input
+    arrives, see ``timing.py``), ``shift`` under ``ideal``."""
+    return "scale" if check_timing(timing) == "loihi" else "shift"
 
 
 def encode_frames(frames: torch.Tensor, encoding: str) -> torch.Tensor:
@@ -45,10 +54,12 @@ class SpikingNet(nn.Module):
 
     ``timing`` (``pipeline/timing.py``): ``ideal``, or ``loihi`` (one step per synaptic hop;
     the input padded with ``latency`` zero frames and the readout averaged over steps
-    ``[readout_start, T + input_pad_steps)``).  ``set_timing`` switches it.
+    ``[readout_start, T + input_pad_steps)``).  ``set_timing`` switches it, and gives every
+    BatchNorm its layer's window and each stage output its first step (``stage_starts``).
     """
 
     timing = "ideal"
+    stage_starts: tuple[int, ...] = ()
 
     def __init__(self, stages: list[nn.Module], readout: nn.Module, encoding: str,
                  stage_channels: list[int]):
@@ -59,6 +70,7 @@ class SpikingNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.readout = readout
         self.stage_channels = stage_channels
+        self.stage_starts = (0,) * len(self.stages)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, T, C, H, W]`` frames of event counts -> time-first network input (the
@@ -90,7 +102,19 @@ class SpikingNet(nn.Module):
                 m.delay_shift = loihi
             elif isinstance(m, ResidualBlock):
                 m.skip_delay = int(loihi)
+        start, starts = int(loihi), []  # the input's hop into the first synapse
+        for stage in self.stages:
+            start = arrival(stage, start, self.input_pad_steps)
+            starts.append(start)
+        arrival(self.readout, start, self.input_pad_steps)
+        self.stage_starts = tuple(starts)
         return self
+
+    def stage_window(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """Stage ``index``'s output ``h`` over its own ``T`` steps
+        ``[stage_starts[index], + T)`` (what a shortcut head averages)."""
+        start = self.stage_starts[index]
+        return h[start:start + h.shape[0] - self.input_pad_steps]
 
     def network_input(self, x: torch.Tensor) -> torch.Tensor:
         """Encoded ``[T, N, ...]`` input, padded with ``input_pad_steps`` zero frames (what the
@@ -198,6 +222,21 @@ def vgg11(*, in_channels, num_classes, input_size, neuron, encoding, width=64, *
 # 0.46; 0.05: 0.82 / 0.83 / 0.82 / 0.64; 0 (ReZero): 0.82 / 0.85 / 0.82 / 0.68.
 BRANCH_GAMMA = 0.05
 
+# Grid steps (of 1/64) above the threshold at which a Spiking ResNet's identity shortcut adds
+# its input spikes (``identity_weight``).  At weight 1 (below the threshold, 1.25) a lone spike
+# crossing an identity block whose branch is nearly closed is lost: at init on the issue-17
+# repro (resnet18 width 16, T=6) stages 2-4 were silent for steps 0-2 and the logits varied by
+# 0.10 between samples; at 84/64 (4 steps above 80/64) every stage fired from step 0-1, the
+# spread was 1.59, and the repro's validation accuracy went from 25.9% to 37.1%.
+IDENTITY_MARGIN = 4
+
+
+def identity_weight_for(neuron: CubaParams) -> float:
+    """The identity shortcut's weight: ``IDENTITY_MARGIN`` grid steps above the threshold,
+    rounded up to an even mantissa (lava-dl's weight grid; 84/64 for threshold 1.25)."""
+    mant = neuron.v_th_mant + IDENTITY_MARGIN
+    return (mant + mant % 2) / neuron.scale
+
 
 class ResidualBlock(nn.Module):
     """Basic residual block; ``kind`` picks Spiking ResNet (``spiking``) or SEW (``ADD`` ...).
@@ -206,7 +245,10 @@ class ResidualBlock(nn.Module):
     SEW:      ``a = SN(g * BN(conv2 s1))``, ``o = connect(a, shortcut(x))``
     ``g`` is 1, or a learnable scalar initialised at 0 with ``rezero``.  The shortcut is the
     identity, or conv1x1 + BN (+ SN for SEW, whose shortcut must carry spikes) when the shape
-    changes.  ``skip_delay`` (1 under ``loihi`` timing, else 0) delays the shortcut's input by
+    changes.  A Spiking ResNet's identity adds its input spikes with ``identity_weight``
+    (``identity_weight_for(neuron)``, just above the threshold, so that one spike crosses the
+    block; 1.0 in checkpoints written before it existed); it exports as a depthwise 1x1
+    synapse of that weight.  ``skip_delay`` (1 under ``loihi`` timing, else 0) delays the shortcut's input by
     that many steps, and a SEW identity term by twice that, so that it arrives with the two-hop
     main path it joins.
     """
@@ -214,9 +256,11 @@ class ResidualBlock(nn.Module):
     skip_delay = 0
 
     def __init__(self, neuron: CubaParams, cin: int, cout: int, stride: int, kind: str,
-                 rezero: bool):
+                 rezero: bool, identity_weight: float | None = None):
         super().__init__()
         self.kind = kind
+        self.identity_weight = float(identity_weight_for(neuron) if identity_weight is None
+                                     else identity_weight)
         self.conv1 = ConvSynapse(cin, cout, 3, stride, 1, norm=True, scale=neuron.scale)
         self.lif1 = LIF(neuron, delay_shift=False)
         self.conv2 = ConvSynapse(cout, cout, 3, 1, 1, norm=True, scale=neuron.scale)
@@ -232,7 +276,7 @@ class ResidualBlock(nn.Module):
     def _branch(self, x):
         z, bias = self.conv2(self.lif1(*self.conv1(x)))
         if self.gate is not None:
-            z, bias = self.gate * z, self.gate * bias
+            z, bias = self.gate * z, None if bias is None else self.gate * bias
         return z, bias
 
     def forward(self, x):
@@ -240,9 +284,11 @@ class ResidualBlock(nn.Module):
         xs = shift(x, self.skip_delay)
         if self.kind == "spiking":
             if self.down is None:
+                if self.identity_weight != 1.0:
+                    xs = self.identity_weight * xs
                 return self.lif2(z + xs, bias)
             zd, bias_d = self.down(xs)
-            return self.lif2(z + zd, bias + bias_d)
+            return self.lif2(z + zd, _add(bias, bias_d))
         a = self.lif2(z, bias)
         shortcut = (shift(x, 2 * self.skip_delay) if self.down is None
                     else self.down_lif(*self.down(xs)))
@@ -270,7 +316,7 @@ RESNETS = {
 
 
 def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, input_size, neuron,
-           encoding, width=64, rezero=False, depths=None, **_):
+           encoding, width=64, rezero=False, depths=None, identity_weight=None, **_):
     """Stem conv3x3 + BN + SN, then one stage per width, then the flat readout; ``width``
     scales channels (64 = paper)."""
     scaled = [c * width // 64 for c in spec.widths]
@@ -281,10 +327,16 @@ def resnet(spec: ResNetSpec, kind: str, *, in_channels, num_classes, input_size,
         size = conv_output_size(size, 3, stride, 1)  # the stage's first 3x3 conv
         layers = [stem] if i == 0 else []
         for j in range(depth):
-            layers.append(ResidualBlock(neuron, cin, cout, stride if j == 0 else 1, kind, rezero))
+            layers.append(ResidualBlock(neuron, cin, cout, stride if j == 0 else 1, kind, rezero,
+                                        identity_weight))
             cin = cout
         stages.append(nn.Sequential(*layers))
     return SpikingNet(stages, _flat_readout(neuron, cin, size, num_classes), encoding, scaled)
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Sum of two voltage biases, either of which may be absent (scale-only BatchNorm)."""
+    return b if a is None else (a if b is None else a + b)
 
 
 def _resnet(name: str, kind: str) -> Callable[..., SpikingNet]:
@@ -298,6 +350,16 @@ def _resnet(name: str, kind: str) -> Callable[..., SpikingNet]:
 @hops.register
 def _(module: ResidualBlock) -> int:
     return 2
+
+
+@arrival.register
+def _(module: ResidualBlock, start: int, pad: int) -> int:
+    set_window(module.conv1, start, pad)
+    branch = start + int(module.lif1.delay_shift)
+    set_window(module.conv2, branch, pad)
+    if module.down is not None:
+        set_window(module.down, start + module.skip_delay, pad)
+    return branch + int(module.lif2.delay_shift)
 
 
 MODELS: dict[str, Callable[..., SpikingNet]] = {
@@ -319,14 +381,43 @@ DEFAULT_NEURON = CubaParams(threshold=1.25, current_decay=0.25, voltage_decay=0.
                             tau_grad=0.004, scale_grad=10.0)
 
 
+def check_identity_weight(weight) -> None:
+    """An identity weight must be a positive even multiple of 1/64 (the 8-bit weight grid,
+    [2/64, 254/64]) or None (the default)."""
+    if weight is None:
+        return
+    mant = float(weight) * 64
+    if not (mant == round(mant) and round(mant) % 2 == 0 and 2 <= mant <= 254):
+        raise ValueError(f"identity_weight must be an even multiple of 1/64 in [2/64, 254/64] "
+                         f"(the weight grid), got {weight!r}")
+
+
+def batchnorm_of(model: nn.Module) -> str | None:
+    """``scale`` or ``shift``: the BatchNorm form of an unfolded ``model`` (None without
+    BatchNorm), as its spec's ``batchnorm`` must say for the spec to rebuild it."""
+    from .blocks import BiasNorm
+
+    norms = [m for m in model.modules() if isinstance(m, BiasNorm)]
+    if not norms:
+        return None
+    return "scale" if all(m.shift is None for m in norms) else "shift"
+
+
 def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
                 input_size: tuple[int, int] = (34, 34), neuron: CubaParams | None = None,
                 encoding: str = "binary", rezero: bool = False, timing: str = "ideal",
-                **options) -> SpikingNet:
+                batchnorm: str | None = None, **options) -> SpikingNet:
     """Build a registered model.  ``options``: ``width`` (channel scale; 64 = paper widths for
     ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND).
-    ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``)."""
+    ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``).  ``batchnorm``: ``scale`` or
+    ``shift`` (``BATCHNORMS``; default ``default_batchnorm(timing)``).  ``identity_weight``
+    (Spiking ResNets): the identity shortcut's weight, default ``identity_weight_for(neuron)``;
+    it must lie on the weight grid (even multiples of 1/64)."""
     check_timing(timing)
+    check_identity_weight(options.get("identity_weight"))
+    batchnorm = default_batchnorm(timing) if batchnorm is None else batchnorm
+    if batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {batchnorm!r}")
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     if options.get("connect", "ADD") not in ("ADD", "AND", "IAND"):
@@ -334,4 +425,6 @@ def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
     model = MODELS[name](in_channels=in_channels, num_classes=num_classes,
                          input_size=tuple(input_size), neuron=neuron or DEFAULT_NEURON,
                          encoding=encoding, rezero=rezero, **options)
+    if batchnorm == "scale":
+        remove_norm_shifts(model)
     return model.set_timing(timing)

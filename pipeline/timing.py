@@ -16,6 +16,13 @@ netx runs for a bias-free sequential net once its output is re-aligned.
                       (Lava's LIF ``subthr_dynamics``): a layer k hops deep integrates k
                       bias-only steps before its first input arrives, on the chip and here
 
+Each layer's own ``T`` steps are ``[arrival, arrival + T)``, ``arrival`` the step its synaptic
+input first carries input step 0 (``arrival``, set on every BatchNorm by ``set_timing`` as its
+``window``): BatchNorm statistics and shortcut heads use those steps only.  Without voltage
+biases (scale-only BatchNorm, the default under ``loihi``) every layer is exactly silent before
+its arrival, so a loihi-timed network is the ideal one shifted in time: same weights, same
+logits.
+
 The readout (the Affine, ``latency`` hops deep) first sees input step 0 at step ``latency``, so
 the input is padded with ``latency`` zero frames, the network runs ``T + latency`` steps and the
 logits are the readout voltage averaged over steps ``[latency, T + latency)``: the same number
@@ -29,7 +36,7 @@ import functools
 import torch
 from torch import nn
 
-from .blocks import Affine, Dropout, Flatten, SpikingBlock
+from .blocks import Affine, BiasNorm, Dropout, Flatten, SpikingBlock, Synapse
 
 TIMINGS = ("ideal", "loihi")
 
@@ -80,3 +87,41 @@ def _(module: Affine) -> int:
 @hops.register(Dropout)
 def _(module) -> int:
     return 0
+
+
+def set_window(synapse: Synapse | None, arrival: int, pad: int) -> None:
+    """Give ``synapse``'s BatchNorm the window ``[arrival, arrival + T)`` of a run of
+    ``T + pad`` steps."""
+    norm = getattr(synapse, "norm", None)
+    if isinstance(norm, BiasNorm):
+        if not 0 <= arrival <= pad:
+            raise ValueError(f"arrival step {arrival} outside [0, {pad}]")
+        norm.window = (arrival, pad - arrival)
+
+
+@functools.singledispatch
+def arrival(module: nn.Module, start: int, pad: int) -> int:
+    """Walk ``module`` whose input first carries input step 0 at step ``start`` in a run padded
+    with ``pad`` steps: set each BatchNorm's window (``set_window``) and return the step at
+    which the module's output first carries input step 0."""
+    raise TypeError(f"no arrival rule for {type(module).__name__}")
+
+
+@arrival.register
+def _(module: nn.Sequential, start: int, pad: int) -> int:
+    for m in module:
+        start = arrival(m, start, pad)
+    return start
+
+
+@arrival.register
+def _(module: SpikingBlock, start: int, pad: int) -> int:
+    set_window(module.synapse, start, pad)
+    return start + int(module.lif.delay_shift)
+
+
+@arrival.register(Affine)
+@arrival.register(Flatten)
+@arrival.register(Dropout)
+def _(module, start: int, pad: int) -> int:
+    return start

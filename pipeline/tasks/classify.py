@@ -16,7 +16,8 @@ from ..checkpoint import build_from_spec
 from ..config import TrainConfig, neuron_params
 from ..ems import DETECTORS
 from ..heads import HEAD_MODES, ShortcutHeads
-from ..models import DEFAULT_NEURON, MODELS
+from ..models import DEFAULT_NEURON, MODELS, identity_weight_for
+from ..neuron import CubaParams
 from ..precision import exact_fp32
 
 __all__ = ["ClassifyTask", "build_heads", "evaluate_model", "model_spec_for"]
@@ -36,6 +37,11 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) 
             spec[key] = list(value) if key == "depths" else value
     if config.timing != "ideal":  # omitted when ideal, so older specs build unchanged
         spec["timing"] = config.timing
+    # always stored (specs without it predate scale-only BatchNorm: build_from_spec reads
+    # them as "shift")
+    spec["batchnorm"] = config.batchnorm or ("scale" if config.timing == "loihi" else "shift")
+    # likewise (absent: 1.0, the identity shortcut before it was weighted)
+    spec["identity_weight"] = identity_weight_for(CubaParams(**spec["neuron"]))
     return spec
 
 
