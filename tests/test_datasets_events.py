@@ -147,7 +147,7 @@ def test_event_stream_validates():
 
 def test_truncation_the_formats_cannot_reveal(real_file, tmp_path):
     """N-MNIST (5-byte events) and EVT 2.0 (4-byte words) carry no length: a cut at a record
-    boundary is a shorter valid recording (documented in datasets/events.py and the README);
+    boundary is a shorter valid recording (documented in datasets/events.py and docs/bad-input.md);
     a cut anywhere else is refused."""
     data = real_file("nmnist_sample.bin").read_bytes()
     (tmp_path / "cut.bin").write_bytes(data[:5 * 1000])
