@@ -1,87 +1,259 @@
-"""Ablation of the shortcut-heads paper on ndigits: none vs shortcut vs evolutionary vs dsn,
-for a shallow and a deep plain Spiking ResNet (``o = SN(F(x) + x)``), with two surrogates,
-over several seeds (mean +- std).
+"""Ablation of the shortcut-heads paper on ndigits, at a budget that can show an effect.
 
-The paper's claim (arXiv 2401.04486, Tables 2/4): heads help, and help the deeper network more,
-because its first layers get a vanishing gradient without them.  Each cell is trained with
-``pipeline.train`` (best.pt chosen on the fixed validation split, test evaluated once for it);
-the first-layer gradient norm at initialisation comes from ``pipeline.diagnose`` (same weights
-and batches for every mode).
+The paper ("Take A Shortcut Back", arXiv 2401.04486, Tables 2/4) claims (1) shortcut and
+evolutionary training beat vanilla training and (2) the gain grows with depth, because the
+first layers of a deep plain network get a vanishing gradient without heads.
 
-Surrogates: ``ours`` (the models' default: tau_grad 0.004, scale_grad 10, peak slope 1) and
-``lava`` (lava-dl's examples: tau_grad 0.03, scale_grad 3, peak slope 0.04, where gradients
-vanish in deep nets).
+Cells: heads {none, shortcut, evolutionary, dsn} x a plain Spiking ResNet of 8 and of 20 layers
+(``resnet20`` layout, 1 or 3 blocks per stage) x two surrogates: ``ours`` (the models' default,
+tau_grad 0.004, scale_grad 10) and ``lava`` (lava-dl's examples, tau_grad 0.03, scale_grad 3,
+where gradients vanish in deep nets: REFERENCE §2).  Every cell runs the same seeds, so each
+head mode is compared with ``none`` *paired* on a seed (same data order, same initial weights).
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/ablation.py   # budget: 40 min
-    .venv/bin/python benchmarks/ablation.py --quick                         # smoke run, ~1 min
+Each run is ``pipeline.train`` (best.pt chosen on the fixed validation split, the test split
+evaluated once, for it) with at least ``--min-steps`` optimizer steps; the first-layer gradient
+norm at init comes from ``pipeline.diagnose`` on the run's own initial weights.  A finished run
+is appended as one JSON line to ``--results`` (``benchmarks/results/ablation.jsonl``)::
 
-Budget: <= 40 minutes on this 2-core CPU shared with other jobs, one torch thread: 2 networks x
-4 modes x 2 surrogates x 3 seeds = 48 runs of 48 optimizer steps.  Settings: ``resnet20`` layout
-(stem + 3 stages) at ``width=16`` (4/8/16 channels); ``shallow`` = 1 block per stage (8 layers),
-``deep`` = 3 blocks per stage (20 layers); ndigits 34x34, T = 4, 384 training samples, 4 epochs,
-batch 32, Adam 1e-2 with a cosine schedule, lambda = 0.25, BatchNorm recalibrated on 2 batches;
-validation = the fixed 10% carved from ndigits' training split (144), test = the whole test
-split (359).  Small, because 48 runs must fit the budget: read it as a comparison of the
-heads under a short schedule, not as the networks' attainable accuracy.
+    {"heads", "depth", "surrogate", "seed", "steps", "val_acc", "test_acc", "grad_first",
+     "settings", "seconds"}
 
-Writes OUT/ablation.json, OUT/ablation.md (the table), OUT/ablation.png and one run directory
-per cell (OUT/runs/...); a finished cell is reused when the script is run again.
+so an interrupted ablation resumes where it stopped (a line whose ``settings`` differ from the
+current ones is not reused).  Run it niced in the background, then report::
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/ablation.py run &
+    .venv/bin/python benchmarks/ablation.py report     # table, paired tests, plot, verdicts
+
+``report`` writes ``OUT/ablation.md`` and ``OUT/ablation.json`` and the plot
+(``docs/ablation.png`` by default): per cell mean +- std and the gradient at init; per head mode
+the paired difference from ``none`` on the same seeds with a paired t-test's p-value
+(``scipy.stats.ttest_rel``) and the effect size (Cohen's d_z = mean / std of the paired
+differences); and one verdict per claim: holds, does not hold, or cannot be decided at this
+budget.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-NETWORKS = {
-    "shallow": {"model": "resnet20", "width": 16, "depths": [1, 1, 1]},
-    "deep": {"model": "resnet20", "width": 16, "depths": [3, 3, 3]},
-}
-QUICK_NETWORKS = {
-    "shallow": {"model": "resnet20", "width": 8, "depths": [1, 1, 1]},
-    "deep": {"model": "resnet20", "width": 8, "depths": [3, 3, 3]},
-}
+HEADS = ("none", "shortcut", "evolutionary", "dsn")
+DEPTHS = {8: [1, 1, 1], 20: [3, 3, 3]}  # resnet20 layout: stem + 2 convs per block + readout
 SURROGATES = {"ours": {}, "lava": {"tau_grad": 0.03, "scale_grad": 3.0}}
+ALPHA = 0.05  # significance level of every verdict
+ROOT = Path(__file__).resolve().parents[1]
+
+# The training budget of one run: ndigits (34x34, 10 classes), T = 4, width 16 (4/8/16
+# channels), batch 32, Adam 1e-2 with a cosine schedule, lambda = 0.25, BatchNorm recalibrated
+# on 4 batches.  ~1,290 training samples (ndigits' train split less the 10% validation) give
+# 41 steps per epoch: 10 epochs = 410 optimizer steps, the ndigits_resnet recipe's budget,
+# at which its 20-layer net reaches 77%.
+SETTINGS = {"model": "resnet20", "width": 16, "T": 4, "epochs": 10, "batch_size": 32,
+            "lr": 1e-2, "lam": 0.25, "recalibrate_batches": 4, "val_fraction": 0.1}
 
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
+def settings_key(settings: dict) -> str:
+    """A short hash of the settings a run was made with (resume reuses only equal ones)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_results(path: Path) -> list[dict]:
+    """The finished runs recorded in a JSONL file (none if it does not exist)."""
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{path}:{n}: not a JSON line ({err.msg}); a run killed while "
+                             "writing leaves a partial line: delete that line and rerun") from None
+    return rows
+
+
+def append_result(path: Path, row: dict) -> None:
+    """Append one finished run as a single line (one write call: a crash loses at most it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+
+
+def plan(heads, depths, surrogates, seeds, done: list[dict], key: str):
+    """The cells still to run, in an order that finishes whole paired groups first."""
+    finished = {(r["heads"], r["depth"], r["surrogate"], r["seed"]) for r in done
+                if r.get("settings") == key}
+    return [(d, s, seed, h) for seed in seeds for d in depths for s in surrogates for h in heads
+            if (h, d, s, seed) not in finished]
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/ablation")
-    ap.add_argument("--modes", default="none,shortcut,evolutionary,dsn")
-    ap.add_argument("--networks", default="shallow,deep")
-    ap.add_argument("--surrogates", default="ours,lava")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--T", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--limit-train", type=int, default=384)
-    ap.add_argument("--recalibrate-batches", type=int, default=2)
-    ap.add_argument("--limit-test", type=int, default=None, help="default: whole splits")
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--grad-batches", type=int, default=2)
-    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a CPU shared with other jobs, two "
-                    "threads measured 2-20x slower per step than one)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: tiny networks, T=2, 1 epoch, 1 seed, 32 train / 32 test")
-    args = ap.parse_args(argv)
-    networks = NETWORKS
-    if args.quick:
-        networks = QUICK_NETWORKS
-        args.epochs, args.T, args.limit_train, args.limit_test = 1, 2, 32, 32
-        args.batch_size, args.grad_batches, args.seeds = 16, 1, "0"
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """``a - b`` on the seeds both have: mean difference, paired t-test p-value, Cohen's d_z."""
+    from scipy import stats  # imported here: only the report needs scipy
 
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    out = {"seeds": seeds, "n": len(diffs), "mean_diff": None, "std_diff": None, "p": None,
+           "d_z": None}
+    if not diffs:
+        return out
+    mean, std = mean_std(diffs)
+    out.update(mean_diff=mean, std_diff=std)
+    if len(diffs) >= 2 and std > 0:
+        out["p"] = float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+        out["d_z"] = mean / std
+    elif len(diffs) >= 2:  # identical differences on every seed: no spread to test against
+        out["p"] = 0.0 if mean != 0 else 1.0
+    return out
+
+
+def verdict(test: dict, direction: str = "greater") -> str:
+    """``holds`` when the paired difference is significant in the claimed direction, ``does not
+    hold`` when it is significant the other way, else ``cannot be decided``."""
+    if test["p"] is None or test["mean_diff"] is None:
+        return "cannot be decided"
+    if test["p"] < ALPHA:
+        good = test["mean_diff"] > 0 if direction == "greater" else test["mean_diff"] < 0
+        return "holds" if good else "does not hold"
+    return "cannot be decided"
+
+
+def analyse(rows: list[dict]) -> dict:
+    """Cells, paired comparisons with ``none`` and the two claims' verdicts."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["depth"], r["surrogate"], r["heads"]), {})[r["seed"]] = r
+    cells = []
+    for (depth, sur, heads), runs in sorted(by.items()):
+        accs = [r["test_acc"] for r in runs.values()]
+        mean, std = mean_std(accs)
+        grads = [r["grad_first"] for r in runs.values() if r.get("grad_first") is not None]
+        cells.append({"depth": depth, "surrogate": sur, "heads": heads, "n": len(accs),
+                      "test_acc": mean, "test_acc_std": std,
+                      "steps": min(r["steps"] for r in runs.values()),
+                      "grad_first": statistics.fmean(grads) if grads else None})
+    comparisons = []
+    for (depth, sur, heads), runs in sorted(by.items()):
+        base = by.get((depth, sur, "none"))
+        if heads == "none" or base is None:
+            continue
+        test = paired({s: r["test_acc"] for s, r in runs.items()},
+                      {s: r["test_acc"] for s, r in base.items()})
+        comparisons.append({"depth": depth, "surrogate": sur, "heads": heads, **test,
+                            "verdict": verdict(test)})
+    # claim 2: the gain over none is larger at the deeper net (paired on seed: the gain of the
+    # deep net on seed s minus the gain of the shallow one on seed s)
+    depth_claims = []
+    depths = sorted({r["depth"] for r in rows})
+    if len(depths) >= 2:
+        shallow, deep = depths[0], depths[-1]
+        for sur in sorted({r["surrogate"] for r in rows}):
+            for heads in ("shortcut", "evolutionary"):
+                gains = {}
+                for d in (shallow, deep):
+                    h, n = by.get((d, sur, heads), {}), by.get((d, sur, "none"), {})
+                    gains[d] = {s: h[s]["test_acc"] - n[s]["test_acc"] for s in set(h) & set(n)}
+                test = paired(gains[deep], gains[shallow])
+                depth_claims.append({"surrogate": sur, "heads": heads, "shallow": shallow,
+                                     "deep": deep, **test, "verdict": verdict(test)})
+    return {"cells": cells, "comparisons": comparisons, "depth_claims": depth_claims}
+
+
+def _fmt(x, spec: str, factor: float = 1.0) -> str:
+    return "n/a" if x is None else format(factor * x, spec)
+
+
+def _cell(c: dict | None) -> str:
+    if c is None:
+        return "—"
+    grad = "" if c["grad_first"] is None else f", g1 {c['grad_first']:.2g}"
+    return (f"{100 * c['test_acc']:.1f} ± {100 * c['test_acc_std']:.1f} "
+            f"(n={c['n']}{grad})")
+
+
+def render(result: dict) -> str:
+    """The report as Markdown: cells, paired comparisons, verdicts."""
+    cells, lines = result["cells"], []
+    heads = [h for h in HEADS if any(c["heads"] == h for c in cells)]
+    lines += ["Test accuracy (%), mean ± std over seeds (n runs); g1 = first-layer gradient "
+              "norm at init (mean over seeds).", "",
+              "| net | surrogate | " + " | ".join(heads) + " |",
+              "|---|---|" + "---|" * len(heads)]
+    for depth, sur in dict.fromkeys((c["depth"], c["surrogate"]) for c in cells):
+        row = {c["heads"]: c for c in cells if (c["depth"], c["surrogate"]) == (depth, sur)}
+        lines.append(f"| {depth} layers | {sur} | "
+                     + " | ".join(_cell(row.get(h)) for h in heads) + " |")
+    lines += ["", "Paired against `none` on the same seeds (points of test accuracy; p: paired "
+              f"t-test, two-sided; d_z: Cohen's effect size; α = {ALPHA}):", "",
+              "| net | surrogate | heads | n | gain | p | d_z | claim 1 |",
+              "|---|---|---|---:|---:|---:|---:|---|"]
+    for c in result["comparisons"]:
+        lines.append(f"| {c['depth']} layers | {c['surrogate']} | {c['heads']} | {c['n']} | "
+                     f"{_fmt(c['mean_diff'], '+.1f', 100)} | {_fmt(c['p'], '.3g')} | "
+                     f"{_fmt(c['d_z'], '.2f')} | {c['verdict']} |")
+    if result["depth_claims"]:
+        lines += ["", "Does the gain grow with depth? (gain of the deep net minus gain of the "
+                  "shallow net, paired on seed):", "",
+                  "| surrogate | heads | n | deep − shallow gain | p | claim 2 |",
+                  "|---|---|---:|---:|---:|---|"]
+        for c in result["depth_claims"]:
+            lines.append(f"| {c['surrogate']} | {c['heads']} | {c['n']} | "
+                         f"{_fmt(c['mean_diff'], '+.1f', 100)} | {_fmt(c['p'], '.3g')} | "
+                         f"{c['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Bars of mean ± std per cell, grouped by net and surrogate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = result["cells"]
+    groups = list(dict.fromkeys((c["depth"], c["surrogate"]) for c in cells))
+    heads = [h for h in HEADS if any(c["heads"] == h for c in cells)]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(len(heads), 1)
+    for k, h in enumerate(heads):
+        xs, ys, es = [], [], []
+        for g, (depth, sur) in enumerate(groups):
+            for c in cells:
+                if (c["depth"], c["surrogate"], c["heads"]) == (depth, sur, h):
+                    xs.append(g + k * width)
+                    ys.append(100 * c["test_acc"])
+                    es.append(100 * c["test_acc_std"])
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=h)
+    ax.set_xticks([g + width * (len(heads) - 1) / 2 for g in range(len(groups))])
+    ax.set_xticklabels([f"{d} layers\n{s} surrogate" for d, s in groups], fontsize="small")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.axhline(10, color="grey", lw=0.8, ls=":", label="chance")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(title="heads", fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def run_all(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -90,103 +262,92 @@ def main(argv=None) -> int:
     from spikeline.pipeline.diagnose import diagnose_gradients
     from spikeline.pipeline.train import train
 
-    out = Path(args.out)
-    modes = [m for m in args.modes.split(",") if m]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    cells, runs = [], []
-    t_all = time.perf_counter()
-    data = load_splits("ndigits", T=args.T, size=(34, 34), augment=True, val_fraction=0.1,
-                       limit_train=args.limit_train, limit_test=args.limit_test)
-    for net_name in [n for n in args.networks.split(",") if n]:
-        net = networks[net_name]
-        for sur_name in [s for s in args.surrogates.split(",") if s]:
-            base = TrainConfig(dataset="ndigits", model=net["model"], width=net["width"],
-                               depths=net["depths"], T=args.T, epochs=args.epochs,
-                               batch_size=args.batch_size, lr=args.lr,
-                               limit_train=args.limit_train, limit_test=args.limit_test,
-                               recalibrate_batches=args.recalibrate_batches,
-                               **SURROGATES[sur_name])
-            base = resolve(base, 4, (34, 34))
-            grads = diagnose_gradients(
+    settings = dict(SETTINGS, epochs=args.epochs, limit_train=args.limit_train,
+                    limit_test=args.limit_test)
+    key = settings_key(settings)
+    results = Path(args.results)
+    done = read_results(results)
+    todo = plan([h for h in args.heads.split(",") if h], [int(d) for d in args.depths.split(",")],
+                [s for s in args.surrogates.split(",") if s],
+                [int(s) for s in args.seeds.split(",")], done, key)
+    print(f"{len(todo)} runs to go ({len(done)} recorded in {results})", flush=True)
+    data = load_splits("ndigits", T=settings["T"], size=(34, 34), augment=True,
+                       val_fraction=settings["val_fraction"], limit_train=args.limit_train,
+                       limit_test=args.limit_test)
+    grads: dict = {}
+    for depth, sur, seed, heads in todo:
+        base = TrainConfig(dataset="ndigits", model=settings["model"], width=settings["width"],
+                           depths=DEPTHS[depth], T=settings["T"], epochs=settings["epochs"],
+                           batch_size=settings["batch_size"], lr=settings["lr"],
+                           lam=settings["lam"], seed=seed, limit_train=args.limit_train,
+                           limit_test=args.limit_test,
+                           recalibrate_batches=settings["recalibrate_batches"],
+                           **SURROGATES[sur])
+        base = resolve(base, settings["T"], (34, 34))
+        config = TrainConfig(**{**base.to_dict(), "heads": heads})
+        if (depth, sur, seed) not in grads:  # the same initial weights for every head mode
+            modes = list(HEADS)
+            grads[(depth, sur, seed)] = diagnose_gradients(
                 [TrainConfig(**{**base.to_dict(), "heads": m, "augment": False}) for m in modes],
-                data, make_loader, batches=args.grad_batches, device=args.device)
-            for mode in modes:
-                accs = []
-                for seed in seeds:
-                    run_dir = out / "runs" / f"{net_name}-{sur_name}-{mode}-s{seed}"
-                    summary_path = run_dir / "summary.json"
-                    if summary_path.exists() and json.loads(summary_path.read_text())["finished"]:
-                        summary = json.loads(summary_path.read_text())
-                    else:
-                        if run_dir.exists():
-                            import shutil
+                data, make_loader, batches=2)["first_layer_grad_norm"]
+        run_dir = Path(args.out) / "runs" / f"d{depth}-{sur}-{heads}-s{seed}"
+        if run_dir.exists():
+            import shutil
 
-                            shutil.rmtree(run_dir)
-                        config = TrainConfig(**{**base.to_dict(), "heads": mode, "seed": seed})
-                        summary = train(config, Runtime(out=run_dir, device=args.device,
-                                                        progress=False),
-                                        data, make_loader).summary
-                    runs.append({"network": net_name, "surrogate": sur_name, "heads": mode,
-                                 "seed": seed, "val_acc": summary["val_acc"],
-                                 "test_acc": summary["test_acc"]})
-                    accs.append(summary["test_acc"])
-                    print(json.dumps(runs[-1]), flush=True)
-                mean, std = _mean_std(accs)
-                cells.append({
-                    "network": net_name,
-                    "model": f"{net_name} ({2 + 2 * sum(net['depths'])} layers)",
-                    "surrogate": sur_name, "heads": mode, "seeds": len(accs),
-                    "test_acc": mean, "test_acc_std": std,
-                    "first_layer_grad_norm": grads["first_layer_grad_norm"][mode],
-                })
-    wall = round(time.perf_counter() - t_all, 1)
-    result = {"settings": vars(args), "networks": networks, "surrogates": SURROGATES,
-              "cells": cells, "runs": runs, "wall_seconds": wall}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"| network | surrogate | {' | '.join(modes)} |",
-             "|---|---|" + "---|" * len(modes)]
-    for net_name in dict.fromkeys(c["model"] for c in cells):
-        for sur in dict.fromkeys(c["surrogate"] for c in cells):
-            row = {c["heads"]: c for c in cells if c["model"] == net_name and c["surrogate"] == sur}
-            if row:
-                lines.append(f"| {net_name} | {sur} | " + " | ".join(
-                    f"{100 * row[m]['test_acc']:.1f} ± {100 * row[m]['test_acc_std']:.1f}"
-                    f" (g1 {row[m]['first_layer_grad_norm']:.2g})" for m in modes) + " |")
-    table = "\n".join(lines)
-    (out / "ablation.md").write_text(
-        f"Test accuracy (%), mean ± std over seeds {seeds}; g1 = first-layer gradient norm at "
-        f"init. {wall:.0f} s wall.\n\n{table}\n")
-    _plot(cells, modes, out / "ablation.png")
-    print(table)
-    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation.png'} "
-          f"({wall:.0f} s)")
+            shutil.rmtree(run_dir)  # an unrecorded run was interrupted: start it again
+        t0 = time.perf_counter()
+        summary = train(config, Runtime(out=run_dir, progress=False), data, make_loader).summary
+        row = {"heads": heads, "depth": depth, "surrogate": sur, "seed": seed,
+               "steps": summary["iteration"], "val_acc": summary["val_acc"],
+               "test_acc": summary["test_acc"], "grad_first": grads[(depth, sur, seed)][heads],
+               "settings": key, "seconds": round(time.perf_counter() - t0, 1)}
+        if row["steps"] < args.min_steps:
+            raise SystemExit(f"run {run_dir} took {row['steps']} optimizer steps, fewer than "
+                             f"--min-steps {args.min_steps}: raise --epochs or --limit-train")
+        append_result(results, row)
+        print(json.dumps(row), flush=True)
     return 0
 
 
-def _plot(cells, modes, path):
-    from spikeline.pipeline.plots import _figure, _save
+def report(args) -> int:
+    rows = read_results(Path(args.results))
+    if not rows:
+        raise SystemExit(f"{args.results}: no finished runs to report")
+    result = analyse(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = render(result)
+    (out / "ablation.md").write_text(text)
+    plot(result, Path(args.plot))
+    print(text)
+    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {args.plot}")
+    return 0
 
-    groups = list(dict.fromkeys((c["model"], c["surrogate"]) for c in cells))
-    fig, axes = _figure(1, 1, figsize=(10, 4))
-    ax = axes[0][0]
-    width = 0.8 / max(len(modes), 1)
-    for k, mode in enumerate(modes):
-        xs, ys, es = [], [], []
-        for g, (model, sur) in enumerate(groups):
-            for c in cells:
-                if (c["model"], c["surrogate"], c["heads"]) == (model, sur, mode):
-                    xs.append(g + k * width)
-                    ys.append(100 * c["test_acc"])
-                    es.append(100 * c["test_acc_std"])
-        ax.bar(xs, ys, width, yerr=es, capsize=2, label=mode)
-    ax.set_xticks([g + width * (len(modes) - 1) / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{m}\n{s} surrogate" for m, s in groups], fontsize="small")
-    ax.set_ylabel("test accuracy (%), mean ± std")
-    ax.set_ylim(0, 105)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(title="heads", fontsize="small")
-    return _save(fig, path)
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train the missing runs, appending each to --results")
+    r.add_argument("--heads", default=",".join(HEADS))
+    r.add_argument("--depths", default="8,20")
+    r.add_argument("--surrogates", default="ours,lava")
+    r.add_argument("--seeds", default="0,1,2,3,4")
+    r.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    r.add_argument("--limit-train", type=int, default=None, help="default: the whole split")
+    r.add_argument("--limit-test", type=int, default=None, help="default: the whole split")
+    r.add_argument("--min-steps", type=int, default=400,
+                   help="refuse a budget below this many optimizer steps per run")
+    r.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: two runs in parallel use the 2 cores best)")
+    p = sub.add_parser("report", help="table, paired tests, plot and verdicts")
+    p.add_argument("--plot", default=str(ROOT / "docs" / "ablation.png"))
+    for q in (r, p):
+        q.add_argument("--results", default=str(ROOT / "benchmarks" / "results" /
+                                                "ablation.jsonl"))
+        q.add_argument("--out", default="runs/ablation")
+    args = ap.parse_args(argv)
+    return run_all(args) if args.command == "run" else report(args)
 
 
 if __name__ == "__main__":
