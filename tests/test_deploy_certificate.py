@@ -242,6 +242,14 @@ def test_an_unreadable_checkpoint_is_an_error_not_a_fallback(export, tmp_path, c
 
 @pytest.mark.slow
 def test_the_honest_export_verifies_on_lava_with_default_settings(export, capsys, cache):
-    code, out = verify(export, capsys, cache=cache)
+    if json.loads((export / "metadata.json").read_text()).get("timing") == "loihi":
+        # the peers' NIR importers have no Delay node: with every backend (the default) their
+        # skip is reported and fails the run, since a skipped check is not a passed one ...
+        code, out = verify(export, capsys, cache=cache)
+        assert code == 1 and "spikingjelly: skipped" in out and "no Delay node" in out, out
+        # ... and the backends that run a loihi-timed graph certify it at their default samples
+        code, out = verify(export, capsys, "--backends", "nir,lava", cache=cache)
+    else:
+        code, out = verify(export, capsys, cache=cache)
     assert code == 0, out
     assert f"lava           ok        {DEFAULT_SAMPLES['lava']:7d}" in out
