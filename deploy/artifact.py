@@ -278,7 +278,8 @@ def spec_task(spec) -> str:
 
 # ---- the manifest -----------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (memory stays bounded)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -289,7 +290,7 @@ def _sha256(path: Path) -> str:
 def write_manifest(export_dir, version: str = __version__) -> Path:
     """Commit ``export_dir``: record the hash and size of each export file present in it."""
     export_dir = Path(export_dir)
-    files = {name: {"sha256": _sha256(export_dir / name), "bytes": (export_dir / name).stat()
+    files = {name: {"sha256": sha256_file(export_dir / name), "bytes": (export_dir / name).stat()
                     .st_size} for name in EXPORT_FILES if (export_dir / name).is_file()}
     manifest = {"spikeline_version": version, "files": files}
     with atomic_file(export_dir / MANIFEST, fsync=True) as fh:
@@ -322,7 +323,7 @@ def check_manifest(export_dir) -> dict:
             continue
         if not file.is_file():
             raise BadInput(f"{file}: missing, but {MANIFEST} lists it; re-export")
-        if file.stat().st_size != files[name].get("bytes") or _sha256(file) != \
+        if file.stat().st_size != files[name].get("bytes") or sha256_file(file) != \
                 files[name]["sha256"]:
             raise BadInput(f"{file}: does not match {MANIFEST} (changed, truncated or from "
                            "another export); re-export")

@@ -22,7 +22,6 @@ read is an error (``BadInput``), never replaced.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch
 from spikeline.errors import BadInput, ExportUnsupported
 from spikeline.pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 
+from .artifact import sha256_file
 from .detector import readout_arrays
 from .fold import fold_model
 from .tasks import to_nir
@@ -44,14 +44,6 @@ from .to_netx import write_netx
 
 RUN_FIELD = "run"
 SHOWN = 10  # differences listed in full; all are counted
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_record(run_dir, checkpoint, out_dir) -> dict:
@@ -64,7 +56,7 @@ def run_record(run_dir, checkpoint, out_dir) -> dict:
     except ValueError:
         name = str(checkpoint)
     return {"dir": os.path.relpath(run_dir, out_dir), "dir_absolute": str(run_dir),
-            "checkpoint": name, "sha256": _sha256(checkpoint)}
+            "checkpoint": name, "sha256": sha256_file(checkpoint)}
 
 
 @dataclass
@@ -194,7 +186,7 @@ def reference_from_run(export_dir, meta):
     except Exception as err:  # noqa: BLE001 - a checkpoint that is there must load
         raise BadInput(f"{path}: the checkpoint this export was made from cannot be read "
                        f"({err}); verify will not fall back to folded.pt") from None
-    stale = _sha256(path) != record.sha256
+    stale = sha256_file(path) != record.sha256
     description = (f"{path}, folded and quantized again"
                    + (" (it changed since the export: its SHA-256 differs)" if stale else ""))
     return fold_model(model), description
