@@ -67,15 +67,8 @@ def anchors_for(dataset: str, size) -> Anchors:
 
 
 def check_detection_config(config) -> None:
-    """Refuse, naming the option, what a detection run cannot honour."""
-    if config.task != "detection":
-        if config.dataset in DETECTION_DATASETS:
-            raise BadInput(f"--dataset (dataset): {config.dataset!r} is a detection dataset; "
-                           "train on it with --task detection")
-        if config.model in DETECTORS:
-            raise BadInput(f"--model (model): {config.model!r} is a detector; pass --task "
-                           "detection (and a detection dataset)")
-        return
+    """Refuse, naming the option, what a detection run cannot honour (``DetectionTask.check``;
+    a classification run's refusals are ``ClassifyTask.check``'s)."""
     if config.dataset not in DETECTION_DATASETS:
         hint = " (a classification dataset)" if config.dataset in DATASETS else ""
         raise BadInput(f"--dataset (dataset): {config.dataset!r}{hint} is not a detection "
