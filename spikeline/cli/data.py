@@ -9,6 +9,8 @@ from spikeline.datasets.registry import DATASETS, SPLITS, load_dataset
 from spikeline.errors import BadInput
 from spikeline.paths import output_file
 
+from .inputs import positive_int
+
 
 def register(subparsers) -> None:
     events = subparsers.add_parser(
@@ -43,22 +45,11 @@ def _add_dataset_options(parser: argparse.ArgumentParser, detection: bool = Fals
 
     names = sorted(DATASETS) + (sorted(DETECTION_DATASETS) if detection else [])
     parser.add_argument("dataset", choices=names)
-    parser.add_argument("--T", type=_positive, help="time bins (default: the dataset's)")
+    parser.add_argument("--T", type=positive_int, help="time bins (default: the dataset's)")
     parser.add_argument("--data-dir", help="folder with downloaded datasets "
                                            "(default $SPIKELINE_DATA or ~/data)")
     parser.add_argument("--cache-dir", help="frame cache and generated data "
                                             "(default $SPIKELINE_CACHE or ~/.cache/spikeline)")
-
-
-def _positive(text: str) -> int:
-    """--T: a positive integer (argparse names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _frame_size(text: str) -> tuple[int, int]:
