@@ -272,10 +272,12 @@ class TrainConfig:
                           "YOLOv5 does (EMS-YOLO's 0.5)", parse=_parse_float,
                           check=nonneg_float, commands=("train",))
 
-    fold_finetune_epochs: int = opt(0, "train the last N epochs in the deployed form (BatchNorm "
-                                    "folded into the 8-bit weights and bias, statistics frozen), "
-                                    "so that the validated network is the deployed one",
-                                    parse=_parse_int, check=nonneg_int)
+    fold_finetune_epochs: int | None = opt(None, "train the last N epochs in the deployed form "
+                                           "(BatchNorm folded into the 8-bit weights and bias, "
+                                           "statistics frozen), so that the validated network "
+                                           "is the deployed one; default: 1 for classifiers "
+                                           "with BatchNorm trained 2 epochs or more, else 0",
+                                           parse=_parse_int, check=nonneg_int)
 
     def __post_init__(self):
         if isinstance(self.amp, bool):  # checkpoints before amp became a mode
@@ -392,6 +394,8 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.connect is not None and not c.model.startswith("sew_"):
         raise BadInput(f"--connect (connect): applies to SEW ResNets only (sew_*), not "
                        f"{c.model!r}: a Spiking ResNet adds its residual before the neuron")
+    if c.fold_finetune_epochs is None:
+        c.fold_finetune_epochs = default_fold_finetune_epochs(c)
     if c.fold_finetune_epochs >= c.epochs:
         raise BadInput(f"--fold-finetune-epochs (fold_finetune_epochs): must be below --epochs "
                        f"({c.epochs}): the folded form needs BatchNorm statistics from earlier "
@@ -409,6 +413,23 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.lr is None:
         c.lr = DEFAULT_LR[c.optimizer]
     return c
+
+
+# registry models without BatchNorm (kept here, not read off models.py, so that the options
+# stay importable without torch; tests/test_pipeline_init.py checks it against the models)
+MODELS_WITHOUT_BATCHNORM = frozenset({"cnn"})
+
+
+def default_fold_finetune_epochs(c: TrainConfig) -> int:
+    """1 for a classifier whose BatchNorm the export folds, trained 2 epochs or more; else 0.
+
+    Rounding the folded weights to the 8-bit grid cost 2.5-16 points of test accuracy on
+    ndigits (2-epoch resnet18 runs; docs/deploy.md), and the last epoch trained in the folded
+    form removes that loss: deployed = trained.  Not for the cnn (no BatchNorm: nothing is
+    folded), ReZero (refused above), or detectors (not measured on them yet)."""
+    if c.task != "classify" or c.rezero or c.epochs < 2 or c.model in MODELS_WITHOUT_BATCHNORM:
+        return 0
+    return 1
 
 
 def neuron_params(config: TrainConfig, default) -> dict:

@@ -232,3 +232,34 @@ def test_deployed_accuracy_honours_the_graphs_readout_window(monkeypatch):
     graph.metadata = {"readout_start": -1}
     with pytest.raises(BadInput, match="readout_start"):
         readout_window(graph)
+
+
+def test_fold_finetune_default_is_one_epoch_where_batchnorm_is_folded():
+    """The default: the last epoch in the deployed form for classifiers with BatchNorm trained
+    2+ epochs; not for the cnn (nothing to fold), one epoch, ReZero or detectors; an explicit
+    value stays."""
+    from spikeline.pipeline.config import TrainConfig, resolve
+
+    def ff(**kw):
+        return resolve(TrainConfig(**kw), 4, (34, 34)).fold_finetune_epochs
+
+    assert ff(model="resnet18", epochs=2) == 1
+    assert ff(model="resnet18", epochs=2, timing="loihi") == 1
+    assert ff(model="resnet18", epochs=1) == 0
+    assert ff(model="cnn", epochs=4) == 0
+    assert ff(model="resnet18", epochs=2, rezero=True) == 0
+    assert ff(task="detection", dataset="ndigits-detect", model="ems_res10", epochs=4) == 0
+    assert ff(model="resnet18", epochs=4, fold_finetune_epochs=2) == 2
+    assert ff(model="resnet18", epochs=4, fold_finetune_epochs=0) == 0
+
+
+def test_models_without_batchnorm_are_the_registry_models_without_batchnorm():
+    """config.MODELS_WITHOUT_BATCHNORM (torch-free, for the default above) matches the models."""
+    from spikeline.pipeline.blocks import Synapse
+    from spikeline.pipeline.config import MODELS_WITHOUT_BATCHNORM
+    from spikeline.pipeline.models import MODELS, build_model
+
+    for name in MODELS:
+        net = build_model(name, in_channels=2, num_classes=10, input_size=(34, 34), width=4)
+        has_norm = any(isinstance(m, Synapse) and m.norm is not None for m in net.modules())
+        assert has_norm == (name not in MODELS_WITHOUT_BATCHNORM), name
