@@ -169,6 +169,36 @@ def test_auto_uses_int_only_where_it_pays():
     assert isyn.counts() == {"float": 1} and "does not pay" in isyn.last_reason()
 
 
+def test_without_vnni_auto_takes_integers_for_large_dense_layers_only(monkeypatch):
+    """On an AVX2 CPU without VNNI (measured: oneDNN's qlinear 1.7x MKL's fp32 at 1.7e9 MACs),
+    auto runs dense layers from MIN_MACS_NO_VNNI_DENSE on integers, convolutions never."""
+    monkeypatch.setattr(isyn, "cpu_has_vnni", lambda: False)
+    big = isyn.MIN_MACS_NO_VNNI_DENSE
+    assert isyn.pays("cpu", None, big) is None
+    assert "does not pay" in isyn.pays("cpu", None, big - 1)
+    assert "does not pay" in isyn.pays("cpu", "conv", 10 * big)
+    x, w = spikes((1000, 1000)), grid((500, 1000))
+    isyn.reset_counts()
+    with isyn.synapse_path("auto"):
+        z = isyn.linear(x, w)
+    assert isyn.counts() == {"int": 1} and torch.equal(z, F.linear(x, w))
+
+
+def test_one_pass_uint8_cast_refuses_what_the_round_trip_would_change():
+    """kernels.cpu.to_uint8_checked, which the integer path's input check runs on CPU."""
+    from spikeline.pipeline.kernels import cpu
+
+    x = spikes((300, 70)) * 3
+    u8, top = cpu.to_uint8_checked(x)
+    assert torch.equal(u8, x.to(torch.uint8)) and top == int(x.max())
+    for bad in (0.5, -1.0, 256.0, float("nan"), float("inf")):
+        y = x.clone()
+        y[123, 45] = bad
+        assert cpu.to_uint8_checked(y) is None, bad
+    empty, top = cpu.to_uint8_checked(torch.zeros(0, 3))
+    assert empty.shape == (0, 3) and empty.dtype == torch.uint8 and top == 0
+
+
 def test_weight_grid_search():
     w = grid((6, 5))
     assert isyn.prepare_weight(w).shift == 5

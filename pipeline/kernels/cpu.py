@@ -180,3 +180,43 @@ def _backward_kernel(grad, voltage, order, grad_x, grad_bias, p):
         _backward(_flat(grad), volt, _flat(grad_x), grad_bias.reshape(-1).numpy(),
                   _f32(1.0 - p.i_decay / P_SCALE), _f32(1.0 - p.v_decay / P_SCALE), theta,
                   tau_rho, amp)
+
+
+@numba.njit(cache=True, parallel=True)
+def _to_u8(x, out, top, bad):  # pragma: no cover - compiled
+    """One pass: ``out = uint8(x)``; per block, the largest value and whether any value is not
+    an integer in [0, 255] (the float -> uint8 -> float round trip must give ``x`` back)."""
+    n = x.shape[0]
+    for blk in numba.prange((n + CAST_BLOCK - 1) // CAST_BLOCK):
+        lo = blk * CAST_BLOCK
+        hi = min(lo + CAST_BLOCK, n)
+        m = np.uint8(0)
+        wrong = False
+        for i in range(lo, hi):
+            v = x[i]
+            inside = v >= 0 and v <= 255
+            u = np.uint8(v) if inside else np.uint8(0)
+            wrong |= not inside or np.float32(u) != v
+            m = max(m, u)
+            out[i] = u
+        top[blk] = m
+        bad[blk] = wrong
+
+
+CAST_BLOCK = 1 << 16
+
+
+def to_uint8_checked(x: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``(uint8 copy of x, its max)`` if every value of the float32 CPU tensor ``x`` is an
+    integer in [0, 255], else None: the cast, the round-trip check and the max in one parallel
+    pass (the torch ops take four: 15 ms against 2 on a 3200x1024 spike batch, measured)."""
+    flat = x.detach().contiguous().reshape(-1)
+    out = torch.empty(flat.shape, dtype=torch.uint8)
+    blocks = max(1, (flat.numel() + CAST_BLOCK - 1) // CAST_BLOCK)
+    top, bad = np.zeros(blocks, np.uint8), np.zeros(blocks, np.bool_)
+    if flat.numel():
+        with _threads():
+            _to_u8(flat.numpy(), out.numpy(), top, bad)
+    if bad.any():
+        return None
+    return out.reshape(x.shape), int(top.max())

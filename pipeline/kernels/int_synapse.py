@@ -73,6 +73,10 @@ LOIHI_SHIFT = 5       # 2/64 = 2**-5: quantize_weight's grid, tried first
 # (0.04-0.8x) and gain 1.2-1.6x from 5e8.  On CUDA the threshold is a guess, not a measurement
 # (no GPU was lent to this work): gpu_check.sh's int_synapse step measures it.
 MIN_MACS = {("cpu", "conv"): 1 << 27, ("cpu", "dense"): 1 << 31, ("cuda", "dense"): 1 << 27}
+# Without VNNI (this 2-core AVX2 EPYC, idle, 2 threads, 2026-12-07): oneDNN's qlinear took 14 ms
+# against MKL's fp32 25 ms for 3200x1024 @ 1024x512 (1.7e9 MACs), and bench_synapse's crossover
+# put the gain from ~5e8; convolutions stay float (channels-last fp32 matched int8, bench_blocks).
+MIN_MACS_NO_VNNI_DENSE = 5 * 10**8
 
 _forced: list[str] = []
 _counts: Counter = Counter()
@@ -199,12 +203,20 @@ def _input_u8(x: torch.Tensor, memory_format=torch.contiguous_format,
     was made (the simulator: sums of fixed-point neurons' 0/1 spikes); the check is skipped."""
     if x.dtype != torch.float32:
         return f"input is {x.dtype}, not float32"
-    xi = x.to(torch.uint8)
     if known_max is not None and known_max <= MAX_INPUT:
-        return xi.contiguous(memory_format=memory_format), known_max
-    if not torch.equal(xi.to(torch.float32), x):
-        return "input is not integer-valued in [0, 255]"
-    top = int(xi.max()) if xi.numel() else 0
+        return x.to(torch.uint8).contiguous(memory_format=memory_format), known_max
+    if x.device.type == "cpu" and x.is_contiguous():
+        from . import cpu  # lazy: numba's import costs 0.6 s (measured), paid where it runs
+
+        checked = cpu.to_uint8_checked(x)
+        if checked is None:
+            return "input is not integer-valued in [0, 255]"
+        xi, top = checked
+    else:
+        xi = x.to(torch.uint8)
+        if not torch.equal(xi.to(torch.float32), x):
+            return "input is not integer-valued in [0, 255]"
+        top = int(xi.max()) if xi.numel() else 0
     if top > MAX_INPUT:
         return f"input reaches {top} > {MAX_INPUT} (7-bit limit of int8 kernels)"
     if memory_format is not torch.contiguous_format:
@@ -247,8 +259,11 @@ def cpu_has_vnni() -> bool:
 def pays(device: str, conv_kind: str | None, macs: int) -> str | None:
     """None where ``auto`` runs integers (measured to be faster), else why not."""
     if device == "cpu" and not cpu_has_vnni():
-        return ("no VNNI on this CPU: int8 gains 1.1-1.9x per conv with 1 thread and loses "
-                "with 2 under load (bench_synapse), so it does not pay here")
+        if conv_kind is None and macs >= MIN_MACS_NO_VNNI_DENSE:
+            return None
+        return ("no VNNI on this CPU: integer does not pay for convolutions (no faster than "
+                "oneDNN's fp32 on channels-last input) nor dense layers below "
+                f"{MIN_MACS_NO_VNNI_DENSE:.0e} multiply-accumulates (bench_synapse, bench_blocks)")
     if conv_kind == "depthwise":
         return "depthwise/pooling conv: integer does not pay (bench_synapse: 0.7-0.9x)"
     least = MIN_MACS.get((device, "dense" if conv_kind is None else "conv"))
