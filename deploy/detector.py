@@ -183,7 +183,7 @@ class Readout:
         a, o = self.anchors.per_level, 5 + self.num_classes
         for w, b, h in zip(self.weights, self.biases, self.window(spikes)):
             steps, n = h.shape[:2]
-            y = F.conv2d(h.flatten(0, 1).float(), w[:, :, None, None], b)
+            y = F.conv2d(h.flatten(0, 1).float().contiguous(), w[:, :, None, None], b)
             y = y.unflatten(0, (steps, n)).mean(0)
             out.append(y.view(n, a, o, *y.shape[-2:]).permute(0, 1, 3, 4, 2).contiguous())
         return out

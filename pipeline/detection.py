@@ -102,7 +102,10 @@ class Detect(nn.Module):
         out = []
         for conv, h in zip(self.convs, features):
             steps, n = h.shape[:2]
-            y = conv(h.flatten(0, 1)).unflatten(0, (steps, n)).mean(0)  # [N, A*O, H, W]
+            # real-valued weights: the sum's order is part of the result, so the off-chip
+            # readout (deploy/detector.py) and this one both run it on NCHW-contiguous maps
+            # (the spiking layers hand over channels-last ones)
+            y = conv(h.flatten(0, 1).contiguous()).unflatten(0, (steps, n)).mean(0)
             a, o = self.anchors.per_level, self.outputs
             out.append(y.view(n, a, o, *y.shape[-2:]).permute(0, 1, 3, 4, 2).contiguous())
         return out

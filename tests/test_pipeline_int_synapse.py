@@ -295,3 +295,24 @@ def test_repeated_two_thread_convs_stay_exact(w_shape, opts):
             assert torch.equal(got, F.conv2d(x, w, None, **opts))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("path", ["float", "int"])
+@pytest.mark.parametrize("size", [34, 33, 32])
+def test_strided_1x1_channels_last_backward(path, size):
+    """torch 2.13's float 1x1 stride-2 conv on a channels-last input corrupted the heap in
+    backward (a segfault at 34x34 and 32x32, 4->8 channels): the synapse runs it as the 1x1
+    conv of the subsampled input, with the same outputs and gradients as the NCHW conv."""
+    g = torch.Generator().manual_seed(size)
+    x = (torch.rand((16, 4, size, size), generator=g) < 0.3).float()
+    w = torch.randint(-128, 128, (8, 4, 1, 1), generator=g).float() / 32
+    want_x, want_w = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    want = F.conv2d(want_x, want_w, None, stride=2)
+    want.sum().backward()
+    got_x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    got_w = w.clone().requires_grad_(True)
+    with isyn.synapse_path(path):
+        got = isyn.conv2d(got_x, got_w, None, stride=2)
+    got.sum().backward()
+    assert torch.equal(got, want)
+    assert torch.equal(got_x.grad, want_x.grad) and torch.equal(got_w.grad, want_w.grad)

@@ -209,3 +209,54 @@ def test_without_numba_the_default_falls_back_silently(monkeypatch):
                        cuba_forward(x, PARAMS[0], impl="eager")[0])
     with pytest.raises(SpikelineError, match="numba is not installed"):
         kernels.choose(torch.device("cpu"), "compiled")
+
+
+def _grads(fn, x, bias):
+    x, bias = x.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    out = fn(x, bias)
+    (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    return out.detach(), x.grad, bias.grad
+
+
+@pytest.mark.parametrize("p", PARAMS[:2])
+def test_channels_last_runs_in_place_and_matches_contiguous(p):
+    """A channels-last input (what the conv synapse gives) runs in its own memory order: same
+    spikes, voltages and gradients as the contiguous input, and the outputs keep its layout."""
+    x = _inputs(6, (4, 3, 5, 7), "spiky").flatten(0, 1)  # [T*N, C, H, W]
+    x_cl = x.contiguous(memory_format=torch.channels_last).unflatten(0, (6, 4))
+    x = x.unflatten(0, (6, 4))
+    assert not x_cl.is_contiguous()
+    bias = _bias((3,)).reshape(3, 1, 1)
+    for fn in (lambda a, b: cuba_spikes(a, p, b), lambda a, b: cuba_voltage(a + b, p)):
+        want = _grads(fn, x, bias)
+        got = _grads(fn, x_cl, bias)
+        for w, g in zip(want, got):
+            assert torch.equal(w, g)
+    spikes, voltage = cuba_forward(x_cl, p, bias)
+    assert spikes.stride() == x_cl.stride() and voltage.stride() == x_cl.stride()
+
+
+def test_padded_spikes_are_the_spikes_and_their_delay_without_copies():
+    """``cuba_spikes_padded``: ``[1:]`` is ``cuba_spikes``, ``[:-1]`` is ``delay_shift`` of it,
+    with the same gradients as the copying ``torch.cat`` delay."""
+    from spikeline.pipeline.neuron import cuba_spikes_padded, delay_shift
+
+    p = PARAMS[0]
+    x, bias = _inputs(9, (2, 300), "spiky"), _bias((2, 300))
+    padded = cuba_spikes_padded(x, p, bias)
+    assert padded.shape[0] == 10 and not padded[0].any()
+    assert torch.equal(padded[1:], cuba_spikes(x, p, bias))
+    want = _grads(lambda a, b: delay_shift(cuba_spikes(a, p, b)), x, bias)
+    got = _grads(lambda a, b: cuba_spikes_padded(a, p, b)[:-1], x, bias)
+    for w, g in zip(want, got):
+        assert torch.equal(w, g)
+
+
+def test_forward_without_voltage_gives_the_same_spikes():
+    """The spikes-only forward (no autograd: the voltage goes to a scratch row)."""
+    from spikeline.pipeline.kernels import cpu
+
+    x = _inputs(33, (1030,), "spiky")
+    full, voltage = cpu.forward(x, None, PARAMS[0], True)
+    only, none = cpu.forward(x, None, PARAMS[0], True, write_voltage=False)
+    assert none is None and voltage is not None and torch.equal(full, only)

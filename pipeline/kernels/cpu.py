@@ -29,8 +29,11 @@ def _forward(x, bias, spikes, voltage, keep_u, keep_v, s_scale, inv_scale, reset
              theta):  # pragma: no cover - compiled
     """Branch-free (so that the inner loop vectorizes, 3x faster measured): the bias is always
     added (zeros when there is none), both outputs always written, and a non-spiking neuron
-    is one whose reset threshold is +inf."""
+    is one whose reset threshold is +inf.  A ``voltage`` of one row is a scratch row that
+    every step overwrites (the caller does not need the voltage: it stays in L1 instead of
+    streaming ``T`` rows to memory)."""
     T, n = x.shape
+    every_step = voltage.shape[0] == T
     for blk in numba.prange((n + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
         hi = min(lo + BLOCK, n)
@@ -38,7 +41,8 @@ def _forward(x, bias, spikes, voltage, keep_u, keep_v, s_scale, inv_scale, reset
         v = np.zeros(hi - lo, np.int64)
         b = bias[lo:hi]
         for t in range(T):
-            x_t, s_t, v_t = x[t, lo:hi], spikes[t, lo:hi], voltage[t, lo:hi]
+            x_t, s_t = x[t, lo:hi], spikes[t, lo:hi]
+            v_t = voltage[t if every_step else 0, lo:hi]
             for j in range(hi - lo):
                 a = u[j] * keep_u
                 u_j = ((a + ((a >> 63) & 4095)) >> 12) + np.int64(x_t[j] * s_scale)
@@ -82,6 +86,22 @@ def _flat(t: torch.Tensor) -> np.ndarray:
     return t.detach().reshape(t.shape[0], -1).numpy()
 
 
+def memory_order(t: torch.Tensor) -> list[int]:
+    """A permutation of ``t``'s dimensions, time first, under which ``t`` is contiguous: the
+    neuron is elementwise over ``[T, n]``, so a channels-last tensor (what oneDNN's
+    convolutions are fastest on) runs in its own memory order with no copy.  Identity when
+    ``t`` is contiguous or not dense (the caller then copies)."""
+    identity = list(range(t.dim()))
+    order = [0, *sorted(range(1, t.dim()), key=lambda d: (-t.stride(d), d))]
+    if order == identity or not t.permute(order).is_contiguous():
+        return identity
+    return order
+
+
+def _inverse(order: list[int]) -> list[int]:
+    return sorted(range(len(order)), key=order.__getitem__)
+
+
 @contextlib.contextmanager
 def _threads():
     """Use as many threads as torch does (``torch.set_num_threads``), not all the cores, and
@@ -101,42 +121,62 @@ def _f32(value: float) -> np.float32:
 
 
 def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
-            write_spikes: bool = True, write_voltage: bool = True):
-    """``(spikes or None, voltage)`` of ``x`` ``[T, ...]`` (float32, contiguous, CPU).
+            write_spikes: bool = True, write_voltage: bool = True, delayed: bool = False):
+    """``(spikes or None, voltage or None)`` of ``x`` ``[T, ...]`` (float32, CPU, any dense
+    layout: the outputs have ``x``'s, see :func:`memory_order`).
 
-    Both are always computed (see ``_forward``); ``write_*`` only say what the caller needs.
+    ``write_voltage=False`` (a spiking neuron whose voltage nobody reads): the voltage goes to
+    a scratch row and None is returned.  ``delayed``: the spikes come back as ``[T + 1, ...]``
+    with row 0 zero and row ``t + 1`` the spikes of step ``t``, so that the one-step delay
+    (``out[:-1]``) and the spikes themselves (``out[1:]``) are both views, with no copy.
     """
-    spikes, voltage = torch.empty_like(x), torch.empty_like(x)
-    if x.shape[0] == 0 or x[0].numel() == 0:
-        return (spikes if spiking else None), voltage
-    if bias_int is None:
-        bias = np.zeros(x[0].numel(), np.int64)
-    else:
-        bias = bias_int.expand(x.shape[1:]).contiguous().reshape(-1).numpy()
-    reset_at = reset_threshold(p) if spiking else np.inf
-    with _threads():
-        _forward(_flat(x), bias, _flat(spikes), _flat(voltage), np.int64(4096 - p.i_decay),
-                 np.int64(4096 - p.v_decay), _f32(p.s_scale), _f32(1.0 / p.s_scale),
-                 _f32(reset_at), _f32(spike_threshold(p)))
-    return (spikes if spiking else None), voltage
+    order = memory_order(x)
+    xp = x.permute(order).contiguous()  # a view unless x was not dense
+    back = _inverse(order)
+    steps = xp.shape[0]
+    spikes = torch.empty((steps + delayed, *xp.shape[1:]), dtype=xp.dtype)
+    if delayed:
+        spikes[0] = 0
+    keep_voltage = write_voltage or not spiking
+    voltage = torch.empty_like(xp) if keep_voltage else torch.empty_like(xp[:1])
+    if steps and xp[0].numel():
+        if bias_int is None:
+            bias = np.zeros(xp[0].numel(), np.int64)
+        else:  # broadcast against one step of x, then in x's memory order
+            bias = bias_int.expand(x.shape[1:]).permute([d - 1 for d in order[1:]]) \
+                .contiguous().reshape(-1).numpy()
+        reset_at = reset_threshold(p) if spiking else np.inf
+        with _threads():
+            _forward(_flat(xp), bias, _flat(spikes[int(delayed):]), _flat(voltage),
+                     np.int64(4096 - p.i_decay), np.int64(4096 - p.v_decay), _f32(p.s_scale),
+                     _f32(1.0 / p.s_scale), _f32(reset_at), _f32(spike_threshold(p)))
+    return (spikes.permute(back) if spiking else None), \
+        (voltage.permute(back) if keep_voltage else None)
 
 
 def backward(grad: torch.Tensor, voltage: torch.Tensor | None, p, bias_grad: bool):
-    """``(grad_x, grad of the bias summed over time or None)``, as ``triton_cuba.backward``."""
-    grad = grad.contiguous().to(torch.float32)
+    """``(grad_x, grad of the bias summed over time or None)``, as ``triton_cuba.backward``;
+    in the voltage's memory order (the forward's), which ``grad`` is copied to if it differs."""
+    order = memory_order(grad if voltage is None else voltage)
+    back = _inverse(order)
+    grad = grad.to(torch.float32).permute(order).contiguous()
     grad_x = torch.empty_like(grad)
     grad_bias = torch.zeros(grad.shape[1:], dtype=torch.float32)
-    if grad.shape[0] == 0 or grad[0].numel() == 0:
-        return grad_x, (grad_bias if bias_grad else None)
+    if grad.shape[0] and grad[0].numel():
+        _backward_kernel(grad, voltage, order, grad_x, grad_bias, p)
+    return grad_x.permute(back), \
+        (grad_bias.permute([d - 1 for d in back[1:]]) if bias_grad else None)
+
+
+def _backward_kernel(grad, voltage, order, grad_x, grad_bias, p):
     if voltage is None:  # no surrogate: 1 * exp(-|0 - 0| / inf) = 1 (calloc'd zeros: no copy)
         volt = np.zeros((grad.shape[0], grad[0].numel()), np.float32)
         theta, tau_rho, amp = _f32(0.0), _f32(np.inf), _f32(1.0)
     else:
-        volt = _flat(voltage)
+        volt = _flat(voltage.permute(order).contiguous())
         theta, tau_rho, amp = (_f32(p.theta + p.threshold_eps), _f32(p.tau_rho),
                                _f32(p.scale_rho / 2 / p.tau_rho))
     with _threads():
         _backward(_flat(grad), volt, _flat(grad_x), grad_bias.reshape(-1).numpy(),
                   _f32(1.0 - p.i_decay / P_SCALE), _f32(1.0 - p.v_decay / P_SCALE), theta,
                   tau_rho, amp)
-    return grad_x, (grad_bias if bias_grad else None)

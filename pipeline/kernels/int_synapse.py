@@ -55,6 +55,8 @@ import torch.nn.functional as F
 
 from spikeline.errors import BadInput
 
+from ..geometry import conv_output_size, pair
+
 __all__ = ["MODES", "IntWeight", "conv2d", "counts", "int_mm_padded", "last_reason", "linear",
            "cpu_has_vnni", "mode", "pays", "prepare_weight", "reset_counts", "synapse_path", "total_counts"]
 
@@ -384,26 +386,25 @@ def conv2d(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, s
     if isinstance(padding, str) or x.dim() != 4:
         _record("float", "string padding or not a 4-D input")
         return F.conv2d(x, w, bias, stride, padding, dilation, groups)
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    out = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1)
-           // stride[i] + 1 for i in (0, 1)]
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    if w.shape[2:] == (1, 1) and stride != (1, 1) and padding == (0, 0):
+        # A strided 1x1 conv is the 1x1 conv of the subsampled input: run that instead.
+        # oneDNN's strided 1x1 convs are broken here: the int8 one (3.12, AVX2, 2 threads)
+        # intermittently writes wrong sums (5 of 30 runs, 8->16 channels on 48x48;
+        # tests/test_pipeline_int_synapse.py), and torch 2.13's float one on a channels-last
+        # input corrupts the heap in backward (4->8 channels, 34x34 -> 17x17: a segfault).
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        x = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=layout)
+        stride = (1, 1)
+    out = conv_output_size(x.shape[2:], w.shape[2:], stride, padding, dilation)
     macs = x.shape[0] * max(out[0], 0) * max(out[1], 0) * w.numel()
     kind = "depthwise" if groups > 1 and w.shape[1] == 1 else "conv"
-    xin, int_stride = x, stride
-    if w.shape[2:] == (1, 1) and stride != (1, 1) and padding == (0, 0):
-        # oneDNN 3.12's int8 1x1 conv with a stride (AVX2, 2 threads) intermittently writes
-        # wrong sums (5 of 30 runs, 8->16 channels on 48x48; tests/test_pipeline_int_synapse.py).
-        # A strided 1x1 conv is the 1x1 conv of the subsampled input: run that instead.
-        xin, int_stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
-    plan = _plan(xin, w, bias, macs, kind, grid_shift, prepared, torch.channels_last, known_max)
+    plan = _plan(x, w, bias, macs, kind, grid_shift, prepared, torch.channels_last, known_max)
     if isinstance(plan, str):
         _record("float", plan)
         return F.conv2d(x, w, bias, stride, padding, dilation, groups)
     _record("int")
     xu, iw = plan
-    z = _IntConv.apply(x, w, xu, iw, stride, padding, dilation, groups, int_stride)
-    return z
+    return _IntConv.apply(x, w, xu, iw, stride, padding, dilation, groups, stride)
 
-
-def _pair(value) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
