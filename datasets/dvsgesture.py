@@ -34,7 +34,7 @@ def _where_to_get(split: str):
 
 def load_samples(split: str, data_dir: Path, cache_dir: Path, seed: int) -> TonicSamples:
     """DVS Gesture's own ``split`` under ``data_dir``; ``cache_dir`` and ``seed`` are unused."""
-    from tonic.datasets import DVSGesture
+    from tonic.datasets import DVSGesture  # lazy: tonic, 0.6 s (measured)
 
     dataset = open_offline(DVSGesture, data_dir, _where_to_get(split), train=split == "train")
     return TonicSamples(dataset, sorted_order(dataset), data_dir)

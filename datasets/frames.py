@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from spikeline.errors import check_size
 
@@ -94,9 +96,6 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "area")
         rows = _area_weights(height, out_h).astype(np.float32)
         cols = _area_weights(width, out_w).astype(np.float32)
         return np.ascontiguousarray(rows @ frames.astype(np.float32) @ cols.T)
-    import torch
-    import torch.nn.functional as F
-
     lead = frames.shape[:-2]
     flat = torch.from_numpy(frames.astype(np.float32).reshape(-1, 1, height, width))
     resized = F.interpolate(flat, size=(out_h, out_w), mode="bilinear", align_corners=False,

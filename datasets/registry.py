@@ -20,7 +20,8 @@ from spikeline.errors import SpikelineError
 from . import cifar10dvs, dvsgesture, ndigits, nmnist
 from .cache import FrameCache
 from .frames import RandomFlipRoll, ToFrames
-from .samples import DatasetInfo, EventSamples, default_cache_dir, default_data_dir
+from .samples import (DatasetInfo, EventSamples, default_cache_dir, default_data_dir,
+                      stratified_split)
 
 _MODULES = {module.INFO.name: module for module in (ndigits, nmnist, dvsgesture, cifar10dvs)}
 DATASETS: dict[str, DatasetInfo] = {name: module.INFO for name, module in _MODULES.items()}
@@ -178,8 +179,6 @@ def load_splits(name: str, *, T: int | None = None, size=None, augment: bool = T
                 seed: int = 0) -> Splits:
     """``Splits`` of dataset ``name``: ``limit_train`` caps the training set (after the
     validation set is carved out), ``limit_test`` the validation and the test sets."""
-    from .samples import stratified_split
-
     kwargs = {"data_dir": data_dir, "T": T, "size": size, "cache_dir": cache_dir, "seed": seed}
     train_aug = load_dataset(name, "train", augment=augment, **kwargs)
     train_plain = load_dataset(name, "train", augment=False, **kwargs) if augment else train_aug

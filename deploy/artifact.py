@@ -35,7 +35,7 @@ from spikeline.errors import BadInput, DataNotFound
 from spikeline.pipeline.config import DEFAULT_T
 from spikeline.pipeline.timing import TIMINGS
 
-from .nir_check import DEFAULT_DT, check_dt, graph_dt, read_nir
+from .nir_check import DT, check_dt, graph_dt, read_nir
 
 __all__ = ["DEFAULT_T", "DetectorReadout", "EXPORT_FILES", "ExportMeta", "GraphTiming",
            "LevelWindow", "MANIFEST", "RunRecord", "check_manifest", "graph_input_shape", "read_model",
@@ -92,7 +92,7 @@ class GraphTiming:
     """How a NIR graph runs in time; see the module docstring."""
 
     timing: str = "ideal"
-    dt: float = DEFAULT_DT
+    dt: float = DT
     input_pad_steps: int = 0
     readout_start: int = 0
     latency_steps: int = 0
@@ -211,10 +211,6 @@ class ExportMeta:
         its T runs without it)."""
         return _input_shape(self.input_shape, str(self.path))
 
-    @property
-    def is_detection(self) -> bool:
-        return self.task == "detection"
-
     def steps(self, T: int | None = None) -> int:
         """``T`` as asked, else the export's, else ``DEFAULT_T``."""
         return T if T is not None else (self.T if self.T is not None else DEFAULT_T)
@@ -232,7 +228,7 @@ class ExportMeta:
             else spec_task(spec)
         timing = GraphTiming(
             timing=_str(raw.get("timing", "ideal"), f"{at} field 'timing'", TIMINGS),
-            dt=DEFAULT_DT if raw.get("dt") is None else check_dt(raw["dt"], f"{at} field 'dt'"),
+            dt=DT if raw.get("dt") is None else check_dt(raw["dt"], f"{at} field 'dt'"),
             input_pad_steps=_int(raw.get("input_pad_steps", 0), f"{at} field 'input_pad_steps'"),
             readout_start=_int(raw.get("readout_start", 0), f"{at} field 'readout_start'"),
             latency_steps=_int(0 if raw.get("latency_steps") is None else raw["latency_steps"],

@@ -52,12 +52,12 @@ from spikeline.pipeline.models import encode_frames
 from spikeline.pipeline.timing import pad_steps
 
 from .artifact import GraphTiming
-from .nir_params import DT
+from .nir_check import DT
 from .simulate import simulate
 from .to_nir import Export, _Exporter
 
 __all__ = ["LEVELS", "READOUT_EQUATION", "check_deployable", "detector_to_nir",
-           "detector_timing", "readout_arrays", "Readout", "load_readout", "encode_input",
+           "detector_timing", "readout_arrays", "Readout", "load_readout",
            "readout_raw", "reference_features", "deployed_detections"]
 
 LEVELS = ("p4", "p5")
@@ -223,12 +223,6 @@ def load_readout(path) -> Readout:
         raise BadInput(f"{path}: readout_start {list(starts)} and input_pad_steps {pad}: "
                        f"expected one start per level ({len(levels)}), each in [0, {pad}]")
     return Readout(inputs, weights, biases, anchors, nc, starts, pad)
-
-
-def encode_input(model, frames_nt: torch.Tensor) -> torch.Tensor:
-    """``[N, T, C, H, W]`` event counts -> ``[T + input_pad_steps, N, C, H, W]`` what the graph
-    receives."""
-    return model.network_input(frames_nt.float())
 
 
 def reference_features(model, x_nt: torch.Tensor):

@@ -46,7 +46,7 @@ from .certificate import run_record
 from .fold import fold_model
 from .tasks import to_nir
 from .to_netx import write_netx
-from .nir_params import DT
+from .nir_check import DT
 from .to_nir import Export, model_to_nir, timing_metadata
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from spikeline.pipeline.geometry import conv_output_size
 from spikeline.pipeline.neuron import P_SCALE, CubaParams
 
 from .to_netx import NEVER_SPIKES
-from .nir_params import DT, cuba_to_nir
+from .nir_check import DT
+from .nir_params import cuba_to_nir
 
 __all__ = ["netx_to_nir", "SUPPORTED", "input_sizes"]
 

@@ -21,9 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import nir
 import numpy as np
 
 from spikeline.errors import SpikelineError
+
+from .to_lava import build, lower
 
 S_SCALE = 4096  # Lava states are 4096 x SLAYER's
 
@@ -82,7 +85,7 @@ def patch_conv_int8_params() -> None:
     same values as int64 give the same convolution (the arithmetic is unchanged); the Lava
     processes are forked from this one, so patching the module function here reaches them.
     """
-    from lava.proc.conv import utils
+    from lava.proc.conv import utils  # optional: Lava is installed by make install only
 
     if getattr(utils.conv, "spikeline_int64_params", False):
         return
@@ -104,11 +107,11 @@ def _whc_to_chw(a: np.ndarray, shape) -> np.ndarray:
 
 
 def _main(net_path: str, input_path: str, out_path: str) -> None:
-    from lava.lib.dl import netx
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc import io
-    from lava.proc.monitor.process import Monitor
+    from lava.lib.dl import netx  # optional: Lava is installed by make install only
+    from lava.magma.core.run_conditions import RunSteps  # optional: as above
+    from lava.magma.core.run_configs import Loihi2SimCfg  # optional: as above
+    from lava.proc import io  # optional: as above
+    from lava.proc.monitor.process import Monitor  # optional: as above
 
     x = np.load(input_path)  # [T, C, H, W]
     steps, (c, h, w) = x.shape[0], x.shape[1:]
@@ -144,12 +147,9 @@ def _main(net_path: str, input_path: str, out_path: str) -> None:
 
 
 def _main_graph(nir_path: str, input_path: str, out_path: str) -> None:
-    import nir
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
-    from lava.proc.monitor.process import Monitor
-
-    from spikeline.deploy.to_lava import build, lower
+    from lava.magma.core.run_conditions import RunSteps  # optional: Lava, make install only
+    from lava.magma.core.run_configs import Loihi2SimCfg  # optional: as above
+    from lava.proc.monitor.process import Monitor  # optional: as above
 
     patch_conv_int8_params()
     net = lower(nir.read(nir_path))

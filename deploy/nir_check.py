@@ -23,21 +23,23 @@ import math
 import numbers
 from pathlib import Path
 
+import h5py
+import nir
 import numpy as np
 
 from spikeline.errors import BadInput, DataNotFound, check_size
 
-__all__ = ["read_nir", "validate_graph", "graph_dt", "check_dt", "activity_bytes",
-           "DEFAULT_DT"]
+__all__ = ["read_nir", "validate_graph", "graph_dt", "check_dt", "activity_bytes", "DT"]
 
-DEFAULT_DT = 1e-4  # s; what the simulator assumes for a graph that records no dt
+# s; the one time step: what every graph spikeline writes records (deploy/nir_params.py maps
+# the CUBA decays to time constants with it) and what the simulator assumes for a graph that
+# records no dt
+DT = 1e-4
 _TAUS = ("tau", "tau_syn", "tau_mem")
 _SKIP = ("input_type", "output_type", "metadata")
 
 
 def _stateful():
-    import nir
-
     return (nir.CubaLIF, nir.CubaLI, nir.LIF, nir.LI, nir.IF, nir.I, nir.Delay,
             nir.NIRGraph)
 
@@ -56,14 +58,12 @@ def check_dt(value, where: str) -> float:
 
 
 def graph_dt(graph, where: str = "graph") -> float:
-    """The graph's ``metadata['dt']``, checked; ``DEFAULT_DT`` when it records none."""
+    """The graph's ``metadata['dt']``, checked; ``DT`` when it records none."""
     meta = graph.metadata if isinstance(graph.metadata, dict) else {}
-    return DEFAULT_DT if meta.get("dt") is None else check_dt(meta["dt"], f"{where}: metadata")
+    return DT if meta.get("dt") is None else check_dt(meta["dt"], f"{where}: metadata")
 
 
 def _hdf5_bytes(path: Path) -> int:
-    import h5py
-
     total = 0
 
     def visit(_name, obj):
@@ -78,8 +78,6 @@ def _hdf5_bytes(path: Path) -> int:
 
 def _file_nodes(path: Path) -> set[str]:
     """The names of the top-level nodes the file itself holds."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         nodes = f.get("node/nodes")
         return set(nodes.keys()) if nodes is not None else set()
@@ -87,8 +85,6 @@ def _file_nodes(path: Path) -> set[str]:
 
 def read_nir(path: str | Path):
     """Read and validate the NIR graph in ``path`` (see the module docstring)."""
-    import nir
-
     path = Path(path)
     if not path.is_file():
         raise DataNotFound(f"{path}: no such file")
@@ -154,8 +150,6 @@ def _check_structure(graph, where: str) -> None:
     """One Input, at least one Output, every node reached from the Input (a missing edge is
     named as such), and every cycle through a node with state (a neuron or a delay): a loop of
     stateless nodes (``a -> b -> a``, a self-loop) has no meaning in NIR's semantics."""
-    import nir
-
     inputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
     outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
     if len(inputs) != 1:
@@ -201,8 +195,6 @@ def _check_structure(graph, where: str) -> None:
 
 
 def _validate(graph, where: str, dt: float | None) -> None:
-    import nir
-
     dt = graph_dt(graph, where) if dt is None else check_dt(dt, f"{where}: --dt")
     if not isinstance(graph.nodes, dict) or not graph.nodes:
         raise BadInput(f"{where}: the graph has no nodes")

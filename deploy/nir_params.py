@@ -18,9 +18,9 @@ import numpy as np
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.neuron import P_SCALE, CubaParams
 
-__all__ = ["DT", "cuba_to_nir", "nir_to_cuba"]
+from .nir_check import DT
 
-DT = 1e-4
+__all__ = ["cuba_to_nir", "nir_to_cuba"]
 
 
 def cuba_to_nir(p: CubaParams, shape: tuple[int, ...], bias: np.ndarray | None,

@@ -96,7 +96,7 @@ def run_peer(peer: str, graph: nir.NIRGraph, x: torch.Tensor, dt: float) -> torc
     """Output ``[T, N, ...]`` of ``peer`` running the (lowered) ``graph`` on ``x [T, N, ...]``."""
     quiet = contextlib.redirect_stdout(io.StringIO())  # importers print warnings
     if peer == "spikingjelly":
-        from spikingjelly.activation_based.nir_exchange import import_from_nir
+        from spikingjelly.activation_based.nir_exchange import import_from_nir  # optional: a peer
 
         with quiet:
             net = import_from_nir(graph, dt=dt)
@@ -107,7 +107,7 @@ def run_peer(peer: str, graph: nir.NIRGraph, x: torch.Tensor, dt: float) -> torc
                 steps.append(out)
         return torch.stack(steps)
     if peer == "snntorch":
-        from snntorch.import_nir import import_from_nir
+        from snntorch.import_nir import import_from_nir  # optional: a peer
 
         samples = []
         for i in range(x.shape[1]):  # snnTorch flattens from dim 0: one sample at a time

@@ -51,6 +51,8 @@ from spikeline.pipeline.geometry import conv_output_size
 from spikeline.pipeline.geometry import pair as _pair
 
 from .artifact import GraphTiming
+from .graph import topological_order
+from .nir_check import graph_dt
 from .nir_params import nir_to_cuba
 
 GRADED_BITS = 24  # num_message_bits of a synapse whose input can exceed 1 (counts)
@@ -163,8 +165,6 @@ def _mantissa(name: str, weight, dense: bool) -> np.ndarray:
 
 class _Lowering:
     def __init__(self, graph: nir.NIRGraph):
-        from .simulate import graph_dt, topological_order
-
         self.g = graph
         self.dt = graph_dt(graph)
         self.order, back = topological_order(graph)
@@ -378,12 +378,12 @@ def build(net: LavaNet, data: np.ndarray):
 
     Returns ``(source, {lif name: LIF process})``.  Imports Lava (``lava-nc``).
     """
-    from lava.proc.conv.process import Conv
-    from lava.proc.dense.process import Dense
-    from lava.proc.io.source import RingBuffer
-    from lava.proc.lif.process import LIF
-    from lava.proc.sparse.process import Sparse
-    from scipy.sparse import csr_matrix, identity
+    from lava.proc.conv.process import Conv  # optional: Lava is installed by make install only
+    from lava.proc.dense.process import Dense  # optional: as above
+    from lava.proc.io.source import RingBuffer  # optional: as above
+    from lava.proc.lif.process import LIF  # optional: as above
+    from lava.proc.sparse.process import Sparse  # optional: as above
+    from scipy.sparse import csr_matrix, identity  # optional: scipy comes with Lava
 
     stacked = np.stack([to_lava_order(frame) for frame in data], axis=-1)
     procs: dict[str, object] = {net.input_name: RingBuffer(data=stacked.astype(np.int32))}

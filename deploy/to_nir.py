@@ -30,7 +30,8 @@ from spikeline.pipeline.geometry import conv_output_size
 from spikeline.pipeline.models import ResidualBlock, SpikingNet
 from spikeline.pipeline.quantize import quantize_bias, quantize_weight
 
-from .nir_params import DT, cuba_to_nir
+from .nir_check import DT
+from .nir_params import cuba_to_nir
 
 
 @dataclass

@@ -55,15 +55,16 @@ import numpy as np
 import torch
 
 from spikeline.errors import BadInput, ExportUnsupported, SpikelineError
+from spikeline.pipeline.timing import shift
 
 from .artifact import ExportMeta, GraphTiming
-from .certificate import ParameterCertificate
-from .detector import LEVELS, encode_input, load_readout, reference_features
+from .certificate import ParameterCertificate, certify_parameters, reference_from_run
 from .export import load_folded
 from .lava_run import run_graph, run_netx
 from .peers import FIRES_AT_THRESHOLD, PEERS, PeerUnsupported, lower_for_peers, run_peer
 from .simulate import graph_dt, simulate
-from .tasks import to_nir
+from .tasks import deploy_task, to_nir
+from .to_lava import lower
 from .to_netx import netx_layer_modules
 
 BACKENDS = ("nir", "lava", *PEERS)
@@ -234,8 +235,6 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     """Check the export in ``export_dir`` on ``frames [T, N, C, H, W]`` (event counts): the
     parameter certificate first, then spikes (Lava on the first ``lava_samples`` samples,
     all when None)."""
-    from .certificate import certify_parameters, reference_from_run
-
     unknown = set(backends) - set(BACKENDS)
     if unknown:
         raise BadInput(f"unknown backend(s) {sorted(unknown)}; known: {', '.join(BACKENDS)}")
@@ -259,10 +258,9 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
     else:
         model, fresh = reference, _node_export(reference, meta)
         ref_name = "the run's checkpoint, folded and quantized again"
-    detector = meta.is_detection
+    task = deploy_task(meta.task)
     # what the chip receives, [T + input_pad_steps, N, C, H, W]
-    x = encode_input(model, frames.transpose(0, 1)) if detector else \
-        model.network_input(frames.transpose(0, 1))
+    x = model.network_input(frames.transpose(0, 1))
     ref = reference_activity(model, fresh.modules, frames.transpose(0, 1))
     graph = nir.read(export_dir / "model.nir")
     missing = set(fresh.modules) - set(graph.nodes)
@@ -283,20 +281,15 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
             progress(backend)
         if backend == "nir":
             pairs = [(n, ref[n], fixed.outputs[n]) for n in ref]
-            if detector:
-                pairs += _detector_pairs(export_dir, model, fresh, frames, fixed.outputs)
+            pairs += task.output_pairs(export_dir, model, fresh, frames, fixed.outputs)
             result = _compare("nir", "trained network (fixed point)", pairs)
         elif backend == "lava":
             sub = {n: v[:, :lava_n] for n, v in ref.items()}
             result = _verify_lava(export_dir, model, fresh, sub, x[:, :lava_n], lava_timeout,
-                                  graph, (lambda outs: _detector_pairs(
+                                  graph, lambda outs: task.output_pairs(
                                       export_dir, model, fresh, frames[:, :lava_n], outs))
-                                  if detector else None)
-            if detector and result.status == "skipped" and "delay" in result.note:
-                result.note = ("the detector was trained with ideal timing (no step per "
-                               "synaptic hop), while every Lava synapse adds one step, so its "
-                               "process graph would run a different network; train it with "
-                               "--timing loihi. " + result.note)
+            if result.status == "skipped":
+                result.note = task.lava_note(result.note)
         else:
             result, drift = _verify_peer(backend, graph, x, fixed)
             float_vs_fixed.update(drift)
@@ -310,38 +303,18 @@ def verify_export(export_dir, frames: torch.Tensor, backends=BACKENDS,
                         reference=ref_name)
 
 
-def _detector_pairs(export_dir, model, fresh, frames, outputs: dict) -> list:
-    """The Output nodes (P4, P5) and the off-chip readout against the folded detector;
-    ``outputs``: the backend's signal per node name (what each Output node received)."""
-    features, raw = reference_features(model, frames.transpose(0, 1))
-    readout = load_readout(export_dir / "readout.npz")
-    outs = list(GraphTiming.of(fresh.graph).output_nodes)  # as the graph from folded.pt names them
-    pairs = [(name, ref, outputs.get(name, torch.empty(0)))
-             for name, ref in zip(outs, features)]
-    try:
-        theirs = readout.raw([outputs[n] for n in readout.input_nodes])
-    except (KeyError, RuntimeError, SpikelineError):  # nodes of the wrong shape, or none
-        theirs = [torch.empty(0)] * len(raw)
-    pairs += [(f"readout_{level}", ours, t) for level, ours, t in zip(LEVELS, raw, theirs)]
-    return pairs
-
-
 def _verify_lava(export_dir, model, fresh, ref, x, timeout, graph,
-                 detector_pairs=None) -> BackendResult:
+                 output_pairs=None) -> BackendResult:
     if importlib.util.find_spec("lava") is None:
         return BackendResult("lava", "skipped", note="lava-nc / lava-dl are not installed")
     if (export_dir / "model.net").is_file():
         return _verify_netx(export_dir, model, fresh, ref, x, timeout)
-    return _verify_lava_graph(export_dir, ref, x, timeout, graph, detector_pairs)
+    return _verify_lava_graph(export_dir, ref, x, timeout, graph, output_pairs)
 
 
 def _output_signals(graph: nir.NIRGraph, out: dict) -> dict:
     """Per Output node of ``graph``, what it receives in a Lava run ``out`` (neuron name ->
     ``[steps, N, ...]``): its source neuron's spikes, shifted by any Delay nodes between."""
-    from spikeline.pipeline.timing import shift
-
-    from .simulate import graph_dt
-
     dt = graph_dt(graph)
     preds = {}
     for src, dst in graph.edges:
@@ -359,11 +332,10 @@ def _output_signals(graph: nir.NIRGraph, out: dict) -> dict:
     return signals
 
 
-def _verify_lava_graph(export_dir, ref, x, timeout, graph, detector_pairs=None) -> BackendResult:
+def _verify_lava_graph(export_dir, ref, x, timeout, graph, output_pairs=None) -> BackendResult:
     """``model.nir`` as a Lava process graph (``to_lava``): every neuron node compared, and
-    for a detector its Output nodes and the off-chip readout on Lava's outputs."""
-    from .to_lava import lower
-
+    what the task compares beyond them (``output_pairs``: a detector's Output nodes and the
+    off-chip readout) on Lava's outputs."""
     reference = "trained network (fixed point)"
     path = "process graph from model.nir (to_lava)"
     try:
@@ -380,8 +352,8 @@ def _verify_lava_graph(export_dir, ref, x, timeout, graph, detector_pairs=None) 
             return BackendResult("lava", "error", reference, path=path,
                                  note=f"node {node!r} has no counterpart in the folded model")
         pairs.append((node, ref[node], torch.from_numpy(out[node])))
-    if detector_pairs is not None:
-        pairs += detector_pairs(_output_signals(graph, out))
+    if output_pairs is not None:
+        pairs += output_pairs(_output_signals(graph, out))
     result = _compare("lava", reference, pairs)
     result.path = path
     return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,8 +355,6 @@ def check_fields(obj) -> None:
 
 def load_toml(path: str | os.PathLike) -> dict:
     """A recipe's ``TrainConfig`` fields; unknown keys and bad values name the file and key."""
-    import tomllib
-
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())

@@ -8,6 +8,7 @@ that every rank holds rank 0's exact weights.
 """
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from spikeline.errors import BadInput, SpikelineError
 
@@ -74,8 +76,6 @@ def session(device_name: str):
         yield Ranks(world, rank, device)
     finally:
         if own_group and dist.is_initialized():
-            import gc
-
             gc.collect()  # DDP reducers left unreferenced let go of the group before it goes
             dist.destroy_process_group()
 
@@ -84,8 +84,6 @@ def wrap(module: nn.Module, ranks: Ranks) -> nn.Module:
     """``module`` under DistributedDataParallel when there are several ranks."""
     if ranks.world == 1:
         return module
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(
         module, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None,
         find_unused_parameters=False)

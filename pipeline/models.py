@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .blocks import Affine, Conv, ConvSynapse, Dense, Flatten, LIF, Pool, remove_norm_shifts
+from .blocks import (Affine, BiasNorm, Conv, ConvSynapse, Dense, Flatten, LIF, Pool,
+                     remove_norm_shifts)
 from .geometry import conv_output_size
 from .neuron import CubaParams
 from .timing import arrival, check_timing, hops, pad_steps, set_window, shift
@@ -238,6 +239,10 @@ def identity_weight_for(neuron: CubaParams) -> float:
     return (mant + mant % 2) / neuron.scale
 
 
+# ``ResidualBlock.kind``: Spiking ResNet, or SEW with its connect function
+RESIDUAL_KINDS = ("spiking", "ADD", "AND", "IAND")
+
+
 class ResidualBlock(nn.Module):
     """Basic residual block; ``kind`` picks Spiking ResNet (``spiking``) or SEW (``ADD`` ...).
 
@@ -395,8 +400,6 @@ def check_identity_weight(weight) -> None:
 def batchnorm_of(model: nn.Module) -> str | None:
     """``scale`` or ``shift``: the BatchNorm form of an unfolded ``model`` (None without
     BatchNorm), as its spec's ``batchnorm`` must say for the spec to rebuild it."""
-    from .blocks import BiasNorm
-
     norms = [m for m in model.modules() if isinstance(m, BiasNorm)]
     if not norms:
         return None

@@ -2,15 +2,20 @@
 
 The model registry (``models.build_model``) rebuilds its networks from a name and options.  A
 network a user assembled from ``blocks.py`` (a ``SpikingNet`` of ``Conv``, ``Pool``, ``Dense``,
-``Flatten``, ``Dropout`` and an ``Affine`` readout, in ``nn.Sequential`` stages) has no name:
+``Flatten``, ``Dropout``, ``models.ResidualBlock`` and an ``Affine`` readout, in
+``nn.Sequential`` stages), or a registry network changed after building, has no name:
 :func:`describe` writes its structure as a JSON-ready ``model_spec`` (``"name": "custom"``),
 and :func:`build_custom` builds the same module tree from it, so its ``state_dict`` loads.  This
 is what lets such a network export, verify (``folded.pt`` holds the spec, never a pickle) and
 be priced.
 
 A layer is ``{"type": <block>, <its constructor arguments>}``; a stage or readout made of
-several is ``{"type": "Sequential", "layers": [...]}``.  Residual blocks are not described:
-build those through the registry.
+several is ``{"type": "Sequential", "layers": [...]}``.  A synapse's BatchNorm is ``"norm"``:
+``false`` (none), ``true`` (scale and shift) or ``"scale"`` (scale-only, ``--batchnorm scale``:
+no voltage bias).  A ``ResidualBlock`` (``models.py``; the registry's ResNets are made of them)
+records its ``kind``, ``rezero``, the identity shortcut's ``identity_weight`` (84/64 by default,
+``models.identity_weight_for``) and ``delay_shift``: whether its hops are delayed one step each
+(``loihi`` timing, as ``SpikingNet.set_timing`` sets them) or none are.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from torch import nn
 
 from spikeline.errors import BadInput
 
-from .blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
-from .models import SpikingNet
+from .blocks import LIF, Affine, Conv, Dense, Dropout, Flatten, Pool, remove_norm_shifts
+from .models import RESIDUAL_KINDS, ResidualBlock, SpikingNet
 from .neuron import CubaParams
 from .timing import check_timing
 
@@ -32,6 +37,30 @@ CUSTOM = "custom"  # the model_spec name of a described network
 
 def _neuron(params: CubaParams) -> dict:
     return dataclasses.asdict(params)
+
+
+def _norm(synapse) -> bool | str:
+    """A synapse's BatchNorm as data: False, True (scale and shift) or ``"scale"``."""
+    if synapse.norm is None:
+        return False
+    return "scale" if synapse.norm.shift is None else True
+
+
+def _residual(module: ResidualBlock, where: str) -> dict:
+    synapses = [module.conv1, module.conv2] + ([module.down] if module.down is not None else [])
+    norms = {_norm(s) for s in synapses}
+    lifs = [module.lif1, module.lif2] + ([module.down_lif] if module.down is not None
+                                         and module.down_lif is not None else [])
+    shifts = {lif.delay_shift for lif in lifs} | {bool(module.skip_delay)}
+    if len(norms) != 1 or len(shifts) != 1 or module.skip_delay not in (0, 1):
+        raise BadInput(f"{where}: a ResidualBlock is described with one BatchNorm form for all "
+                       f"its synapses (got {sorted(map(str, norms))}) and its hops all delayed "
+                       "one step or none (SpikingNet.set_timing sets them)")
+    return {"type": "ResidualBlock", "neuron": _neuron(module.lif1.neuron),
+            "cin": module.conv1.in_features, "cout": module.conv1.out_features,
+            "stride": module.conv1.stride[0], "kind": module.kind,
+            "rezero": module.gate is not None, "identity_weight": module.identity_weight,
+            "norm": norms.pop(), "delay_shift": shifts.pop()}
 
 
 def _layer(module: nn.Module, where: str) -> dict:
@@ -45,7 +74,7 @@ def _layer(module: nn.Module, where: str) -> dict:
                 "in_features": s.in_features, "out_features": s.out_features,
                 "kernel_size": list(s.kernel_size), "stride": list(s.stride),
                 "padding": list(s.padding), "dilation": list(s.dilation), "groups": s.groups,
-                "norm": s.norm is not None, "bias": s.bias is not None,
+                "norm": _norm(s), "bias": s.bias is not None,
                 "delay_shift": module.lif.delay_shift}
     if isinstance(module, Pool):
         s = module.synapse
@@ -56,20 +85,21 @@ def _layer(module: nn.Module, where: str) -> dict:
         s = module.synapse
         return {"type": "Dense", "neuron": _neuron(module.neuron),
                 "in_neurons": s.in_features, "out_neurons": s.out_features,
-                "norm": s.norm is not None, "bias": s.bias is not None,
+                "norm": _norm(s), "bias": s.bias is not None,
                 "delay_shift": module.lif.delay_shift}
     if isinstance(module, Affine):
         s = module.synapse
         return {"type": "Affine", "neuron": _neuron(module.neuron),
                 "in_neurons": s.in_features, "out_neurons": s.out_features}
+    if isinstance(module, ResidualBlock):
+        return _residual(module, where)
     if isinstance(module, Flatten):
         return {"type": "Flatten"}
     if isinstance(module, Dropout):
         return {"type": "Dropout", "p": module.p}
     raise BadInput(f"{where}: a {type(module).__name__} cannot be described as data; a custom "
                    "network is built from spikeline blocks (Conv, Pool, Dense, Flatten, "
-                   "Dropout, Affine) in nn.Sequential stages; residual networks come from the "
-                   "registry (models.build_model)")
+                   "Dropout, Affine, ResidualBlock) in nn.Sequential stages")
 
 
 def describe(model: SpikingNet, input_shape) -> dict:
@@ -96,12 +126,44 @@ def _build(layer: dict, where: str) -> nn.Module:
                                    for i, child in enumerate(args["layers"])))
         if "neuron" in args:
             args["neuron"] = CubaParams(**args["neuron"])
+        if kind == "ResidualBlock":
+            return _build_residual(args)
+        norm = args.get("norm", False)
+        if norm not in (False, True, "scale"):
+            raise ValueError(f"norm must be false, true or 'scale', got {norm!r}")
+        if "norm" in args:
+            args["norm"] = bool(norm)
         blocks = {"Conv": Conv, "Pool": Pool, "Dense": Dense, "Affine": Affine,
                   "Flatten": Flatten, "Dropout": Dropout}
-        return blocks[kind](**args)
+        module = blocks[kind](**args)
+        if norm == "scale":
+            remove_norm_shifts(module)
+        return module
     except (KeyError, TypeError, ValueError) as err:
         raise BadInput(f"model_spec {where}: cannot build {layer!r} "
                        f"({type(err).__name__}: {err})") from None
+
+
+def _build_residual(args: dict) -> ResidualBlock:
+    if args["kind"] not in RESIDUAL_KINDS:
+        raise ValueError(f"kind must be one of {RESIDUAL_KINDS}, got {args['kind']!r}")
+    if args["norm"] not in (True, "scale"):  # every synapse of a block has a BatchNorm
+        raise ValueError(f"norm must be true or 'scale', got {args['norm']!r}")
+    weight = float(args["identity_weight"])
+    if not weight > 0:
+        raise ValueError(f"identity_weight must be > 0, got {weight!r}")
+    delayed = args["delay_shift"]
+    if not isinstance(delayed, bool):
+        raise ValueError(f"delay_shift must be true or false, got {delayed!r}")
+    block = ResidualBlock(args["neuron"], int(args["cin"]), int(args["cout"]),
+                          int(args["stride"]), args["kind"], bool(args["rezero"]), weight)
+    if args["norm"] == "scale":
+        remove_norm_shifts(block)
+    for m in block.modules():
+        if isinstance(m, LIF):
+            m.delay_shift = delayed
+    block.skip_delay = int(delayed)
+    return block
 
 
 def build_custom(spec: dict) -> SpikingNet:

@@ -14,6 +14,8 @@ The Python API (``import spikeline as sl``)::
 See ``spikeline.api`` for the arguments.  The command line (``spikeline ...``) calls the same
 workflow (``spikeline.workflow``).
 """
+import importlib
+
 __version__ = "0.1.0"
 
 # The API's names load on first use (PEP 562): `import spikeline` alone, which every
@@ -36,8 +38,6 @@ __all__ = ["Artifact", "BadInput", "Certificate", "DataNotFound", "EnergyReport"
 
 
 def __getattr__(name):
-    import importlib
-
     if name == "models":
         return importlib.import_module("spikeline.models")
     if name in _API:

@@ -10,6 +10,8 @@ Raise the most specific kind, so that callers can tell them apart:
 """
 from __future__ import annotations
 
+import os
+
 __all__ = ["SpikelineError", "DataNotFound", "BadInput", "ExportUnsupported", "VerifyFailed",
            "check_size"]
 
@@ -45,8 +47,6 @@ class VerifyFailed(SpikelineError):
 # Allocations sized by a file's content are checked against this many bytes before they are
 # made (a 20 KB file must not claim 6 GB).  Raise it with SPIKELINE_MAX_BYTES.
 def max_bytes() -> int:
-    import os
-
     return int(os.environ.get("SPIKELINE_MAX_BYTES", str(4 << 30)))
 
 

@@ -3,8 +3,10 @@
 ``sl.models.build("resnet20", input_size=(34, 34), num_classes=10)`` builds a registered
 network; ``names()`` lists them.  A network of your own is a ``SpikingNet`` (encoder -> stages
 -> readout) of lava-dl-compatible blocks (``Conv``, ``Pool``, ``Dense``, ``Flatten``,
-``Dropout`` and an ``Affine`` readout) with ``CubaParams`` neurons; ``sl.export`` writes it
-without the registry (its structure goes into ``folded.pt`` as data, ``describe``)::
+``Dropout``, ``ResidualBlock`` and an ``Affine`` readout) with ``CubaParams`` neurons;
+``sl.export`` writes it without the registry (its structure goes into ``folded.pt`` as data,
+``describe``), and so it writes a registry network changed by hand (scale-only BatchNorm, an
+identity shortcut's weight, ``loihi`` timing: each is recorded)::
 
     n = sl.models.DEFAULT_NEURON
     net = sl.models.SpikingNet(
@@ -15,12 +17,12 @@ without the registry (its structure goes into ``folded.pt`` as data, ``describe`
 from __future__ import annotations
 
 from spikeline.pipeline.blocks import Affine, Conv, Dense, Dropout, Flatten, Pool
-from spikeline.pipeline.models import DEFAULT_NEURON, MODELS, SpikingNet, build_model
+from spikeline.pipeline.models import DEFAULT_NEURON, MODELS, ResidualBlock, SpikingNet, build_model
 from spikeline.pipeline.neuron import CubaParams
 from spikeline.pipeline.structure import describe
 
 __all__ = ["Affine", "Conv", "CubaParams", "DEFAULT_NEURON", "Dense", "Dropout", "Flatten",
-           "Pool", "SpikingNet", "build", "describe", "names"]
+           "Pool", "ResidualBlock", "SpikingNet", "build", "describe", "names"]
 
 build = build_model
 

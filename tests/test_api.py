@@ -2,6 +2,7 @@
 model of spikeline blocks, another tool's NIR graph, and the CLI computing the same numbers."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from torch import nn
 
 import spikeline as sl
 from spikeline.cli import main
+from spikeline.pipeline.blocks import BiasNorm
+from spikeline.pipeline.structure import build_custom
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
@@ -164,6 +167,84 @@ def test_own_model_of_unsupported_modules_is_refused(tmp_path):
     net.stages[0] = nn.ReLU()
     with pytest.raises(sl.BadInput, match="stages.0: a ReLU cannot be described"):
         sl.export(net, tmp_path / "x", input_shape=(2, 16, 16))
+
+
+needs_lava = pytest.mark.skipif(importlib.util.find_spec("lava") is None,
+                                reason="lava-nc is not installed (make install adds it)")
+# BatchNorm gain of the random residual net below: at gain 1 its last two blocks and the
+# readout stay silent on these inputs, at 3 every layer spikes (10-35% of entries, measured)
+RESIDUAL_GAIN = 3.0
+
+
+def _own_residual_network():
+    """A Spiking ResNet-18 as ``sl.models.build`` makes it under ``loihi`` timing, one block per
+    stage, width 8: scale-only BatchNorm (the loihi default) and an identity shortcut of weight
+    84/64 (``identity_weight_for``); random weights, every BatchNorm gain RESIDUAL_GAIN so that
+    every layer spikes (verify refuses a silent one)."""
+    torch.manual_seed(0)
+    net = sl.models.build("resnet18", timing="loihi", width=8, depths=[1, 1, 1, 1],
+                          input_size=(16, 16), num_classes=4)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, BiasNorm):
+                m.weight.fill_(RESIDUAL_GAIN)
+    return net.eval()
+
+
+def test_own_residual_model_is_described_with_its_options():
+    net = _own_residual_network()
+    spec = json.loads(json.dumps(sl.models.describe(net, (2, 16, 16))))  # JSON-ready
+    layers = [layer for stage in spec["stages"] for layer in stage["layers"]]
+    stem, blocks = layers[0]["layers"][0], layers[1:]
+    assert stem["type"] == "Conv" and stem["norm"] == "scale" and stem["delay_shift"] is True
+    assert [b["type"] for b in blocks] == ["ResidualBlock"] * 4
+    assert {b["norm"] for b in blocks} == {"scale"} and {b["delay_shift"] for b in blocks} == {True}
+    assert blocks[0]["cin"] == blocks[0]["cout"] == 8 and blocks[0]["stride"] == 1  # identity
+    assert blocks[0]["identity_weight"] == 84 / 64
+    rebuilt = build_custom(spec).eval()
+    rebuilt.load_state_dict(net.state_dict())  # strict: no BatchNorm shift on either side
+    assert rebuilt.timing == "loihi" and rebuilt.latency == net.latency
+    x = torch.rand(2, 6, 2, 16, 16, generator=torch.Generator().manual_seed(1)).lt(0.3).float()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    shifted = sl.models.build("resnet18", width=8, depths=[1, 1, 1, 1], input_size=(16, 16),
+                              batchnorm="shift", identity_weight=1.0)
+    block = sl.models.describe(shifted, (2, 16, 16))["stages"][0]["layers"][1]
+    assert block["norm"] is True and block["identity_weight"] == 1.0
+    assert block["delay_shift"] is False
+
+
+@pytest.mark.slow
+@needs_lava
+def test_own_residual_model_exports_and_verifies_on_nir_and_lava(tmp_path):
+    net = _own_residual_network()
+    art = sl.export(net, tmp_path / "own", input_shape=(2, 16, 16), T=6)
+    assert art.meta.model_spec["name"] == "custom" and art.meta.timing.timing == "loihi"
+    frames = torch.rand(6, 4, 2, 16, 16, generator=torch.Generator().manual_seed(2)).lt(0.3)
+    cert = sl.verify(art, frames.float(), backends=["nir", "lava"], lava_samples=2)
+    assert cert.ok and cert.checked_by == ["nir", "lava"], cert.problems
+    lava = cert.backends[1]
+    assert lava.mismatches == 0 and lava.path.startswith("process graph")
+    assert min(cert.report.coverage.values()) > 0
+
+
+@pytest.mark.slow
+@needs_lava
+def test_loihi_residual_run_trained_in_python_verifies_on_nir_and_lava(tmp_path):
+    config = sl.TrainConfig(dataset="ndigits", model="resnet18", timing="loihi", width=8,
+                            depths=[1, 1, 1, 1], epochs=1, batch_size=16, limit_train=128,
+                            limit_test=16, T=6, size=[16, 16])
+    # 8 steps: every layer spikes on the 8 test samples (coverage 55-90%, measured)
+    run = sl.train(config, tmp_path / "run", max_steps=8, progress=False,
+                   cache_dir=tmp_path / "cache")
+    assert run.config.timing == "loihi" and run.config.batchnorm == "scale"
+    art = sl.export(run, tmp_path / "export", accuracy=False)
+    assert art.meta.model_spec["batchnorm"] == "scale"
+    assert art.meta.model_spec["identity_weight"] == 84 / 64
+    cert = sl.verify(art, "ndigits", backends=["nir", "lava"], samples=8, lava_samples=2,
+                     cache_dir=tmp_path / "cache")
+    assert cert.ok and cert.checked_by == ["nir", "lava"], cert.problems
+    assert cert.report.parameters.status == "ok"  # rebuilt from the run's checkpoint
 
 
 def test_another_tools_graph_simulates_and_is_priced(real_file):

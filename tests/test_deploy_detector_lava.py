@@ -18,7 +18,7 @@ import torch
 from spikeline.cli import main
 from spikeline.deploy.export import export_run, write_manifest
 from spikeline.deploy.fold import fold_model
-from spikeline.deploy.nir_params import DT
+from spikeline.deploy.nir_check import DT
 from spikeline.deploy.to_lava import lower
 from spikeline.deploy.verify import verify_export
 from spikeline.errors import BadInput

@@ -197,7 +197,8 @@ def test_break_even_rate_is_where_snn_and_ann_cost_the_same():
 # ---------------------------------------------------------------------------------------------
 
 def test_cuba_neuron_is_active_while_its_current_is_nonzero():
-    from spikeline.deploy.nir_params import DT, cuba_to_nir
+    from spikeline.deploy.nir_check import DT
+    from spikeline.deploy.nir_params import cuba_to_nir
     from spikeline.pipeline.neuron import CubaParams
 
     p = CubaParams(threshold=10.0, current_decay=0.5, voltage_decay=0.03, tau_grad=1.0)

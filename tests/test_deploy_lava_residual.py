@@ -19,7 +19,7 @@ from spikeline.deploy.export import export_model
 from spikeline.deploy.fold import fold_model
 from spikeline.deploy.simulate import simulate
 from spikeline.deploy.to_lava import lower
-from spikeline.deploy.nir_params import DT
+from spikeline.deploy.nir_check import DT
 from spikeline.deploy.to_nir import model_to_nir
 from spikeline.deploy.export import write_manifest
 from spikeline.deploy.verify import reference_activity, verify_export

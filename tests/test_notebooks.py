@@ -67,3 +67,16 @@ def test_notebook_runs(path):
     print(f"{path.name}: {seconds:.1f} s")
     # every notebook ends in a figure (the quickstart: the energy plot)
     assert _has_image(_outputs(nb, -1)), f"{path.name}: the last cell draws no figure"
+
+
+def test_a_returned_figure_shows_in_a_kernel_without_the_matplotlib_magic(real_file):
+    """The notebooks have no `%matplotlib inline`: a Figure that spikeline returns (outside
+    pyplot) must still show as a PNG in a fresh kernel."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    graph, events = real_file("nir/nmnist_cnn_sinabs.nir"), real_file("events/nmnist_sample.bin")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import spikeline as sl\nsl.simulate({str(graph)!r}, [{str(events)!r}], T=8).plot()")])
+    NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+    assert _has_image(nb.cells[0].outputs), nb.cells[0].outputs

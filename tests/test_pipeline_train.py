@@ -5,6 +5,9 @@ no output at T <= 5), 48 training samples, batch 16.
 """
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -261,3 +264,26 @@ def test_recalibrate_norms_sets_statistics_of_the_current_weights():
     model.eval()
     recalibrate_norms(model, batches, torch.device("cpu"), max_batches=1)
     assert not model.training  # the mode it had is restored
+
+
+def test_figures_written_to_files_leave_the_matplotlib_backend_alone(tmp_path):
+    # a notebook's inline backend (here: the one MPLBACKEND names) must survive a training run
+    # or `data show` writing a PNG; pyplot with matplotlib.use("Agg", force=True) replaced it
+    code = (
+        "import sys, matplotlib, numpy as np\n"
+        "from spikeline.pipeline.plots import plot_curves\n"
+        "from spikeline.datasets.boxes import Boxes\n"
+        "from spikeline.datasets.detection import draw_detections\n"
+        "out = sys.argv[1]\n"
+        "plot_curves([{'epoch': 1, 'train_loss': 1.0, 'train_acc': 0.5, 'val_acc': 0.4}],\n"
+        "            out + '/curves.png')\n"
+        "draw_detections(np.ones((2, 2, 8, 8), np.float32), Boxes(np.zeros((0, 4)), [], (8, 8)),\n"
+        "                out + '/boxes.png')\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n")
+    env = {**os.environ, "MPLBACKEND": "template"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["template", "False"]
+    for name in ("curves.png", "boxes.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

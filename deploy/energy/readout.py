@@ -57,6 +57,7 @@ from spikeline.errors import BadInput
 from ..artifact import DetectorReadout
 from .conventions import EnergyEstimate
 from .counts import EnergyCounts
+from .report import estimate_key
 
 __all__ = ["ReadoutLevel", "readout_levels", "price_readout", "readout_report"]
 
@@ -107,8 +108,6 @@ def price_readout(levels: Sequence[ReadoutLevel], convention: str, e_mac: float,
 def readout_report(readout: DetectorReadout, counts: EnergyCounts,
                    estimates: Sequence[EnergyEstimate], models: Mapping) -> dict:
     """The readout's counts, and per estimate key its price and the totals with it."""
-    from .report import estimate_key
-
     levels = readout_levels(readout, counts)
     # the host reads T steps per level; a loihi-timed graph runs input_pad_steps more
     steps = max(counts.T - readout.input_pad_steps, 1)

@@ -66,7 +66,7 @@ def unavailable(impl: str, device: torch.device) -> str | None:
     if device.type == "cuda":
         return None
     if device.type == "cpu":
-        from . import triton_cuba
+        from . import triton_cuba  # optional dependency (triton), installed as checked above
 
         if triton_cuba.interpreting():
             return None

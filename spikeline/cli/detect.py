@@ -8,12 +8,20 @@ with the predicted boxes, and the true ones for a dataset sample) and ``OUT/dete
 """
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
+from spikeline.atomic import atomic_text
+from spikeline.datasets.boxes import Boxes
+from spikeline.datasets.detection import DETECTION_DATASETS, draw_detections, load_detection
+from spikeline.datasets.inputs import frames_from_events  # also the old place's name
 from spikeline.errors import BadInput
+from spikeline.paths import output_dir
+
+from .train import _nonneg
 
 # YOLOv5 detect.py's defaults for what is shown (https://github.com/ultralytics/yolov5,
 # detect.py: conf_thres=0.25, iou_thres=0.45); mAP uses val.py's 0.001 / 0.6 instead.
@@ -48,15 +56,7 @@ def register(subparsers) -> None:
     p.set_defaults(handler=handle_detect)
 
 
-def _nonneg(text):
-    from .train import _nonneg as nonneg
-
-    return nonneg(text)
-
-
 def _fraction(text):
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
@@ -75,14 +75,8 @@ def _run_info(ckpt: dict) -> tuple[int, list[int], dict]:
 
 
 def handle_detect(args) -> int:
-    # library imports here: importing spikeline.cli takes 0.1 s, torch + nir 2.9 s (measured)
-    from spikeline.atomic import atomic_text
-    from spikeline.datasets.boxes import Boxes
-    from spikeline.datasets.detection import DETECTION_DATASETS, draw_detections, load_detection
-    from spikeline.datasets.inputs import frames_from_events
-    from spikeline.paths import output_dir
-    from spikeline.pipeline.checkpoint import load_run_model
-    from spikeline.workflow import class_names, detect_boxes
+    from spikeline.pipeline.checkpoint import load_run_model  # lazy: CLI start-up (cli/__init__)
+    from spikeline.workflow import class_names, detect_boxes  # lazy: as above
 
     out = output_dir(args.out, "--out")
     model, ckpt = load_run_model(args.run_dir, args.checkpoint)
@@ -125,10 +119,3 @@ def handle_detect(args) -> int:
         print(f"  {b.get('name', b['class'])}  score {b['score']:.3f}  xyxy {b['xyxy']}")
     return 0
 
-
-def __getattr__(name):
-    if name == "frames_from_events":  # moved to spikeline.datasets.inputs
-        from spikeline.datasets.inputs import frames_from_events
-
-        return frames_from_events
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

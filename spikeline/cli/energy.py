@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spikeline.errors import SpikelineError
+from spikeline.paths import output_dir, output_file
 
 from .inputs import add_input_arguments, load_inputs, load_model, positive_int
 
@@ -60,11 +61,9 @@ def _hardware_args(args) -> tuple[str | None, str | None]:
 
 
 def run(args) -> int:
-    # library imports here: importing spikeline.cli takes 0.1 s, torch + nir 2.9 s (measured)
-    from spikeline.deploy.artifact import graph_input_shape
-    from spikeline.deploy.energy.report import summary_text, write_json, write_report
-    from spikeline.paths import output_dir, output_file
-    from spikeline.workflow import energy_report, hardware_selection
+    from spikeline.deploy.artifact import graph_input_shape  # lazy: CLI start-up (cli/__init__)
+    from spikeline.deploy.energy.report import summary_text, write_json, write_report  # lazy: as above
+    from spikeline.workflow import energy_report, hardware_selection  # lazy: as above
 
     if args.json:  # fail before any work on an output that cannot be written
         output_file(args.json, "--json")
@@ -91,7 +90,7 @@ def run(args) -> int:
 
 def __getattr__(name):
     if name == "latency_steps":  # moved to spikeline.workflow
-        from spikeline.workflow import latency_steps
+        from spikeline.workflow import latency_steps  # lazy: CLI start-up (cli/__init__)
 
         return latency_steps
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 
+from spikeline.datasets import inputs
+from spikeline.pipeline.config import DEFAULT_T
+
 
 def add_input_arguments(p: argparse.ArgumentParser, default_samples: int | None = 8) -> None:
     """--events / --input / --dataset (one of them), with --samples, --split, --T ..."""
-    from spikeline.pipeline.config import DEFAULT_T
-
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--events", nargs="+", metavar="FILE",
                      help="event recordings (one sample each), binned into T frames of counts "
@@ -37,14 +38,14 @@ def add_input_arguments(p: argparse.ArgumentParser, default_samples: int | None 
 
 def load_model(target):
     """(graph, metadata dict, path of the .nir file): ``deploy.artifact.read_model``."""
-    from spikeline.deploy.artifact import read_model
+    from spikeline.deploy.artifact import read_model  # lazy: CLI start-up (cli/__init__)
 
     return read_model(target)
 
 
 def load_inputs(args, graph, meta):
     """``(x [T, N, *input_shape] float32, description of the source)`` from the input flags."""
-    from spikeline.workflow import model_inputs
+    from spikeline.workflow import model_inputs  # lazy: CLI start-up (cli/__init__)
 
     return model_inputs(graph, meta, events=args.events, array=args.input,
                         dataset=args.dataset, samples=args.samples, split=args.split, T=args.T,
@@ -75,15 +76,13 @@ def positive_int(text: str) -> int:
 def __getattr__(name):
     # moved to the library; still importable from here for callers of the old place
     if name in ("fit_frames", "inputs_from_array", "inputs_from_dataset", "inputs_from_events"):
-        from spikeline.datasets import inputs
-
         return getattr(inputs, name)
     if name in ("DEFAULT_T", "encode", "check_activity", "resolve_T"):
-        from spikeline import workflow
+        from spikeline import workflow  # lazy: CLI start-up (cli/__init__)
 
         return getattr(workflow, name)
     if name == "graph_input_shape":
-        from spikeline.deploy.artifact import graph_input_shape
+        from spikeline.deploy.artifact import graph_input_shape  # lazy: CLI start-up (cli/__init__)
 
         return graph_input_shape
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

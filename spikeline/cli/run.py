@@ -4,8 +4,11 @@ The chain is ``spikeline.workflow.run_pipeline``; this module parses the flags a
 each stage reports."""
 from __future__ import annotations
 
+from spikeline.paths import output_dir
+
 from .deploy import accuracy_line
 from .inputs import positive_int
+from .train import _config_options, _progress_logging, config_from_args, runtime_from_args
 
 # `run` trains a demo by default: evolutionary heads, 4 epochs (train's defaults otherwise);
 # the same dict as spikeline.workflow.RUN_DEFAULTS, kept here so that --help needs no torch
@@ -23,8 +26,6 @@ def register(subparsers) -> None:
                     "verify.json, energy/ and pipeline.json (the summary).")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--config", metavar="FILE.toml", help="a training recipe (flags override it)")
-    from .train import _config_options
-
     _config_options(p, "run", defaults=RUN_DEFAULTS)
     p.add_argument("--verify-samples", type=positive_int, default=None,
                    help="test samples the spike certificate runs (default: "
@@ -55,22 +56,18 @@ def _print_event(kind: str, data) -> None:
     elif kind == "backend":
         print(f"  checking {data} ...", flush=True)
     elif kind == "verify":
-        from spikeline.deploy.verify import report_lines
+        from spikeline.deploy.verify import report_lines  # lazy: CLI start-up (cli/__init__)
 
         for line in report_lines(data):
             print("  " + line)
     elif kind == "energy":
-        from spikeline.deploy.energy.report import summary_text
+        from spikeline.deploy.energy.report import summary_text  # lazy: CLI start-up (cli/__init__)
 
         print(summary_text(data))
 
 
 def run(args) -> int:
-    # library imports here: importing spikeline.cli takes 0.1 s, torch + nir 2.9 s (measured)
-    from spikeline.paths import output_dir
-    from spikeline.workflow import run_pipeline
-
-    from .train import _progress_logging, config_from_args, runtime_from_args
+    from spikeline.workflow import run_pipeline  # lazy: CLI start-up (cli/__init__)
 
     runtime = runtime_from_args(args, "run", args.out)
     _progress_logging(runtime.progress)

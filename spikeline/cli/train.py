@@ -2,8 +2,8 @@
 
 Every train option comes from ``pipeline/config.py`` (``TrainConfig`` and ``Runtime`` field
 metadata): this module only turns flags into those objects, calls ``spikeline.workflow``
-(``train``, ``evaluate_run``) and prints.  Library modules are imported inside the handlers:
-``import spikeline.cli`` takes 0.1 s, importing torch and nir 2.9 s (measured on this machine).
+(``train``, ``evaluate_run``) and prints.  The workflow is imported inside the handlers
+(start-up: see ``spikeline/cli/__init__.py``).
 
 ``--config FILE.toml`` supplies any ``TrainConfig`` field; flags override it;
 ``--print-config`` prints the resolved config as JSON and exits.
@@ -16,15 +16,17 @@ import json
 import logging
 import sys
 
+from spikeline.atomic import atomic_file, atomic_text
 from spikeline.errors import BadInput, SpikelineError
+from spikeline.paths import output_dir, output_file
+from spikeline.pipeline.config import (DEFAULT_T, Runtime, TrainConfig, load_toml, nonneg_int,
+                                       parse_size, positive_int)
 
 from .options import add_options, given
 
 
 def _config_options(p: argparse.ArgumentParser, command: str, defaults: dict | None = None,
                     skip: tuple[str, ...] = ()) -> None:
-    from spikeline.pipeline.config import Runtime, TrainConfig
-
     add_options(p, TrainConfig, command, defaults, skip)
     add_options(p, Runtime, command, skip=skip)
 
@@ -104,8 +106,6 @@ def register(subparsers) -> None:
     i.add_argument("--size", type=_size, default=None,
                    help="input size N or HxW (default: 48 for CIFAR10-DVS-sized models, "
                    "34 for cnn)")
-    from spikeline.pipeline.config import DEFAULT_T
-
     i.add_argument("--T", type=_positive, default=DEFAULT_T,
                    help=f"time steps (default {DEFAULT_T}, the paper's)")
     i.add_argument("--width", type=_positive, default=None, help="channel scale")
@@ -128,20 +128,14 @@ def _arg_type(check):
 
 
 def _positive(text):
-    from spikeline.pipeline.config import positive_int
-
     return _arg_type(positive_int)(text)
 
 
 def _nonneg(text):
-    from spikeline.pipeline.config import nonneg_int
-
     return _arg_type(nonneg_int)(text)
 
 
 def _size(text):
-    from spikeline.pipeline.config import parse_size
-
     try:
         return parse_size(text)
     except ValueError as err:
@@ -161,8 +155,7 @@ def _progress_logging(enabled: bool) -> None:
 
 def config_from_args(args, command: str, base: dict | None = None):
     """TrainConfig from defaults <- ``base`` <- ``--config`` recipe <- flags, resolved."""
-    from spikeline.pipeline.config import TrainConfig, load_toml
-    from spikeline.workflow import resolve_config
+    from spikeline.workflow import resolve_config  # lazy: CLI start-up (cli/__init__)
 
     values = dict(base or {})
     if getattr(args, "config", None):
@@ -172,8 +165,6 @@ def config_from_args(args, command: str, base: dict | None = None):
 
 
 def runtime_from_args(args, command: str, out):
-    from spikeline.pipeline.config import Runtime
-
     return Runtime(out=out, resume=bool(getattr(args, "resume", False)),
                    progress=getattr(args, "progress", True), **given(args, Runtime, command))
 
@@ -181,9 +172,7 @@ def runtime_from_args(args, command: str, out):
 def train_from_args(args, command: str, base: dict | None = None):
     """The config and runtime from ``args``, trained by ``workflow.train``; returns
     ``TrainResult``."""
-    from spikeline.paths import output_dir
-    from spikeline.pipeline.config import TrainConfig
-    from spikeline.workflow import resumed_config, train
+    from spikeline.workflow import resumed_config, train  # lazy: CLI start-up (cli/__init__)
 
     runtime = runtime_from_args(args, command, args.out)
     _progress_logging(runtime.progress)
@@ -205,7 +194,7 @@ def handle_train(args) -> int:
     s = result.summary
     state = "finished" if result.finished else "stopped (continue with --resume)"
     if s.get("task") == "detection":
-        from spikeline.pipeline.detect_train import summary_numbers
+        from spikeline.pipeline.detect_train import summary_numbers  # lazy: CLI start-up (cli/__init__)
 
         print(f"{state}: {len(result.history)} epoch(s) in {result.run_dir}; best.pt = epoch "
               f"{result.best['epoch']}; {summary_numbers(s)} ({s.get('num_test')} test "
@@ -222,19 +211,16 @@ def handle_train(args) -> int:
 
 
 def handle_evaluate(args) -> int:
-    if args.json not in (None, "-"):
-        from spikeline.paths import output_file
+    from spikeline.workflow import evaluate_run  # lazy: CLI start-up (cli/__init__)
 
+    if args.json not in (None, "-"):
         output_file(args.json, "--json")
-    from spikeline.workflow import evaluate_run
 
     res = evaluate_run(args.run_dir, args.checkpoint, device=args.device,
                        data_dir=args.data_dir, cache_dir=args.cache_dir,
                        batch_size=args.batch_size, limit_test=args.limit_test,
                        workers=args.workers)
     if args.json not in (None, "-"):
-        from spikeline.atomic import atomic_text
-
         atomic_text(args.json, json.dumps(res, indent=2) + "\n")
     if args.json == "-":
         print(json.dumps(res))
@@ -250,8 +236,8 @@ def handle_evaluate(args) -> int:
 
 
 def handle_diagnose_gradients(args) -> int:
-    from spikeline.pipeline.diagnose import diagnose_gradients
-    from spikeline.workflow import load_data, loader_factory
+    from spikeline.pipeline.diagnose import diagnose_gradients  # lazy: CLI start-up (cli/__init__)
+    from spikeline.workflow import load_data, loader_factory  # lazy: as above
 
     modes = [m.strip() for m in args.heads.split(",") if m.strip()]
     if not modes:
@@ -279,16 +265,13 @@ def handle_diagnose_gradients(args) -> int:
 
 
 def handle_diagnose_init(args) -> int:
-    from spikeline.paths import output_file
-    from spikeline.pipeline.diagnose import diagnose_init
+    from spikeline.pipeline.diagnose import diagnose_init  # lazy: CLI start-up (cli/__init__)
 
     if args.json:
         output_file(args.json, "--json")
     res = diagnose_init(args.model, size=args.size, T=args.T, width=args.width,
                         batch_size=args.batch_size, seed=args.seed)
     if args.json:
-        from spikeline.atomic import atomic_file
-
         with atomic_file(args.json) as fh:
             fh.write((json.dumps(res, indent=2) + "\n").encode())
     worst = min(res["layers"], key=lambda r: r["nonzero_weight_fraction"])
@@ -304,7 +287,7 @@ def handle_diagnose_init(args) -> int:
 def __getattr__(name):
     # moved to spikeline.workflow; still importable from here for callers of the old place
     if name in ("evaluate_run", "load_data", "loader_factory", "resolve_config"):
-        from spikeline import workflow
+        from spikeline import workflow  # lazy: CLI start-up (cli/__init__)
 
         return getattr(workflow, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
