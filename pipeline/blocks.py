@@ -268,8 +268,11 @@ class ConvSynapse(Synapse):
         # forward + backward, measured in benchmarks/bench_blocks.py's conv case), its output
         # stays channels-last, and the neuron runs in any dense layout without a copy, so
         # only a network's first convolution converts.  Integer arithmetic where it is exact
-        # and pays (kernels/int_synapse.py), else F.conv2d.
-        frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        # and pays (kernels/int_synapse.py), else F.conv2d.  CPU only: on CUDA the Triton
+        # neuron wants contiguous input, and channels-last was not measured there.
+        frames = x.flatten(0, 1)
+        if frames.device.type == "cpu":
+            frames = frames.contiguous(memory_format=torch.channels_last)
         z = int_synapse.conv2d(frames, w, None, self.stride, self.padding, self.dilation,
                                self.groups, grid_shift=self.grid_shift)
         return z.unflatten(0, x.shape[:2])
