@@ -23,7 +23,7 @@ from torch import nn
 
 from .geometry import pair as _pair
 from .kernels import int_synapse
-from .neuron import CubaParams, cuba_spikes_padded, cuba_voltage
+from .neuron import CubaParams, cuba_spikes, cuba_spikes_padded, cuba_voltage
 from .quantize import quantize_bias, quantize_weight
 
 __all__ = [
@@ -327,9 +327,11 @@ class LIF(nn.Module):
         self.spikes = nn.Identity()
 
     def forward(self, z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.delay_shift:
+            return self.spikes(cuba_spikes(z, self.neuron, bias))
         padded = cuba_spikes_padded(z, self.neuron, bias)
-        s = self.spikes(padded[1:])
-        return padded[:-1] if self.delay_shift else s
+        self.spikes(padded[1:])
+        return padded[:-1]
 
 
 class SpikingBlock(nn.Module):

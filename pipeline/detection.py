@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Anchors", "Detect", "decode", "yolo_loss", "nms", "mean_average_precision",
@@ -265,7 +265,6 @@ def mean_average_precision(predictions: list[np.ndarray], truths: list[tuple], n
     """COCO mAP with pycocotools.  ``predictions[i]``: ``[k, 6]`` rows ``(x0, y0, x1, y1,
     score, class)``; ``truths[i]``: ``(xyxy [n, 4], labels [n])`` of image ``i``.  Returns
     ``{"mAP50": ..., "mAP50_95": ...}`` (0 when there is nothing to find)."""
-
     images, annotations, detections = [], [], []
     for i, (xyxy, labels) in enumerate(truths):
         images.append({"id": i, "width": 1, "height": 1})

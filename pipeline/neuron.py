@@ -186,16 +186,17 @@ def _run_backward(impl: str, grad: torch.Tensor, voltage: torch.Tensor | None, p
 
 
 class _CubaSpike(torch.autograd.Function):
-    """Spikes ``[T + 1, ...]``: row 0 zero, row ``t + 1`` the spikes of step ``t``, so that
-    both the spikes (``[1:]``) and their one-step delay (``[:-1]``) are views of one tensor."""
+    """Spikes ``[T, ...]``; with ``delayed``, ``[T + 1, ...]``: row 0 zero, row ``t + 1`` the
+    spikes of step ``t``, so that both the spikes (``[1:]``) and their one-step delay
+    (``[:-1]``) are views of one tensor."""
 
     @staticmethod
-    def forward(ctx, x, bias, p):
+    def forward(ctx, x, bias, p, delayed):
         x = x.detach().to(torch.float32)
-        ctx.impl = choose(x.device)
+        ctx.impl, ctx.delayed = choose(x.device), delayed
         needs_grad = any(ctx.needs_input_grad[:2])
         spikes, voltage = _run_forward(ctx.impl, x, bias_to_int(bias, p), p, True,
-                                       write_voltage=needs_grad, delayed=True)
+                                       write_voltage=needs_grad, delayed=delayed)
         ctx.p = p
         ctx.bias_shape = None if bias is None else bias.shape
         if needs_grad:
@@ -203,13 +204,13 @@ class _CubaSpike(torch.autograd.Function):
         return spikes
 
     @staticmethod
-    def backward(ctx, grad_padded):
+    def backward(ctx, grad_spikes):
         (voltage,) = ctx.saved_tensors
         bias_grad = ctx.needs_input_grad[1]  # the bias enters v every step, like u does
-        grad_x, grad_v_sum = _run_backward(ctx.impl, grad_padded[1:], voltage, ctx.p,
-                                           bias_grad)
+        grad = grad_spikes[1:] if ctx.delayed else grad_spikes
+        grad_x, grad_v_sum = _run_backward(ctx.impl, grad, voltage, ctx.p, bias_grad)
         grad_bias = _sum_to(grad_v_sum, ctx.bias_shape) if bias_grad else None
-        return grad_x, grad_bias, None
+        return grad_x, grad_bias, None, None
 
 
 class _CubaVoltage(torch.autograd.Function):
@@ -241,7 +242,7 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def cuba_spikes(x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None = None):
     """Spikes ``[T, ...]`` of a CUBA-LIF population driven by ``x`` ``[T, ...]``, differentiable
     with lava-dl's surrogate gradient."""
-    return _CubaSpike.apply(x, bias, p)[1:]
+    return _CubaSpike.apply(x, bias, p, False)
 
 
 @torch.compiler.disable
@@ -249,7 +250,7 @@ def cuba_spikes_padded(x: torch.Tensor, p: CubaParams, bias: torch.Tensor | None
     """:func:`cuba_spikes` with a zero step in front, ``[T + 1, ...]``: ``[1:]`` are the
     spikes and ``[:-1]`` the spikes after a one-step delay (:func:`delay_shift`), both views
     (the delay costs no copy; measured 11% of a conv block's forward as ``torch.cat``)."""
-    return _CubaSpike.apply(x, bias, p)
+    return _CubaSpike.apply(x, bias, p, True)
 
 
 @torch.compiler.disable
