@@ -3,7 +3,7 @@
 Each netx layer becomes its synapse node (weights / 64) and a CubaLIF population with the same
 12-bit decays and threshold (``to_nir.cuba_to_nir``); a ``dense`` layer with
 ``vThMant = 262143`` (lava-dl's Affine) becomes a CubaLI readout; ``pool`` a SumPool2d (its
-padding kept); ``bias`` mantissas the voltage bias (``bias / 64``).  lava-dl's SLAYER delays
+padding kept), followed by a Scale when its weight is not 1 (lava-dl's ``weight_scale``); ``bias`` mantissas the voltage bias (``bias / 64``).  lava-dl's SLAYER delays
 every block's output by one step (``delay_shift=True``, its default); ``delay_shift=True`` here
 adds that one-step Delay after each spiking layer so the NIR graph reproduces the SLAYER
 forward.
@@ -240,9 +240,13 @@ def _layer(g, kind, where, shape, nodes, edges, prev, i):
         if len(shape) != 3 or len(out_shape) != 3:
             raise BadInput(f"{where}: a {kind} layer maps (C, H, W) to (C, H, W); got "
                            f"{shape} -> {out_shape}")
-        syn, name = _conv_like(g, kind, where, shape, out_shape, i)
+        syn, name, pool_weight = _conv_like(g, kind, where, shape, out_shape, i)
     nodes[name] = syn
     edges.append((prev, name))
+    if kind != "dense" and pool_weight != 1.0:  # a weighted sum pool: the sums, then a Scale
+        nodes[f"{i}_scale"] = nir.Scale(scale=np.full(out_shape, pool_weight))
+        edges.append((name, f"{i}_scale"))
+        name = f"{i}_scale"
     p, readout = _neuron(g, where)
     bias = None
     if "bias" in g:
@@ -275,11 +279,8 @@ def _conv_like(g, kind, where, shape, out_shape, i):
             raise BadInput(f"{where}/shape: pooling keeps the {c} channels, got {out_shape[0]}")
         if weight.size < 1 or np.any(weight != weight.reshape(-1)[0]):
             raise BadInput(f"{where}/weight: a pool has one weight")
-        if weight.reshape(-1)[0] != 64:
-            raise BadInput(f"{where}: pool weight {weight.reshape(-1)[0] / 64} != 1 has no "
-                           "NIR form")
         return nir.SumPool2d(kernel_size=np.array(k), stride=np.array(s),
-                             padding=np.array(p)), f"{i}_pool"
+                             padding=np.array(p)), f"{i}_pool", weight.reshape(-1)[0] / 64
     groups = _int(g, "groups", where, 1, default=1)
     if weight.ndim == 5 and weight.shape[4] == 1:  # lava-dl writes [out, in, kh, kw, 1]
         weight = weight[..., 0]
@@ -291,10 +292,11 @@ def _conv_like(g, kind, where, shape, out_shape, i):
         raise BadInput(f"{where}: weight {list(weight.shape)} with groups {groups} does not "
                        f"map {c} to {cout} channels")
     weight = weight / 64
-    if groups > 1 and groups == c == cout and d == (1, 1) and np.all(weight == 1):
-        # spikeline's netx form of sum pooling (deploy/to_netx.py)
+    if (groups > 1 and groups == c == cout and d == (1, 1) and weight.size
+            and np.all(weight == weight.flat[0]) and weight.flat[0] > 0):
+        # spikeline's netx form of sum pooling (deploy/to_netx.py), weighted or not
         return nir.SumPool2d(kernel_size=np.array(k), stride=np.array(s),
-                             padding=np.array(p)), f"{i}_pool"
+                             padding=np.array(p)), f"{i}_pool", float(weight.flat[0])
     if groups > 1:  # NIR infers grouped convs' input channels wrongly: write it dense
         check_size(cout * c * k[0] * k[1] * 8, f"{where}: the grouped conv as a dense one")
         dense = np.zeros((cout, c, *k))
@@ -305,4 +307,4 @@ def _conv_like(g, kind, where, shape, out_shape, i):
         weight = dense
     return nir.Conv2d(input_shape=np.array(shape[1:]), weight=weight, stride=np.array(s),
                       padding=np.array(p), dilation=np.array(d), groups=1,
-                      bias=np.zeros(cout)), f"{i}_conv"
+                      bias=np.zeros(cout)), f"{i}_conv", 1.0

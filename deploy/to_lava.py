@@ -26,7 +26,8 @@ How a graph written by ``to_nir`` (``--timing loihi``) maps, and why it is exact
   bool.  Graded input is used only where a synapse's input can exceed 1.
 - Weights: NIR holds ``mantissa / 64``.  Dense/Sparse clip to 8 bits and, for a mixed-sign
   matrix, drop the LSB (``utils/weightutils.py``): odd mantissas there are refused, never
-  silently changed.  Conv ignores ``weight_exp`` and does not clip; its layout is
+  silently changed.  A ``Scale`` between a synapse and its neuron (a relaying sum pool of
+  weight 84/64) multiplies that synapse's weights.  Conv ignores ``weight_exp`` and does not clip; its layout is
   ``(C_out, kx, ky, C_in)`` on ``(X, Y, C)`` maps and it flips the kernel, so the torch kernel
   is stored as ``w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)`` (as ``netx/hdf5.py`` does).
   Flattened maps are Lava's ``(X, Y, C)`` order, so a Dense after a Flatten has its columns
@@ -171,8 +172,10 @@ class _Lowering:
         if back:
             raise ExportUnsupported(f"Lava: recurrent edges {sorted(back)} are not supported")
         self.preds = {n: [] for n in graph.nodes}
+        self.succs = {n: [] for n in graph.nodes}
         for src, dst in graph.edges:
             self.preds[dst].append(src)
+            self.succs[src].append(dst)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.terms: dict[str, list[Term]] = {}
 
@@ -300,7 +303,7 @@ class _Lowering:
                 torch_w = _mantissa(name, node.weight, dense=False)
                 stride, padding = _pair(node.stride), _pair(node.padding)
                 dilation, groups = _pair(node.dilation), int(node.groups)
-            else:  # SumPool2d: a grouped conv with weight 1.0
+            else:  # SumPool2d: a grouped conv with weight 1.0 (a Scale after it: fold_scale)
                 kernel = _pair(node.kernel_size)
                 stride, padding, dilation, groups = (_pair(node.stride), _pair(node.padding),
                                                      (1, 1), c)
@@ -318,6 +321,20 @@ class _Lowering:
                 net.edges.append(Edge(self._line(net, t, 1, t.delay - 2), name))
         self.shapes[name] = syn.out_shape
         self.terms[name] = [Term(name, 0)]
+
+    def fold_scale(self, net: LavaNet, name: str, term: Term) -> None:
+        """A ``Scale`` between a synapse and its neuron (a relaying sum pool, weight 84/64)
+        multiplies that synapse's weights: exact when the products stay 8-bit mantissas and
+        nothing else reads the synapse."""
+        syn = net.synapses[term.source]
+        if len(self.succs[term.source]) != 1:
+            self.fail(name, f"its input from {term.source!r} is scaled, but that synapse also "
+                      "feeds other nodes, so the factor cannot move into its weights")
+        scaled, rest = np.divmod(syn.weight.astype(np.int64) * term.weight, ONE)
+        if np.any(rest) or scaled.min() < -256 or scaled.max() > 255:
+            self.fail(name, f"the scale {term.weight}/{ONE} on {term.source!r}'s weights leaves "
+                      "the 8-bit mantissas of the 1/64 grid")
+        syn.weight = scaled.astype(np.int32)
 
     def neuron(self, net, name, node):
         shape = self.input_shape(name)
@@ -345,7 +362,9 @@ class _Lowering:
         net.lifs[name] = Lif(name, shape, p.i_decay - 1, p.v_decay, int(vth), mant, readout)
         for t in self.gather(name):
             src = self.g.nodes[t.source]
-            if isinstance(src, SYNAPSES) and t.delay == 0 and not t.flat and t.weight == ONE:
+            if isinstance(src, SYNAPSES) and t.delay == 0 and not t.flat:
+                if t.weight != ONE:
+                    self.fold_scale(net, name, t)
                 net.edges.append(Edge(t.source, name))
             elif isinstance(src, (nir.Input, nir.CubaLIF)) and t.delay >= 1 and not t.flat:
                 net.edges.append(Edge(self._line(net, t, t.weight, t.delay - 1), name))

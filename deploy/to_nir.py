@@ -115,12 +115,14 @@ class _Exporter:
                 f"NIR export: sum pooling of a {h}x{w} map with kernel "
                 f"{syn.kernel_size} needs lava-dl's one-sided padding, which NIR's "
                 "SumPool2d cannot express; choose an input size that keeps pooled maps even")
-        if syn.weight.item() != 1:
-            raise ExportUnsupported("NIR export: sum pooling with a weight other than 1")
         node = nir.SumPool2d(kernel_size=np.array(syn.kernel_size),
                              stride=np.array(syn.stride), padding=np.array(syn.padding))
         out = _conv_out(shape, shape[0], syn.kernel_size, syn.stride, syn.padding)
-        return self.b.add("sumpool", node, sources), out, None
+        name = self.b.add("sumpool", node, sources)
+        weight = float(quantize_weight(syn.weight.detach(), syn.scale))
+        if weight != 1.0:  # a relaying pool (weight 84/64): the sums, then one Scale node
+            name = self.b.add("scale", nir.Scale(scale=np.full(out, weight)), [name])
+        return name, out, None
 
     def identity(self, sources, shape, weight: float) -> str:
         """``weight * x`` (a Spiking ResNet's identity shortcut of weight != 1): one NIR

@@ -277,3 +277,37 @@ def test_grouped_conv_imports_as_the_equivalent_dense_conv(tmp_path):
     grouped = torch.nn.functional.conv2d(x, torch.from_numpy(weight / 64), padding=1, groups=2)
     full = torch.nn.functional.conv2d(x, torch.from_numpy(dense).float(), padding=1)
     torch.testing.assert_close(grouped, full, rtol=0, atol=1e-6)
+
+
+def _lone_spike_pool_graph(tmp_path, layer):
+    from spikeline.deploy.from_netx import netx_to_nir
+
+    return netx_to_nir(_netx(tmp_path / "w.net", [layer]), input_shape=(2, 4, 4),
+                       delay_shift=False)
+
+
+@pytest.mark.parametrize("form", ["pool", "grouped conv"])
+def test_a_weighted_netx_pool_imports_as_a_sum_pool_and_a_scale(tmp_path, form):
+    """lava-dl's Pool(weight_scale=w) and spikeline's netx form of it (a grouped conv of one
+    weight) import as SumPool2d -> Scale(w).  A lone spike in a window crosses in the step it
+    arrives at w = 84/64 (above the threshold, 80/64); at w = 1 the current's tail carries it
+    over the threshold one step later."""
+    first_step = {}
+    for mant in (64.0, 84.0):
+        if form == "pool":
+            layer = {"type": np.array([b"pool"]), "kernelSize": np.array([2, 2]),
+                     "weight": np.full((1,), mant), "shape": np.array([2, 2, 2]),
+                     "neuron": NEURON}
+        else:
+            layer = {"type": np.array([b"conv"]), "inChannels": 2, "outChannels": 2,
+                     "groups": 2, "kernelSize": np.array([2, 2]), "stride": np.array([2, 2]),
+                     "weight": np.full((2, 1, 2, 2), mant, np.float32),
+                     "shape": np.array([2, 2, 2]), "neuron": NEURON}
+        graph = _lone_spike_pool_graph(tmp_path, layer)
+        kinds = [type(n).__name__ for n in graph.nodes.values()]
+        assert "SumPool2d" in kinds and ("Scale" in kinds) == (mant != 64), kinds
+        x = torch.zeros(4, 1, 2, 4, 4)
+        x[0, 0, 0, 0, 0] = 1  # one spike in the top-left window
+        out = simulate(graph, x).output
+        first_step[mant] = int(out.flatten(1).sum(1).nonzero()[0])
+    assert first_step == {64.0: 1, 84.0: 0}
