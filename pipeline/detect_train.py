@@ -32,7 +32,7 @@ from spikeline.errors import BadInput
 
 from .config import neuron_params
 from .ems import DETECTORS, NDIGITS_ANCHORS, detector_neuron
-from .models import identity_weight_for
+from .models import relay_weight_for
 from .neuron import CubaParams
 from .detection import (  # noqa: F401 (the scoring constants, re-exported)
     CONF_THRESHOLD, GEN1_ANCHORS, MAX_DET, NMS_IOU, Anchors, decode, mean_average_precision, nms,
@@ -115,7 +115,7 @@ def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
             "batchnorm": config.batchnorm or ("scale" if config.timing == "loihi"
                                               and config.deployable else "shift"),
             # likewise; absent: 1.0
-            "identity_weight": identity_weight_for(CubaParams(**neuron))}
+            "identity_weight": relay_weight_for(CubaParams(**neuron))}
 
 
 class DetectionTrainer(nn.Module):

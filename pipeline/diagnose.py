@@ -107,12 +107,15 @@ DEFAULT_PAPER_SIZE = 48
 
 def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | None = None,
                   batch_size: int = 2, seed: int = 0, rate: float = 0.1,
-                  num_classes: int = 10) -> dict:
+                  num_classes: int = 10, batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  batch_source: str = "recordings") -> dict:
     """Dead layers at initialisation.
 
     Builds ``model`` (default widths) at ``size`` (default: ``PAPER_SIZE``), feeds one batch
     of random binary event frames (each pixel and polarity spikes with probability ``rate``)
-    with random labels, and reports per synaptic layer (conv/dense synapse, in order):
+    with random labels, or ``batch`` (frames ``[N, T, 2, H, W]`` and labels, e.g. recordings:
+    uniform noise lacks their spatial clusters, which drive a small net much harder; named in
+    the result by ``batch_source``), and reports per synaptic layer (conv/dense synapse, in order):
     ``nonzero_weight_fraction`` of the 8-bit quantized weights, the L2 ``grad_norm`` of the
     weights under the cross-entropy of the main logits, and the ``output_rate`` of the spiking
     layer it feeds (None for the readout); plus ``main_logits_nonzero``.
@@ -136,8 +139,16 @@ def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | Non
         lambda mod, _i, o, n=n: rates.__setitem__(n, float(o.detach().float().mean())))
         for n, m in lifs]
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(batch_size, T, 2, h, w, generator=gen) < rate).float()
-    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    if batch is None:
+        x = (torch.rand(batch_size, T, 2, h, w, generator=gen) < rate).float()
+        y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+        source = f"random binary frames, rate {rate}"
+    else:
+        x, y = batch
+        if tuple(x.shape[1:]) != (T, 2, h, w):
+            raise SpikelineError(f"diagnose init: the batch's frames are {list(x.shape[1:])}, "
+                                 f"expected [T, 2, H, W] = {[T, 2, h, w]}")
+        source = batch_source
     try:
         logits = net(x)
         torch.nn.functional.cross_entropy(logits, y).backward()
@@ -155,8 +166,8 @@ def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | Non
             "grad_norm": 0.0 if grad is None else float(grad.double().norm()),
             "output_rate": _rate_of(name, lif_names, rates),
         })
-    return {"model": model, "size": [h, w], "T": T, "batch_size": batch_size,
-            "input_rate": rate, "seed": seed,
+    return {"model": model, "size": [h, w], "T": T, "batch_size": int(x.shape[0]),
+            "input": source, "input_rate": float((x > 0).float().mean()), "seed": seed,
             "main_logits_nonzero": bool((logits.detach() != 0).any()),
             "logits_std": float(logits.detach().std()), "layers": rows}
 

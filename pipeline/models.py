@@ -166,22 +166,35 @@ def _conv(neuron, cin, cout, k=3, stride=1, norm=True, delay_shift=False):
                 delay_shift=delay_shift)
 
 
-def cnn(*, in_channels, num_classes, input_size, neuron, encoding, width=16, **_):
+def cnn(*, in_channels, num_classes, input_size, neuron, encoding, width=16,
+        pool_weight: float | None = None, first_weight_scale: float = 2.0, **_):
     """Sequential net for small sensors (ndigits 34x34), netx-exportable.
 
     conv3x3(w) -> sumpool2 | conv3x3(2w) -> sumpool2 | dense(128) | affine readout.  The first
     conv drops its padding when that keeps both pooled sizes even (34 -> 32 -> 16 -> 8):
     Loihi/NIR have no counterpart of lava-dl's one-sided padding of odd sizes.
+
+    Without BatchNorm, nothing brings the layers to threshold quickly, and at T=4 the dense
+    layer and readout heard nothing at init.  Two changes fix it: the sum pools relay
+    (``pool_weight``, default ``relay_weight_for(neuron)`` = 84/64: a lone spike crosses in the
+    step it arrives, not one step later), and the first conv starts at twice the init scale
+    (``first_weight_scale``).  ``make demo``'s command (4 epochs, evolutionary heads), test
+    accuracy over seeds, 2026-12-07 (docs/training.md, "No dead layers at initialisation"):
+    T=4 (3 seeds) 84.5 -> 88.8 (p = 0.003); T=8 (5 seeds) 91.5 -> 90.8 (p = 0.52); the relay
+    alone gave 86.2 and 92.3, but left the readout without input at T=4 on random frames.
     """
+    pool_weight = relay_weight_for(neuron) if pool_weight is None else pool_weight
     h, w = input_size
     pad = 1 if h % 4 == 0 and w % 4 == 0 else 0
     h, w = (h - 2 + 2 * pad, w - 2 + 2 * pad)
     for _ in range(2):  # sum pooling, with lava-dl's padding of odd sizes
         h, w = (h + h % 2) // 2, (w + w % 2) // 2
     stages = [
-        nn.Sequential(Conv(neuron, in_channels, width, 3, padding=pad, delay_shift=False),
-                      Pool(neuron, 2, delay_shift=False)),
-        nn.Sequential(_conv(neuron, width, 2 * width, norm=False), Pool(neuron, 2, delay_shift=False)),
+        nn.Sequential(Conv(neuron, in_channels, width, 3, padding=pad, delay_shift=False,
+                           weight_scale=first_weight_scale),
+                      Pool(neuron, 2, weight_scale=pool_weight, delay_shift=False)),
+        nn.Sequential(_conv(neuron, width, 2 * width, norm=False),
+                      Pool(neuron, 2, weight_scale=pool_weight, delay_shift=False)),
         nn.Sequential(Flatten(), Dense(neuron, 2 * width * h * w, 128, delay_shift=False)),
     ]
     return SpikingNet(stages, Affine(neuron, 128, num_classes), encoding,
@@ -223,18 +236,23 @@ def vgg11(*, in_channels, num_classes, input_size, neuron, encoding, width=64, *
 # 0.46; 0.05: 0.82 / 0.83 / 0.82 / 0.64; 0 (ReZero): 0.82 / 0.85 / 0.82 / 0.68.
 BRANCH_GAMMA = 0.05
 
-# Grid steps (of 1/64) above the threshold at which a Spiking ResNet's identity shortcut adds
-# its input spikes (``identity_weight``).  At weight 1 (below the threshold, 1.25) a lone spike
-# crossing an identity block whose branch is nearly closed is lost: at init on the issue-17
-# repro (resnet18 width 16, T=6) stages 2-4 were silent for steps 0-2 and the logits varied by
-# 0.10 between samples; at 84/64 (4 steps above 80/64) every stage fired from step 0-1, the
-# spread was 1.59, and the repro's validation accuracy went from 25.9% to 37.1%.
+# Grid steps (of 1/64) above the threshold at which a relay passes one spike on: a Spiking
+# ResNet's identity shortcut (``identity_weight``) and the cnn's sum pools (``pool_weight``).
+# At weight 1 (below the threshold, 1.25) a lone spike crosses only on its current's tail, one
+# step late, so every relay in a chain adds a step of lag (at T=4 the cnn's two pools and dense
+# layer left the readout without input at init); at 84/64 it crosses in the step it arrives
+# (tests/test_deploy_nir.py measures both).  Identity: at init on the
+# issue-17 repro (resnet18 width 16, T=6) stages 2-4 were silent for steps 0-2 and the logits
+# varied by 0.10 between samples; at 84/64 (4 steps above 80/64) every stage fired from step
+# 0-1, the spread was 1.59, and the repro's validation accuracy went from 25.9% to 37.1%.
+# Pools: see ``cnn``.
 IDENTITY_MARGIN = 4
 
 
-def identity_weight_for(neuron: CubaParams) -> float:
-    """The identity shortcut's weight: ``IDENTITY_MARGIN`` grid steps above the threshold,
-    rounded up to an even mantissa (lava-dl's weight grid; 84/64 for threshold 1.25)."""
+def relay_weight_for(neuron: CubaParams) -> float:
+    """The weight at which one spike crosses a relay (an identity shortcut, a sum pool):
+    ``IDENTITY_MARGIN`` grid steps above the threshold, rounded up to an even mantissa
+    (lava-dl's weight grid; 84/64 for threshold 1.25)."""
     mant = neuron.v_th_mant + IDENTITY_MARGIN
     return (mant + mant % 2) / neuron.scale
 
@@ -251,7 +269,7 @@ class ResidualBlock(nn.Module):
     ``g`` is 1, or a learnable scalar initialised at 0 with ``rezero``.  The shortcut is the
     identity, or conv1x1 + BN (+ SN for SEW, whose shortcut must carry spikes) when the shape
     changes.  A Spiking ResNet's identity adds its input spikes with ``identity_weight``
-    (``identity_weight_for(neuron)``, just above the threshold, so that one spike crosses the
+    (``relay_weight_for(neuron)``, just above the threshold, so that one spike crosses the
     block; 1.0 in checkpoints written before it existed); it exports as a depthwise 1x1
     synapse of that weight.  ``skip_delay`` (1 under ``loihi`` timing, else 0) delays the shortcut's input by
     that many steps, and a SEW identity term by twice that, so that it arrives with the two-hop
@@ -264,7 +282,7 @@ class ResidualBlock(nn.Module):
                  rezero: bool, identity_weight: float | None = None):
         super().__init__()
         self.kind = kind
-        self.identity_weight = float(identity_weight_for(neuron) if identity_weight is None
+        self.identity_weight = float(relay_weight_for(neuron) if identity_weight is None
                                      else identity_weight)
         self.conv1 = ConvSynapse(cin, cout, 3, stride, 1, norm=True, scale=neuron.scale)
         self.lif1 = LIF(neuron, delay_shift=False)
@@ -414,7 +432,7 @@ def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
     ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND).
     ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``).  ``batchnorm``: ``scale`` or
     ``shift`` (``BATCHNORMS``; default ``default_batchnorm(timing)``).  ``identity_weight``
-    (Spiking ResNets): the identity shortcut's weight, default ``identity_weight_for(neuron)``;
+    (Spiking ResNets): the identity shortcut's weight, default ``relay_weight_for(neuron)``;
     it must lie on the weight grid (even multiples of 1/64)."""
     check_timing(timing)
     check_identity_weight(options.get("identity_weight"))

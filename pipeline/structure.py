@@ -14,7 +14,7 @@ several is ``{"type": "Sequential", "layers": [...]}``.  A synapse's BatchNorm i
 ``false`` (none), ``true`` (scale and shift) or ``"scale"`` (scale-only, ``--batchnorm scale``:
 no voltage bias).  A ``ResidualBlock`` (``models.py``; the registry's ResNets are made of them)
 records its ``kind``, ``rezero``, the identity shortcut's ``identity_weight`` (84/64 by default,
-``models.identity_weight_for``) and ``delay_shift``: whether its hops are delayed one step each
+``models.relay_weight_for``) and ``delay_shift``: whether its hops are delayed one step each
 (``loihi`` timing, as ``SpikingNet.set_timing`` sets them) or none are.
 """
 from __future__ import annotations

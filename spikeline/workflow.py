@@ -141,6 +141,21 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
     return {**about, **task_for(config).test_scores(model, loader, dev)}
 
 
+def recorded_batch(dataset: str, *, T: int, size, batch_size: int, seed: int = 0,
+                   data_dir=None, cache_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` recordings of ``dataset``'s training split (no augmentation), binned
+    into ``T`` frames at ``size``, picked by ``seed``: a realistic input for
+    ``pipeline.diagnose.diagnose_init``."""
+    if dataset not in DATASETS:
+        raise BadInput(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    train = load_splits(dataset, T=T, size=tuple(size), augment=False, data_dir=data_dir,
+                        cache_dir=cache_dir).train
+    picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    samples = [train[int(i)] for i in picks[:batch_size]]
+    frames = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in samples])
+    return frames, torch.tensor([int(y) for _, y in samples])
+
+
 # ---- deployed accuracy ----------------------------------------------------------------------
 
 def _read_summary(summary_path: Path, missing_ok: bool) -> dict:

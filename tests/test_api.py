@@ -179,7 +179,7 @@ RESIDUAL_GAIN = 3.0
 def _own_residual_network():
     """A Spiking ResNet-18 as ``sl.models.build`` makes it under ``loihi`` timing, one block per
     stage, width 8: scale-only BatchNorm (the loihi default) and an identity shortcut of weight
-    84/64 (``identity_weight_for``); random weights, every BatchNorm gain RESIDUAL_GAIN so that
+    84/64 (``relay_weight_for``); random weights, every BatchNorm gain RESIDUAL_GAIN so that
     every layer spikes (verify refuses a silent one)."""
     torch.manual_seed(0)
     net = sl.models.build("resnet18", timing="loihi", width=8, depths=[1, 1, 1, 1],

@@ -311,3 +311,49 @@ def test_trained_loihi_resnets_verify_on_lava_on_real_recordings(tmp_path):
         res = _cli("verify", exp, "--backends", "nir,lava", "--events", *files)
         assert res.returncode == 0, res.stdout + res.stderr
         assert "spikes match the trained network on nir, lava (0 mismatches)" in res.stdout
+
+
+def _relay_pool_graph(tmp_path):
+    """The cnn (sum pools of weight 84/64) under loihi timing, exported to NIR."""
+    torch.manual_seed(0)
+    model = fold_model(build_model("cnn", input_size=EXPORT_SIZE, timing="loihi", width=4))
+    graph = model_to_nir(model, (2, *EXPORT_SIZE)).graph
+    nir.write(tmp_path / "cnn.nir", graph)
+    return model, graph
+
+
+def test_a_relaying_pool_lowers_to_a_lava_conv_of_weight_84(tmp_path):
+    """SumPool2d -> Scale(84/64) -> CubaLIF: Lava has no Scale, so the factor moves into the
+    pool's grouped conv (mantissa 64 -> 84); a Scale on a synapse that also feeds another node
+    cannot move and is refused by name."""
+    _, graph = _relay_pool_graph(tmp_path)
+    pools = [n for n, node in graph.nodes.items() if isinstance(node, nir.SumPool2d)]
+    assert len(pools) == 2
+    net = lower(graph)
+    for name in pools:
+        assert np.all(net.synapses[name].weight == 84), name
+    scale = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Scale))
+    pool = next(src for src, dst in graph.edges if dst == scale)
+    tap = nir.Output(output_type={"output": np.array(graph.nodes[pool].output_type["output"])})
+    branched = nir.NIRGraph(nodes={**graph.nodes, "tap": tap},
+                            edges=list(graph.edges) + [(pool, "tap")],
+                            metadata=graph.metadata)
+    with pytest.raises(ExportUnsupported, match="also feeds other nodes"):
+        lower(branched)
+
+
+@needs_lava
+def test_a_relaying_pool_runs_on_lava_spike_for_spike(tmp_path):
+    """The loihi cnn's model.nir (two relaying pools) as a Lava process graph: every layer
+    0 mismatches through verify's lava backend."""
+    torch.manual_seed(0)
+    model = build_model("cnn", input_size=EXPORT_SIZE, timing="loihi", width=4)
+    spec = {"name": "cnn", "input_size": list(EXPORT_SIZE), "width": 4, "timing": "loihi"}
+    export_model(model, spec, tmp_path, config={"T": 4})
+    (tmp_path / "model.net").unlink(missing_ok=True)  # the process-graph path, not netx
+    write_manifest(tmp_path)
+    report = verify_export(tmp_path, _frames(n=2, t=8, size=EXPORT_SIZE, p=0.5).transpose(0, 1),
+                           backends=("nir", "lava"))
+    lava = report.backends[-1]
+    assert lava.status == "ok" and "process graph" in lava.path, lava
+    assert report.reference_spikes > 0 and report.ok, report.problems()

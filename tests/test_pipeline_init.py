@@ -31,16 +31,37 @@ def test_grid_init_keeps_two_thirds_nonzero_at_any_fan_in():
         assert float(w.abs().max()) <= max(1 / math.sqrt(fan_in), 3 / 64) + 1e-7
 
 
+@pytest.mark.parametrize("T", [4, 10])
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_no_dead_layers_in_any_registry_model_at_its_paper_size(model):
+def test_no_dead_layers_in_any_registry_model_at_its_paper_size(model, T):
     """48x48 (CIFAR10-DVS) for every model but the cnn (34x34, ndigits); paper widths; the
-    paper's T=10 (docs/reference.md §13).  Fewer steps are not enough for every model: with the
-    residual branches nearly closed at init (``models.BRANCH_GAMMA``), a spike takes about a
-    step to cross each identity block, and ResNet-34's readout hears nothing before T=6; the
-    cnn, without BatchNorm, needs 8 steps."""
-    res = diagnose_init(model, T=10, batch_size=1)
+    paper's T=10 (docs/reference.md §13) and the ``ndigits_resnet`` recipe's T=4.  T=4 needs
+    the relays: the identity shortcut at 84/64 (ResNet-34's stage 4 was dead at weight 1) and
+    the cnn's relaying pools and first-conv scale (its readout heard nothing before T=8)."""
+    res = diagnose_init(model, T=T, batch_size=1)
     assert res["size"] == [PAPER_SIZE.get(model, 48)] * 2
     _check_alive(res)
+
+
+def test_the_cnn_hears_its_input_at_t4_on_random_frames_and_on_recordings(tmp_path, capsys):
+    """The cnn's relaying pools and first-conv scale (``models.cnn``): at T=4 every layer,
+    the readout included, gets a gradient at init, on random frames and on ndigits."""
+    _check_alive(diagnose_init("cnn", T=4, batch_size=2))
+    out = tmp_path / "init.json"
+    assert main(["diagnose", "init", "--model", "cnn", "--T", "4", "--dataset", "ndigits",
+                 "--batch-size", "8", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["input"] == "ndigits training recordings" and res["batch_size"] == 8
+    _check_alive(res)
+    assert "on ndigits training recordings" in capsys.readouterr().out
+
+
+def test_diagnose_init_refuses_frames_of_the_wrong_shape():
+    from spikeline.errors import SpikelineError
+
+    frames = torch.zeros(2, 6, 2, 34, 34)
+    with pytest.raises(SpikelineError, match=r"expected \[T, 2, H, W\] = \[4, 2, 34, 34\]"):
+        diagnose_init("cnn", T=4, batch=(frames, torch.zeros(2, dtype=torch.long)))
 
 
 def test_diagnose_init_cli_writes_json(tmp_path, capsys):

@@ -140,13 +140,13 @@ def test_config_default_batchnorm_follows_the_timing():
 
 def test_identity_shortcut_relays_a_lone_spike_and_exports_as_a_scale_on_lava():
     from spikeline.deploy.to_lava import lower
-    from spikeline.pipeline.models import ResidualBlock, identity_weight_for
+    from spikeline.pipeline.models import ResidualBlock, relay_weight_for
     from spikeline.pipeline.neuron import CubaParams
 
     block = build_model("resnet18", input_size=SIZE, **RESNET).stages[0][1]  # ideal timing
     assert isinstance(block, ResidualBlock) and block.down is None
-    assert block.identity_weight == identity_weight_for(block.lif1.neuron) == 84 / 64
-    assert identity_weight_for(CubaParams(threshold=1.0)) == 68 / 64  # even mantissa above
+    assert block.identity_weight == relay_weight_for(block.lif1.neuron) == 84 / 64
+    assert relay_weight_for(CubaParams(threshold=1.0)) == 68 / 64  # even mantissa above
     with torch.no_grad():
         block.conv2.weight.zero_()  # a closed branch: only the identity reaches the neuron
         x = torch.zeros(3, 1, 8, 4, 4)

@@ -16,7 +16,7 @@ from ..checkpoint import build_from_spec
 from ..config import TrainConfig, neuron_params
 from ..ems import DETECTORS
 from ..heads import HEAD_MODES, ShortcutHeads
-from ..models import DEFAULT_NEURON, MODELS, identity_weight_for
+from ..models import DEFAULT_NEURON, MODELS, relay_weight_for
 from ..neuron import CubaParams
 from ..precision import exact_fp32
 
@@ -41,7 +41,7 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) 
     # them as "shift")
     spec["batchnorm"] = config.batchnorm or ("scale" if config.timing == "loihi" else "shift")
     # likewise (absent: 1.0, the identity shortcut before it was weighted)
-    spec["identity_weight"] = identity_weight_for(CubaParams(**spec["neuron"]))
+    spec["identity_weight"] = relay_weight_for(CubaParams(**spec["neuron"]))
     return spec
 
 

@@ -111,6 +111,10 @@ def register(subparsers) -> None:
     i.add_argument("--width", type=_positive, default=None, help="channel scale")
     i.add_argument("--batch-size", type=_positive, default=2)
     i.add_argument("--seed", type=_nonneg, default=0)
+    i.add_argument("--dataset", default=None,
+                   help="feed this dataset's training recordings (e.g. ndigits, embedded) "
+                   "instead of random frames (rate 0.1), which lack the spatial clusters of "
+                   "real events")
     i.add_argument("--json", metavar="OUT", default=None, help="write the result here")
     i.set_defaults(handler=handle_diagnose_init)
 
@@ -265,18 +269,26 @@ def handle_diagnose_gradients(args) -> int:
 
 
 def handle_diagnose_init(args) -> int:
-    from spikeline.pipeline.diagnose import diagnose_init  # lazy: CLI start-up (cli/__init__)
+    from spikeline import workflow  # lazy: CLI start-up (cli/__init__)
+    from spikeline.pipeline.diagnose import (  # lazy: CLI start-up (cli/__init__)
+        DEFAULT_PAPER_SIZE, PAPER_SIZE, diagnose_init)
 
     if args.json:
         output_file(args.json, "--json")
-    res = diagnose_init(args.model, size=args.size, T=args.T, width=args.width,
-                        batch_size=args.batch_size, seed=args.seed)
+    size = args.size or PAPER_SIZE.get(args.model, DEFAULT_PAPER_SIZE)
+    batch = None if args.dataset is None else workflow.recorded_batch(
+        args.dataset, T=args.T, size=(size, size) if isinstance(size, int) else size,
+        batch_size=args.batch_size, seed=args.seed)
+    res = diagnose_init(args.model, size=size, T=args.T, width=args.width,
+                        batch_size=args.batch_size, seed=args.seed, batch=batch,
+                        batch_source=f"{args.dataset} training recordings")
     if args.json:
         with atomic_file(args.json) as fh:
             fh.write((json.dumps(res, indent=2) + "\n").encode())
     worst = min(res["layers"], key=lambda r: r["nonzero_weight_fraction"])
     dead = [r["name"] for r in res["layers"] if r["grad_norm"] == 0]
-    print(f"{args.model} at {res['size'][0]}x{res['size'][1]}, T={res['T']}: "
+    print(f"{args.model} at {res['size'][0]}x{res['size'][1]}, T={res['T']}, on "
+          f"{res['input']}: "
           f"{len(res['layers'])} synaptic layers; fewest nonzero quantized weights "
           f"{100 * worst['nonzero_weight_fraction']:.1f}% ({worst['name']}); layers with zero "
           f"gradient: {len(dead)}{' (' + ', '.join(dead) + ')' if dead else ''}; main logits "
