@@ -125,7 +125,9 @@ def forward(x: torch.Tensor, bias_int: torch.Tensor | None, p, spiking: bool,
     """``(spikes or None, voltage or None)`` of ``x`` ``[T, ...]`` (float32, CPU, any dense
     layout: the outputs have ``x``'s, see :func:`memory_order`).
 
-    ``write_voltage=False`` (a spiking neuron whose voltage nobody reads): the voltage goes to
+    ``write_spikes`` is accepted for the signature of ``triton_cuba.forward``; here a spiking
+    neuron always writes its spikes.  ``write_voltage=False`` (a spiking neuron whose voltage
+    nobody reads): the voltage goes to
     a scratch row and None is returned.  ``delayed``: the spikes come back as ``[T + 1, ...]``
     with row 0 zero and row ``t + 1`` the spikes of step ``t``, so that the one-step delay
     (``out[:-1]``) and the spikes themselves (``out[1:]``) are both views, with no copy.
