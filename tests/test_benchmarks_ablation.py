@@ -63,6 +63,34 @@ def test_claim_one_verdicts(gains, expected):
     assert comparison["verdict"] == expected
 
 
+def test_holm_adjusts_a_family_of_p_values():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 0.04, 0.06, 0.06 (monotone), 0.5
+    assert ab.holm([0.03, 0.01, None, 0.5, 0.02]) == pytest.approx(
+        [0.06, 0.04, None, 0.5, 0.06])
+    assert ab.holm([]) == []
+
+
+def test_a_verdict_needs_the_family_corrected_p():
+    """Eight comparisons, one of them at p ~ 0.02: significant alone, not after Holm."""
+    gains = {(20, "shortcut"): [0.05, 0.01, 0.06, 0.02, 0.04]}
+    alone = ab.analyse(_rows(gains))["comparisons"][0]
+    assert 0.01 < alone["p"] < 0.03 and alone["verdict"] == "holds"
+    tests = [dict(alone, p=0.5) for _ in range(7)] + [dict(alone)]
+    for t, adjusted in zip(tests, ab.holm([t["p"] for t in tests])):
+        t["p_holm"] = adjusted
+    assert tests[-1]["p_holm"] == pytest.approx(8 * alone["p"])
+    assert ab.verdict(tests[-1]) == "cannot be decided"
+
+
+def test_dsn_is_reported_but_not_judged_nor_counted_in_the_claims_family():
+    gains = [0.10, 0.12, 0.09, 0.11, 0.13]
+    alone = ab.analyse(_rows({(20, "shortcut"): gains}))["comparisons"][0]
+    both = {c["heads"]: c for c in ab.analyse(_rows({(20, "shortcut"): gains,
+                                                     (20, "dsn"): gains}))["comparisons"]}
+    assert both["dsn"]["verdict"] == "not a claim"
+    assert both["shortcut"]["p_holm"] == pytest.approx(alone["p_holm"])
+
+
 def test_claim_two_compares_gains_paired_on_seed():
     rows = _rows({(8, "shortcut"): [0.01, 0.02, 0.00, 0.01, 0.02],
                   (20, "shortcut"): [0.10, 0.12, 0.09, 0.11, 0.13]})
@@ -102,7 +130,7 @@ def test_report_writes_table_json_and_plot(tmp_path):
     assert ab.main(["report", "--results", str(results), "--out", str(tmp_path / "out"),
                     "--plot", str(tmp_path / "ablation.png")]) == 0
     text = (tmp_path / "out" / "ablation.md").read_text()
-    assert "| 20 layers | ours | evolutionary | 5 | +11.0 |" in text
+    assert "| 20 layers | ours | evolutionary | 5 | +11.0 |" in text and "p_holm" in text
     assert json.loads((tmp_path / "out" / "ablation.json").read_text())["depth_claims"]
     assert (tmp_path / "ablation.png").stat().st_size > 10_000
 
