@@ -163,6 +163,7 @@ def analyse(rows: list[dict]) -> dict:
         grads = [r["grad_first"] for r in runs.values() if r.get("grad_first") is not None]
         cells.append({"depth": depth, "surrogate": sur, "heads": heads, "n": len(accs),
                       "test_acc": mean, "test_acc_std": std,
+                      "test_acc_by_seed": {s: r["test_acc"] for s, r in sorted(runs.items())},
                       "steps": min(r["steps"] for r in runs.values()),
                       "grad_first": statistics.fmean(grads) if grads else None})
     comparisons = []
@@ -247,7 +248,8 @@ def render(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> Path:
-    """Bars of mean ± std per cell, grouped by net and surrogate."""
+    """Bars of mean ± std per cell, grouped by net and surrogate, each seed's run a dot (the
+    same seed's runs joined within a group: the pairing the tests use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,14 +268,22 @@ def plot(result: dict, path: Path) -> Path:
                     xs.append(g + k * width)
                     ys.append(100 * c["test_acc"])
                     es.append(100 * c["test_acc_std"])
-        ax.bar(xs, ys, width, yerr=es, capsize=2, label=h)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=h, alpha=0.85)
+    for g, (depth, sur) in enumerate(groups):  # per seed: its runs across head modes
+        row = {c["heads"]: c.get("test_acc_by_seed", {}) for c in cells
+               if (c["depth"], c["surrogate"]) == (depth, sur)}
+        for seed in sorted({s for accs in row.values() for s in accs}):
+            pts = [(g + k * width, 100 * row[h][seed]) for k, h in enumerate(heads)
+                   if seed in row.get(h, {})]
+            ax.plot(*zip(*pts), color="black", lw=0.5, alpha=0.4, marker="o", ms=2.5)
     ax.set_xticks([g + width * (len(heads) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels([f"{d} layers\n{s} surrogate" for d, s in groups], fontsize="small")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.axhline(10, color="grey", lw=0.8, ls=":", label="chance")
     ax.set_ylim(0, 105)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(title="heads", fontsize="small")
+    ax.legend(title="heads", fontsize="small", loc="lower center", ncol=len(heads) + 1,
+              bbox_to_anchor=(0.5, 1.0), frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
