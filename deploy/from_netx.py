@@ -3,10 +3,10 @@
 Each netx layer becomes its synapse node (weights / 64) and a CubaLIF population with the same
 12-bit decays and threshold (``to_nir.cuba_to_nir``); a ``dense`` layer with
 ``vThMant = 262143`` (lava-dl's Affine) becomes a CubaLI readout; ``pool`` a SumPool2d (its
-padding kept), followed by a Scale when its weight is not 1 (lava-dl's ``weight_scale``); ``bias`` mantissas the voltage bias (``bias / 64``).  lava-dl's SLAYER delays
-every block's output by one step (``delay_shift=True``, its default); ``delay_shift=True`` here
-adds that one-step Delay after each spiking layer so the NIR graph reproduces the SLAYER
-forward.
+padding kept), followed by a Scale when its weight is not 1 (lava-dl's ``weight_scale``);
+``bias`` mantissas the voltage bias (``bias / 64``).  lava-dl's SLAYER delays every block's
+output by one step (``delay_shift=True``, its default); ``delay_shift=True`` here adds that
+one-step Delay after each spiking layer so the NIR graph reproduces the SLAYER forward.
 
 Grouped convolutions: NIR 1.0.8 infers a Conv2d's input channels from ``weight.shape[1]``, which
 is wrong for ``groups > 1``, so a grouped conv is written as the equivalent dense conv (zero
@@ -235,7 +235,7 @@ def _layer(g, kind, where, shape, nodes, edges, prev, i):
         if weight.ndim != 2 or weight.shape != (int(np.prod(out_shape)), int(np.prod(shape))):
             raise BadInput(f"{where}/weight: shape {list(weight.shape)} does not map the "
                            f"previous layer's {int(np.prod(shape))} outputs to {out_shape}")
-        syn = nir.Linear(weight=weight)
+        syn, pool_weight = nir.Linear(weight=weight), 1.0
     else:
         if len(shape) != 3 or len(out_shape) != 3:
             raise BadInput(f"{where}: a {kind} layer maps (C, H, W) to (C, H, W); got "
@@ -243,7 +243,7 @@ def _layer(g, kind, where, shape, nodes, edges, prev, i):
         syn, name, pool_weight = _conv_like(g, kind, where, shape, out_shape, i)
     nodes[name] = syn
     edges.append((prev, name))
-    if kind != "dense" and pool_weight != 1.0:  # a weighted sum pool: the sums, then a Scale
+    if pool_weight != 1.0:  # a weighted sum pool: the sums, then a Scale
         nodes[f"{i}_scale"] = nir.Scale(scale=np.full(out_shape, pool_weight))
         edges.append((name, f"{i}_scale"))
         name = f"{i}_scale"

@@ -27,8 +27,8 @@ How a graph written by ``to_nir`` (``--timing loihi``) maps, and why it is exact
 - Weights: NIR holds ``mantissa / 64``.  Dense/Sparse clip to 8 bits and, for a mixed-sign
   matrix, drop the LSB (``utils/weightutils.py``): odd mantissas there are refused, never
   silently changed.  A ``Scale`` between a synapse and its neuron (a relaying sum pool of
-  weight 84/64) multiplies that synapse's weights.  Conv ignores ``weight_exp`` and does not clip; its layout is
-  ``(C_out, kx, ky, C_in)`` on ``(X, Y, C)`` maps and it flips the kernel, so the torch kernel
+  weight 84/64) multiplies that synapse's weights.  Conv ignores ``weight_exp`` and does not
+  clip; its layout is ``(C_out, kx, ky, C_in)`` on ``(X, Y, C)`` maps and it flips the kernel, so the torch kernel
   is stored as ``w[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)`` (as ``netx/hdf5.py`` does).
   Flattened maps are Lava's ``(X, Y, C)`` order, so a Dense after a Flatten has its columns
   permuted from NIR's ``(C, H, W)`` order.

@@ -105,6 +105,12 @@ PAPER_SIZE = {"cnn": 34}
 DEFAULT_PAPER_SIZE = 48
 
 
+def paper_size(model: str, size=None) -> tuple[int, int]:
+    """``size`` (N or (H, W)) as (H, W); None: the size ``model`` is meant for."""
+    size = PAPER_SIZE.get(model, DEFAULT_PAPER_SIZE) if size is None else size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | None = None,
                   batch_size: int = 2, seed: int = 0, rate: float = 0.1,
                   num_classes: int = 10, batch: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -123,9 +129,7 @@ def diagnose_init(model: str, *, size=None, T: int = DEFAULT_T, width: int | Non
 
     if model not in MODELS:
         raise SpikelineError(f"--model: unknown model {model!r}; known: {', '.join(MODELS)}")
-    if size is None:
-        size = PAPER_SIZE.get(model, DEFAULT_PAPER_SIZE)
-    h, w = (size, size) if isinstance(size, int) else size
+    h, w = paper_size(model, size)
     torch.manual_seed(seed)
     options = {} if width is None else {"width": width}
     net = build_model(model, in_channels=2, num_classes=num_classes, input_size=(h, w),

@@ -23,7 +23,7 @@ from spikeline.datasets.detection import (
     DETECTION_DATASETS, detection_collate, load_detection,
 )
 from spikeline.datasets.inputs import inputs_from_array, inputs_from_dataset, inputs_from_events
-from spikeline.datasets.registry import DATASETS, load_splits, make_loader
+from spikeline.datasets.registry import DATASETS, load_dataset, load_splits, make_loader
 from spikeline.deploy.accuracy import deployed_accuracy
 from spikeline.deploy.artifact import DEFAULT_T, ExportMeta, GraphTiming, graph_input_shape
 from spikeline.deploy.detector import deployed_detections, load_readout
@@ -146,10 +146,8 @@ def recorded_batch(dataset: str, *, T: int, size, batch_size: int, seed: int = 0
     """``batch_size`` recordings of ``dataset``'s training split (no augmentation), binned
     into ``T`` frames at ``size``, picked by ``seed``: a realistic input for
     ``pipeline.diagnose.diagnose_init``."""
-    if dataset not in DATASETS:
-        raise BadInput(f"--dataset: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    train = load_splits(dataset, T=T, size=tuple(size), augment=False, data_dir=data_dir,
-                        cache_dir=cache_dir).train
+    train = load_dataset(dataset, "train", T=T, size=tuple(size), data_dir=data_dir,
+                         cache_dir=cache_dir)
     picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     samples = [train[int(i)] for i in picks[:batch_size]]
     frames = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in samples])

@@ -271,14 +271,13 @@ def handle_diagnose_gradients(args) -> int:
 def handle_diagnose_init(args) -> int:
     from spikeline import workflow  # lazy: CLI start-up (cli/__init__)
     from spikeline.pipeline.diagnose import (  # lazy: CLI start-up (cli/__init__)
-        DEFAULT_PAPER_SIZE, PAPER_SIZE, diagnose_init)
+        diagnose_init, paper_size)
 
     if args.json:
         output_file(args.json, "--json")
-    size = args.size or PAPER_SIZE.get(args.model, DEFAULT_PAPER_SIZE)
+    size = paper_size(args.model, args.size)
     batch = None if args.dataset is None else workflow.recorded_batch(
-        args.dataset, T=args.T, size=(size, size) if isinstance(size, int) else size,
-        batch_size=args.batch_size, seed=args.seed)
+        args.dataset, T=args.T, size=size, batch_size=args.batch_size, seed=args.seed)
     res = diagnose_init(args.model, size=size, T=args.T, width=args.width,
                         batch_size=args.batch_size, seed=args.seed, batch=batch,
                         batch_source=f"{args.dataset} training recordings")
