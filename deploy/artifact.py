@@ -7,8 +7,9 @@ An export folder (written by ``deploy/export.py``) holds ``model.nir``, ``model.
 - :class:`GraphTiming`: how a NIR graph is run in time (its ``metadata``): ``timing`` (ideal or
   loihi), ``dt``, ``input_pad_steps`` (zero frames after the ``T`` input steps),
   ``readout_start`` (first step the readout averages), ``latency_steps`` (synaptic hops from
-  input to readout), ``input_encoding``, ``output_nodes``.  Every field is optional in a graph
-  of another tool (defaults: ideal, 1e-4 s, 0, 0, 0, none, none).
+  input to readout), ``input_encoding``, ``output_nodes``, ``reset_steps`` (neuron node ->
+  the step of each sample at which its current and voltage restart from 0).  Every field is
+  optional in a graph of another tool (defaults: ideal, 1e-4 s, 0, 0, 0, none, none, none).
 - :class:`LevelWindow` / :class:`DetectorReadout`: a detector's off-chip readout, per output
   level its source node, size and averaging window.
 - :class:`ExportMeta`: ``metadata.json``: task, input shape, encoding, ``T``, the timing, the
@@ -98,6 +99,7 @@ class GraphTiming:
     latency_steps: int = 0
     input_encoding: str | None = None
     output_nodes: tuple[str, ...] = ()
+    reset_steps: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, graph: nir.NIRGraph, where: str = "graph") -> GraphTiming:
@@ -114,7 +116,19 @@ class GraphTiming:
             latency_steps=_int(meta.get("latency_steps", 0), f"{at} latency_steps"),
             input_encoding=_str(meta.get("input_encoding"), f"{at} input_encoding",
                                 optional=True),
-            output_nodes=outs)
+            output_nodes=outs,
+            reset_steps=_reset_steps(meta.get("reset_steps"), graph, f"{at} reset_steps"))
+
+
+def _reset_steps(value, graph: nir.NIRGraph, where: str) -> dict[str, int]:
+    """``{neuron node: step}``: each a CubaLIF/CubaLI node of ``graph`` and a step >= 0."""
+    steps = {}
+    for name, step in _dict(value, where).items():
+        node = graph.nodes.get(name)
+        if not isinstance(node, (nir.CubaLIF, nir.CubaLI)):
+            raise BadInput(f"{where}: {name!r} is not a CubaLIF or CubaLI node of the graph")
+        steps[name] = _int(step, f"{where}[{name!r}]")
+    return steps
 
 
 # ---- a detector's off-chip readout ------------------------------------------------------------

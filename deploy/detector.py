@@ -54,7 +54,7 @@ from spikeline.pipeline.timing import pad_steps
 from .artifact import GraphTiming
 from .nir_check import DT
 from .simulate import simulate
-from .to_nir import Export, _Exporter
+from .to_nir import Export, _Exporter, reset_metadata
 
 __all__ = ["LEVELS", "READOUT_EQUATION", "check_deployable", "detector_to_nir",
            "detector_timing", "readout_arrays", "Readout", "load_readout",
@@ -103,7 +103,7 @@ def detector_to_nir(folded, input_shape: tuple[int, int, int],
     outs = [ex.b.add(f"output_{level}", nir.Output(output_type={"output": np.array(s)}), src)
             for level, src, s in (("p4", p4, shape4), ("p5", p5, shape5))]
     meta = {"dt": DT, "input_encoding": folded.encoding, "output_nodes": outs,
-            "output_node": outs[0], **detector_timing(folded),
+            "output_node": outs[0], **detector_timing(folded), **reset_metadata(ex.b.resets),
             "readout": f"off-chip ({READOUT_FILE}): {READOUT_EQUATION}", **(metadata or {})}
     return Export(nir.NIRGraph(nodes=ex.b.nodes, edges=ex.b.edges, metadata=meta),
                   ex.b.modules)

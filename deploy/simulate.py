@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from spikeline.errors import SpikelineError
 from spikeline.pipeline.kernels import int_synapse
+from spikeline.pipeline.blocks import restarted
 from spikeline.pipeline.neuron import bias_to_int, cuba_forward, cuba_step
 
 from .artifact import GraphTiming
@@ -247,6 +248,29 @@ class _FixedCuba:
         return (spike if self.spiking else voltage), (u, v)
 
 
+class _Restarting:
+    """A neuron whose current and voltage restart from 0 at step ``step`` of the sample (the
+    graph's ``reset_steps``: Lava's ``LIFReset``)."""
+
+    stateful = True
+
+    def __init__(self, neuron, step: int):
+        self.neuron, self.step_at = neuron, step
+        self.name = neuron.name
+        if hasattr(neuron, "run"):
+            self.run = lambda x: restarted(neuron.run, x, step)
+
+    def init(self, like):
+        return 0, self.neuron.init(like)
+
+    def step(self, x, state):
+        t, inner = state
+        if t == self.step_at:
+            inner = self.neuron.init(x)
+        y, inner = self.neuron.step(x, inner)
+        return y, (t + 1, inner)
+
+
 class _FloatNeuron:
     """IF, I, LI, LIF, CubaLI, CubaLIF in float, forward Euler (see the module docstring).
 
@@ -372,6 +396,8 @@ def simulate(graph: nir.NIRGraph, x: torch.Tensor, mode: str = "auto",
         raise SpikelineError(f"input of shape {tuple(x.shape)} does not fit the graph's Input "
                              f"{expected}: expected [T, N, {', '.join(map(str, expected))}]")
     runners = {n: _make_runner(n, graph.nodes[n], mode, dt, fire_at_threshold) for n in order}
+    for name, step in GraphTiming.of(graph).reset_steps.items():
+        runners[name] = _Restarting(runners[name], step)
     preds = steps.preds
     _mark_spike_inputs(order, runners, preds)
     run = _run_steps if back else _run_layers
@@ -385,6 +411,7 @@ def _mark_spike_inputs(order, runners, preds):
     bound = {}
     for name in order:
         runner = runners[name]
+        runner = runner.neuron if isinstance(runner, _Restarting) else runner
         if isinstance(runner, _FixedCuba):
             bound[name] = 1 if runner.spiking else None
             continue

@@ -39,6 +39,11 @@ How a graph written by ``to_nir`` (``--timing loihi``) maps, and why it is exact
   bits and clips ``v`` at +-(2^23 - 1); the trained network does neither, so a net that reaches
   those ranges shows up as mismatches in ``verify``, never as a pass.  The CubaLI readout is a
   LIF with the largest threshold (2^17 - 1, i.e. 2048.0) whose voltage is read.
+- A neuron in the graph's ``reset_steps`` (``pipeline/timing.py``: under loihi timing with
+  voltage biases, each neuron restarts at its input's arrival) is a ``LIFReset``: ``u`` and
+  ``v`` set to 0 before the update of Lava step ``reset_offset`` (mod ``reset_interval``),
+  here our step ``r`` of a sample run alone, so ``reset_interval = T + input_pad_steps`` and
+  ``reset_offset = r + 1`` (Lava counts from 1; lava-dl's netx resets layer i at i + 1 alike).
 """
 from __future__ import annotations
 
@@ -83,6 +88,7 @@ class Lif:
     vth: int
     bias_mant: np.ndarray | None  # NIR order, bias_exp = 6
     readout: bool  # CubaLI: never spikes, its voltage is read
+    reset_step: int = 0  # > 0: current and voltage set to 0 at that step (``LIFReset``)
 
 
 @dataclass
@@ -229,6 +235,8 @@ class _Lowering:
                           "CubaLI")
         timing = GraphTiming.of(self.g)
         net.pad_steps, net.readout_start = timing.input_pad_steps, timing.readout_start
+        for lif_name, step in timing.reset_steps.items():
+            net.lifs[lif_name].reset_step = step
         net.graded_input = (timing.input_encoding or "binary") != "binary"
         return net
 
@@ -400,7 +408,7 @@ def build(net: LavaNet, data: np.ndarray):
     from lava.proc.conv.process import Conv  # optional: Lava is installed by make install only
     from lava.proc.dense.process import Dense  # optional: as above
     from lava.proc.io.source import RingBuffer  # optional: as above
-    from lava.proc.lif.process import LIF  # optional: as above
+    from lava.proc.lif.process import LIF, LIFReset  # optional: as above
     from lava.proc.sparse.process import Sparse  # optional: as above
     from scipy.sparse import csr_matrix, identity  # optional: scipy comes with Lava
 
@@ -408,8 +416,15 @@ def build(net: LavaNet, data: np.ndarray):
     procs: dict[str, object] = {net.input_name: RingBuffer(data=stacked.astype(np.int32))}
     for name, lif in net.lifs.items():
         bias = 0 if lif.bias_mant is None else to_lava_order(lif.bias_mant)
-        procs[name] = LIF(shape=lava_shape(lif.shape), du=lif.du, dv=lif.dv, vth=lif.vth,
-                          bias_mant=bias, bias_exp=6, name=name)
+        kw = dict(shape=lava_shape(lif.shape), du=lif.du, dv=lif.dv, vth=lif.vth,
+                  bias_mant=bias, bias_exp=6, name=name)
+        if 0 < lif.reset_step < len(data):
+            # Lava counts steps from 1 and resets before the step's update: our step r is its
+            # step r + 1; one sample per run, so the interval is the run's length
+            procs[name] = LIFReset(**kw, reset_interval=len(data),
+                                   reset_offset=(lif.reset_step + 1) % len(data))
+        else:
+            procs[name] = LIF(**kw)
     for name, syn in net.synapses.items():
         bits = GRADED_BITS if syn.graded else 0
         if syn.kind == "dense":

@@ -41,6 +41,7 @@ class _Builder:
     nodes: dict = field(default_factory=dict)
     edges: list = field(default_factory=list)
     modules: dict = field(default_factory=dict)
+    resets: dict = field(default_factory=dict)  # neuron node -> its reset step (``LIF``)
     count: int = 0
 
     def add(self, kind: str, node: nir.NIRNode, sources: list[str], module=None) -> str:
@@ -133,6 +134,8 @@ class _Exporter:
     def lif(self, lif: LIF, sources, shape, bias):
         # the node reproduces the population's spikes before its hop (``lif.spikes``)
         name = self.b.add("cubalif", cuba_to_nir(lif.neuron, shape, bias), sources, lif.spikes)
+        if lif.reset_step:
+            self.b.resets[name] = int(lif.reset_step)
         return self.delay([name], shape, int(lif.delay_shift))[0]
 
     @functools.singledispatchmethod
@@ -165,7 +168,10 @@ class _Exporter:
     def _(self, m: Affine, sources, shape):
         syn, out, _ = self.synapse(m.synapse, sources, shape)
         node = cuba_to_nir(m.neuron, out, None, spiking=False)
-        return [self.b.add("cubali", node, [syn], m)], out
+        name = self.b.add("cubali", node, [syn], m)
+        if m.reset_step:
+            self.b.resets[name] = int(m.reset_step)
+        return [name], out
 
     @module.register
     def _(self, m: ResidualBlock, sources, shape):
@@ -209,6 +215,17 @@ def timing_metadata(model: SpikingNet) -> dict:
             "readout": "mean voltage over steps [readout_start, T + input_pad_steps)"}
 
 
+def reset_metadata(resets: dict[str, int]) -> dict:
+    """``reset_steps`` (neuron node -> step) for a graph whose neurons restart at their input's
+    arrival (``pipeline/timing.py``; none: no entry, so bias-free graphs are unchanged)."""
+    if not resets:
+        return {}
+    return {"reset_steps": dict(resets),
+            "reset": "each node of reset_steps sets its current and voltage to 0 at the start "
+                     "of that step of every sample (Lava's LIFReset: reset_interval = T + "
+                     "input_pad_steps, reset_offset = step + 1)"}
+
+
 @dataclass
 class Export:
     """A NIR graph and, for each neuron node, the torch module whose output it reproduces."""
@@ -230,6 +247,6 @@ def model_to_nir(model: SpikingNet, input_shape: tuple[int, int, int],
     sources, shape = ex.module(model.readout, sources, shape)
     out = ex.b.add("output", nir.Output(output_type={"output": np.array(shape)}), sources)
     meta = {"dt": DT, "input_encoding": model.encoding, "output_node": out,
-            **timing_metadata(model), **(metadata or {})}
+            **timing_metadata(model), **reset_metadata(ex.b.resets), **(metadata or {})}
     graph = nir.NIRGraph(nodes=ex.b.nodes, edges=ex.b.edges, metadata=meta)
     return Export(graph, ex.b.modules)

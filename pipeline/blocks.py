@@ -24,6 +24,7 @@ from torch import nn
 from .geometry import pair as _pair
 from .kernels import int_synapse
 from .neuron import CubaParams, cuba_spikes, cuba_spikes_padded, cuba_voltage
+from .neuron import delay_shift as delay_one_step
 from .quantize import quantize_bias, quantize_weight
 
 __all__ = [
@@ -317,8 +318,24 @@ class PoolSynapse(Synapse):
         return summed.unflatten(0, x.shape[:2]) * weight
 
 
+def restarted(run, z: torch.Tensor, reset_step: int) -> torch.Tensor:
+    """``run`` (a neuron over time) on ``z``, with current and voltage set to 0 at the start of
+    step ``reset_step``: Lava's ``LIFReset`` (``deploy/to_lava.py``), the state before that step
+    forgotten, gradient included."""
+    if not 0 < reset_step < z.shape[0]:
+        return run(z)
+    return torch.cat([run(z[:reset_step]), run(z[reset_step:])])
+
+
 class LIF(nn.Module):
-    """A CUBA-LIF population: ``(z, bias) -> spikes``, then the optional one-step delay."""
+    """A CUBA-LIF population: ``(z, bias) -> spikes``, then the optional one-step delay.
+
+    ``reset_step`` (set by ``SpikingNet.set_timing``; 0: never): under ``loihi`` timing with
+    voltage biases, the step at which this layer's input arrives.  Its state restarts there,
+    so the steps before, when only the bias drove it, leave no trace (``pipeline/timing.py``).
+    """
+
+    reset_step = 0
 
     def __init__(self, neuron: CubaParams, delay_shift: bool = True):
         super().__init__()
@@ -327,6 +344,10 @@ class LIF(nn.Module):
         self.spikes = nn.Identity()
 
     def forward(self, z: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.reset_step:
+            spikes = self.spikes(restarted(lambda part: cuba_spikes(part, self.neuron, bias), z,
+                                           self.reset_step))
+            return delay_one_step(spikes) if self.delay_shift else spikes
         if not self.delay_shift:
             return self.spikes(cuba_spikes(z, self.neuron, bias))
         padded = cuba_spikes_padded(z, self.neuron, bias)
@@ -404,8 +425,11 @@ class Affine(nn.Module):
     def weight(self) -> nn.Parameter:
         return self.synapse.weight
 
+    reset_step = 0  # as ``LIF.reset_step``: the readout restarts when its input arrives
+
     def forward(self, x):
-        return cuba_voltage(self.synapse(x)[0], self.neuron)
+        return restarted(lambda part: cuba_voltage(part, self.neuron), self.synapse(x)[0],
+                         self.reset_step)
 
 
 class Dropout(nn.Dropout):

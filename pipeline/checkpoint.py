@@ -185,8 +185,8 @@ def build_from_spec(spec: dict):
     ``strides``; ``deployable`` picks the all-spike form that exports; ``timing``, absent for
     ``ideal``, as for classifiers: ``loihi`` builds the deployable form with one step per
     synaptic hop, and is refused with ``BadInput`` for the published form; ``batchnorm``,
-    ``scale`` or ``shift``, is ``shift`` when absent, and ``identity_weight`` 1.0: specs
-    written before they existed).  A network
+    ``scale`` or ``shift``, is ``shift`` when absent, ``identity_weight`` 1.0 and
+    ``resets_at_arrival`` False: specs written before they existed).  A network
     assembled from blocks (``"name": "custom"``, ``structure.describe``) rebuilds from its
     described structure."""
     if spec.get("name") == CUSTOM:
@@ -197,6 +197,8 @@ def build_from_spec(spec: dict):
     kwargs.setdefault("batchnorm", "shift")
     # ... and, for residual nets, the identity shortcut of weight 1
     kwargs.setdefault("identity_weight", 1.0)
+    # ... and, under loihi timing, biases acting before each layer's input arrives
+    kwargs.setdefault("resets_at_arrival", False)
     if kwargs.pop("task", "classify") == "detection":
         return _build_detector(name, kwargs)
     for key in ("input_size", "depths"):

@@ -31,6 +31,7 @@ from spikeline.errors import BadInput
 __all__ = [
     "AMP_MODES",
     "BATCHNORMS",
+    "DEFAULT_BATCHNORM",
     "DEFAULT_LR",
     "NEURON_FIELDS",
     "OPTIMIZERS",
@@ -50,7 +51,10 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "off")  # auto: bf16 autocast on CUDA, none on CPU
 TIMINGS = ("ideal", "loihi")
-BATCHNORMS = ("scale", "shift")  # models.BATCHNORMS
+BATCHNORMS = ("scale", "shift")
+# under both timings: under loihi its bias costs nothing, since each neuron restarts at its
+# input's arrival (timing.py); scale-only BatchNorm measured 2.2 points lower (docs/deploy.md)
+DEFAULT_BATCHNORM = "shift"
 TASKS = ("classify", "detection")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
 # Time steps of an input when nothing says otherwise (a diagnosis, a graph that records no T);
@@ -210,13 +214,11 @@ class TrainConfig:
                               "(default ADD)", choices=("ADD", "AND", "IAND"), commands=_MODEL)
     timing: str = opt("ideal", "ideal (one step per layer, as trained) or loihi (the chip's "
                       "per-hop delays)", choices=TIMINGS, commands=_MODEL)
-    batchnorm: str | None = opt(None, "BatchNorm form: scale (multiplies only: the folded "
-                                "network has no voltage bias, so under --timing loihi it is "
-                                "the ideal network shifted in time) or shift (standard "
-                                "BatchNorm; its shift becomes each neuron's voltage bias, "
-                                "which Loihi applies from step 0, before the layer's input "
-                                "arrives); default: scale under --timing loihi, shift under "
-                                "ideal", choices=BATCHNORMS, commands=_MODEL)
+    batchnorm: str | None = opt(None, "BatchNorm form: shift (standard BatchNorm, the "
+                                "default; its shift becomes each neuron's voltage bias, and "
+                                "under --timing loihi each neuron restarts when its input "
+                                "arrives) or scale (multiplies only: no voltage bias)",
+                                choices=BATCHNORMS, commands=_MODEL)
     # CUBA-LIF parameters; None: models.DEFAULT_NEURON's (detectors: ems.detector_neuron()'s)
     threshold: float | None = opt(None, "neuron threshold", parse=_parse_float,
                                   check=positive_float, commands=_MODEL)
@@ -402,8 +404,8 @@ def resolve(config: TrainConfig, default_T: int, default_size) -> TrainConfig:
     if c.fold_finetune_epochs and c.rezero:
         raise BadInput("--fold-finetune-epochs (fold_finetune_epochs): not available with "
                        "--rezero (the fold multiplies the gate into the weights before rounding)")
-    if c.batchnorm is None:  # models.default_batchnorm
-        c.batchnorm = "scale" if c.timing == "loihi" else "shift"
+    if c.batchnorm is None:
+        c.batchnorm = DEFAULT_BATCHNORM
     if c.T is None:
         c.T = int(default_T)
     if c.size is None:

@@ -32,7 +32,7 @@ from spikeline.errors import BadInput
 
 from .config import neuron_params
 from .ems import DETECTORS, NDIGITS_ANCHORS, detector_neuron
-from .models import relay_weight_for
+from .models import DEFAULT_BATCHNORM, relay_weight_for
 from .neuron import CubaParams
 from .detection import (  # noqa: F401 (the scoring constants, re-exported)
     CONF_THRESHOLD, GEN1_ANCHORS, MAX_DET, NMS_IOU, Anchors, decode, mean_average_precision, nms,
@@ -112,8 +112,9 @@ def detection_spec(config, sample: torch.Tensor, num_classes: int) -> dict:
             # omitted when ideal, so older specs build unchanged
             **({"timing": config.timing} if config.timing != "ideal" else {}),
             # always stored; absent (older specs): shift
-            "batchnorm": config.batchnorm or ("scale" if config.timing == "loihi"
-                                              and config.deployable else "shift"),
+            "batchnorm": config.batchnorm or DEFAULT_BATCHNORM,
+            # likewise; absent: False (no reset at arrival, as trained before it existed)
+            "resets_at_arrival": True,
             # likewise; absent: 1.0
             "identity_weight": relay_weight_for(CubaParams(**neuron))}
 

@@ -31,10 +31,10 @@ from spikeline.errors import BadInput
 
 from .blocks import LIF, Conv, ConvSynapse, remove_norm_shifts
 from .detection import Anchors, Detect
-from .models import (BATCHNORMS, DEFAULT_NEURON, ResidualBlock, SpikingNet, default_batchnorm,
+from .models import (BATCHNORMS, DEFAULT_NEURON, ResidualBlock, SpikingNet, DEFAULT_BATCHNORM,
                      encode_frames)
 from .neuron import CubaParams
-from .timing import arrival, check_timing, hops, pad_steps, shift
+from .timing import arrival, check_timing, has_voltage_bias, hops, keep_resets, pad_steps, shift
 
 __all__ = ["TdBN", "MSBlock", "EMSBlock1", "EMSBlock2", "DeployableEMSBlock", "ms_resnet",
            "SpikingDetector", "ems_detector", "DETECTORS"]
@@ -183,6 +183,7 @@ class SpikingDetector(nn.Module):
     """
 
     timing = "ideal"
+    resets_at_arrival = True  # as ``SpikingNet.resets_at_arrival``
     LEVELS = ("p4", "p5")
 
     def __init__(self, stem, backbone, neck: nn.ModuleDict, head: Detect, encoding: str,
@@ -250,6 +251,8 @@ class SpikingDetector(nn.Module):
             starts.append(start)
         arrival(self.neck["p5"], arrival(self.neck["reduce"], starts[-1], pad), pad)
         arrival(self.neck["p4"], starts[-2], pad)
+        keep_resets(self, self.timing == "loihi" and self.resets_at_arrival
+                    and has_voltage_bias(self))
 
     def network_input(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, T, C, H, W]`` event counts -> ``[T + input_pad_steps, N, ...]``: what the
@@ -296,18 +299,18 @@ NDIGITS_ANCHORS = Anchors((((12, 18), (16, 22), (20, 26)), ((24, 28), (28, 32), 
 def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: CubaParams,
                  encoding: str = "binary", width: int = 64, deployable: bool = False,
                  anchors: Anchors = NDIGITS_ANCHORS, timing: str = "ideal",
-                 batchnorm: str | None = None,
-                 identity_weight: float | None = None) -> SpikingDetector:
+                 batchnorm: str | None = None, identity_weight: float | None = None,
+                 resets_at_arrival: bool = True) -> SpikingDetector:
     """EMS-Res10 (``depth=10``) or EMS-Res18 (``depth=18``: an identity Block1 after each
     backbone Block2) with EMS-YOLO's two-level neck and head; ``timing`` as in
     ``SpikingDetector`` (``loihi`` for the deployable form only); ``batchnorm`` as in
     ``models.build_model`` (``scale`` for the deployable form only: the published form adds
-    tdBN's shift to real values); ``identity_weight`` as in ``models.build_model``."""
+    tdBN's shift to real values); ``identity_weight`` and ``resets_at_arrival`` as in
+    ``models.build_model``."""
     if depth not in (10, 18):
         raise ValueError(f"EMS-ResNet depth must be 10 or 18, got {depth}")
     check_timing(timing)
-    batchnorm = (default_batchnorm(timing) if deployable else "shift") if batchnorm is None \
-        else batchnorm
+    batchnorm = DEFAULT_BATCHNORM if batchnorm is None else batchnorm
     if batchnorm not in BATCHNORMS:
         raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {batchnorm!r}")
     if batchnorm == "scale" and not deployable:
@@ -345,6 +348,7 @@ def ems_detector(depth: int, *, in_channels: int, num_classes: int, neuron: Cuba
                                encoding, deployable)
     if batchnorm == "scale":
         remove_norm_shifts(detector)
+    detector.resets_at_arrival = bool(resets_at_arrival)
     return detector.set_timing(timing)
 
 

@@ -21,22 +21,19 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .config import BATCHNORMS, DEFAULT_BATCHNORM
 from .blocks import (Affine, BiasNorm, Conv, ConvSynapse, Dense, Flatten, LIF, Pool,
                      remove_norm_shifts)
 from .geometry import conv_output_size
 from .neuron import CubaParams
-from .timing import arrival, check_timing, hops, pad_steps, set_window, shift
+from .timing import (arrival, check_timing, has_voltage_bias, hops, keep_resets, pad_steps,
+                     set_window, shift)
 
 ENCODINGS = ("binary", "counts")
 # BatchNorm forms (``build_model(batchnorm=...)``): ``scale`` multiplies only, so the folded net
 # has no voltage bias; ``shift`` is the full BatchNorm, whose shift becomes each neuron's bias
-BATCHNORMS = ("scale", "shift")
 
 
-def default_batchnorm(timing: str) -> str:
-    """``scale`` under ``loihi`` timing (a bias would drive every layer before its input
-    arrives, see ``timing.py``), ``shift`` under ``ideal``."""
-    return "scale" if check_timing(timing) == "loihi" else "shift"
 
 
 def encode_frames(frames: torch.Tensor, encoding: str) -> torch.Tensor:
@@ -61,6 +58,9 @@ class SpikingNet(nn.Module):
 
     timing = "ideal"
     stage_starts: tuple[int, ...] = ()
+    # loihi timing with voltage biases: each neuron restarts at its input's arrival
+    # (``LIF.reset_step``); False only to rebuild checkpoints trained before the reset existed
+    resets_at_arrival = True
 
     def __init__(self, stages: list[nn.Module], readout: nn.Module, encoding: str,
                  stage_channels: list[int]):
@@ -108,6 +108,7 @@ class SpikingNet(nn.Module):
             start = arrival(stage, start, self.input_pad_steps)
             starts.append(start)
         arrival(self.readout, start, self.input_pad_steps)
+        keep_resets(self, loihi and self.resets_at_arrival and has_voltage_bias(self))
         self.stage_starts = tuple(starts)
         return self
 
@@ -378,10 +379,14 @@ def _(module: ResidualBlock) -> int:
 @arrival.register
 def _(module: ResidualBlock, start: int, pad: int) -> int:
     set_window(module.conv1, start, pad)
+    module.lif1.reset_step = start
     branch = start + int(module.lif1.delay_shift)
     set_window(module.conv2, branch, pad)
+    module.lif2.reset_step = branch
     if module.down is not None:
         set_window(module.down, start + module.skip_delay, pad)
+        if module.down_lif is not None:
+            module.down_lif.reset_step = start + module.skip_delay
     return branch + int(module.lif2.delay_shift)
 
 
@@ -427,16 +432,18 @@ def batchnorm_of(model: nn.Module) -> str | None:
 def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
                 input_size: tuple[int, int] = (34, 34), neuron: CubaParams | None = None,
                 encoding: str = "binary", rezero: bool = False, timing: str = "ideal",
-                batchnorm: str | None = None, **options) -> SpikingNet:
+                batchnorm: str | None = None, resets_at_arrival: bool = True,
+                **options) -> SpikingNet:
     """Build a registered model.  ``options``: ``width`` (channel scale; 64 = paper widths for
     ResNets/VGG), ``depths`` (ResNets: blocks per stage), ``connect`` (SEW: ADD, AND, IAND).
     ``timing``: ``ideal`` or ``loihi`` (``pipeline/timing.py``).  ``batchnorm``: ``scale`` or
-    ``shift`` (``BATCHNORMS``; default ``default_batchnorm(timing)``).  ``identity_weight``
+    ``shift`` (``BATCHNORMS``; default ``DEFAULT_BATCHNORM``).  ``resets_at_arrival``:
+    ``SpikingNet.resets_at_arrival``.  ``identity_weight``
     (Spiking ResNets): the identity shortcut's weight, default ``relay_weight_for(neuron)``;
     it must lie on the weight grid (even multiples of 1/64)."""
     check_timing(timing)
     check_identity_weight(options.get("identity_weight"))
-    batchnorm = default_batchnorm(timing) if batchnorm is None else batchnorm
+    batchnorm = DEFAULT_BATCHNORM if batchnorm is None else batchnorm
     if batchnorm not in BATCHNORMS:
         raise ValueError(f"batchnorm must be one of {BATCHNORMS}, got {batchnorm!r}")
     if name not in MODELS:
@@ -448,4 +455,5 @@ def build_model(name: str, *, in_channels: int = 2, num_classes: int = 10,
                          encoding=encoding, rezero=rezero, **options)
     if batchnorm == "scale":
         remove_norm_shifts(model)
+    model.resets_at_arrival = bool(resets_at_arrival)
     return model.set_timing(timing)

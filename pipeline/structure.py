@@ -15,7 +15,10 @@ several is ``{"type": "Sequential", "layers": [...]}``.  A synapse's BatchNorm i
 no voltage bias).  A ``ResidualBlock`` (``models.py``; the registry's ResNets are made of them)
 records its ``kind``, ``rezero``, the identity shortcut's ``identity_weight`` (84/64 by default,
 ``models.relay_weight_for``) and ``delay_shift``: whether its hops are delayed one step each
-(``loihi`` timing, as ``SpikingNet.set_timing`` sets them) or none are.
+(``loihi`` timing, as ``SpikingNet.set_timing`` sets them) or none are.  The network records
+its ``timing`` and ``resets_at_arrival`` (``SpikingNet``; absent: false, as written before the
+reset existed); a rebuilt ``loihi`` network is timed by ``set_timing``, as the registry's are
+(an ``ideal`` one keeps each layer's ``delay_shift`` as described: lava-dl's blocks default to it).
 """
 from __future__ import annotations
 
@@ -112,6 +115,7 @@ def describe(model: SpikingNet, input_shape) -> dict:
         raise BadInput(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
     return {"name": CUSTOM, "in_channels": channels, "input_size": size,
             "encoding": model.encoding, "timing": model.timing,
+            "resets_at_arrival": bool(model.resets_at_arrival),
             "stage_channels": [int(c) for c in model.stage_channels],
             "stages": [_layer(m, f"stages.{i}") for i, m in enumerate(model.stages)],
             "readout": _layer(model.readout, "readout")}
@@ -172,7 +176,11 @@ def build_custom(spec: dict) -> SpikingNet:
         stages = [_build(layer, f"stages.{i}") for i, layer in enumerate(spec["stages"])]
         model = SpikingNet(stages, _build(spec["readout"], "readout"), spec["encoding"],
                            list(spec["stage_channels"]))
+        # absent: a spec written before neurons restarted at their input's arrival
+        model.resets_at_arrival = bool(spec.get("resets_at_arrival", False))
         model.timing = check_timing(spec.get("timing", "ideal"))
+        if model.timing == "loihi":  # its windows and resets (every hop is delayed, as described)
+            model.set_timing("loihi")
     except (KeyError, TypeError, ValueError) as err:
         raise BadInput(f"model_spec: not a custom network ({type(err).__name__}: {err})") \
             from None

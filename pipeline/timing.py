@@ -12,16 +12,22 @@ netx runs for a bias-free sequential net once its output is re-aligned.
     every LIF output  s_k'[t] = s_k[t - 1]                (the hop into the next synapse)
     skip edges        delayed to the path they join: a Spiking ResNet's shortcut input is
                       x'[t - 1], a SEW ADD's identity term x'[t - 2], where x' is the block input
-    voltage bias      added from step 0, after the decay and before the threshold test
+    voltage bias      added every step, after the decay and before the threshold test
                       (Lava's LIF ``subthr_dynamics``): a layer k hops deep integrates k
                       bias-only steps before its first input arrives, on the chip and here
+    reset             with voltage biases, each neuron's current and voltage restart from 0
+                      at its arrival (``LIF.reset_step``; on the chip Lava's ``LIFReset``
+                      with ``reset_interval = T + latency``, as lava-dl's netx resets layer
+                      i at offset i + 1), so the bias-only steps leave no trace
 
 Each layer's own ``T`` steps are ``[arrival, arrival + T)``, ``arrival`` the step its synaptic
 input first carries input step 0 (``arrival``, set on every BatchNorm by ``set_timing`` as its
 ``window``): BatchNorm statistics and shortcut heads use those steps only.  Without voltage
 biases (scale-only BatchNorm, the default under ``loihi``) every layer is exactly silent before
 its arrival, so a loihi-timed network is the ideal one shifted in time: same weights, same
-logits.
+logits.  With biases (shifting BatchNorm) the reset at arrival gives the same: before it a
+layer's spikes come from its bias alone, and they reach every later layer, skip edges included
+(delayed to match), before that layer's own reset; the readout restarts at ``readout_start``.
 
 The readout (the Affine, ``latency`` hops deep) first sees input step 0 at step ``latency``, so
 the input is padded with ``latency`` zero frames, the network runs ``T + latency`` steps and the
@@ -36,7 +42,7 @@ import functools
 import torch
 from torch import nn
 
-from .blocks import Affine, BiasNorm, Dropout, Flatten, SpikingBlock, Synapse
+from .blocks import LIF, Affine, BiasNorm, Dropout, Flatten, SpikingBlock, Synapse
 
 TIMINGS = ("ideal", "loihi")
 
@@ -99,6 +105,21 @@ def set_window(synapse: Synapse | None, arrival: int, pad: int) -> None:
         norm.window = (arrival, pad - arrival)
 
 
+def has_voltage_bias(model: nn.Module) -> bool:
+    """Whether any neuron of ``model`` gets a voltage bias (a shifting BatchNorm, or its fold)."""
+    return any((isinstance(m, BiasNorm) and m.shift is not None)
+               or (isinstance(m, Synapse) and m.bias is not None) for m in model.modules())
+
+
+def keep_resets(model: nn.Module, on: bool) -> None:
+    """Clear every neuron's ``reset_step`` unless ``on``: a network without voltage biases is
+    silent before each layer's arrival, so its resets would change nothing and cost a split."""
+    if not on:
+        for m in model.modules():
+            if isinstance(m, (LIF, Affine)):
+                m.reset_step = 0
+
+
 @functools.singledispatch
 def arrival(module: nn.Module, start: int, pad: int) -> int:
     """Walk ``module`` whose input first carries input step 0 at step ``start`` in a run padded
@@ -117,10 +138,16 @@ def _(module: nn.Sequential, start: int, pad: int) -> int:
 @arrival.register
 def _(module: SpikingBlock, start: int, pad: int) -> int:
     set_window(module.synapse, start, pad)
+    module.lif.reset_step = start
     return start + int(module.lif.delay_shift)
 
 
-@arrival.register(Affine)
+@arrival.register
+def _(module: Affine, start: int, pad: int) -> int:
+    module.reset_step = start
+    return start
+
+
 @arrival.register(Flatten)
 @arrival.register(Dropout)
 def _(module, start: int, pad: int) -> int:

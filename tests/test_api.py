@@ -176,34 +176,43 @@ needs_lava = pytest.mark.skipif(importlib.util.find_spec("lava") is None,
 RESIDUAL_GAIN = 3.0
 
 
-def _own_residual_network():
+def _own_residual_network(batchnorm="shift"):
     """A Spiking ResNet-18 as ``sl.models.build`` makes it under ``loihi`` timing, one block per
-    stage, width 8: scale-only BatchNorm (the loihi default) and an identity shortcut of weight
-    84/64 (``relay_weight_for``); random weights, every BatchNorm gain RESIDUAL_GAIN so that
-    every layer spikes (verify refuses a silent one)."""
+    stage, width 8: the default shifting BatchNorm (its neurons restart at their input's
+    arrival) or scale-only, and an identity shortcut of weight 84/64 (``relay_weight_for``);
+    random weights and shifts, every BatchNorm gain RESIDUAL_GAIN so that every layer spikes
+    (verify refuses a silent one)."""
     torch.manual_seed(0)
-    net = sl.models.build("resnet18", timing="loihi", width=8, depths=[1, 1, 1, 1],
-                          input_size=(16, 16), num_classes=4)
+    net = sl.models.build("resnet18", timing="loihi", batchnorm=batchnorm, width=8,
+                          depths=[1, 1, 1, 1], input_size=(16, 16), num_classes=4)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, BiasNorm):
                 m.weight.fill_(RESIDUAL_GAIN)
+                if m.shift is not None:
+                    m.shift.uniform_(-0.2, 0.2)
     return net.eval()
 
 
-def test_own_residual_model_is_described_with_its_options():
-    net = _own_residual_network()
+@pytest.mark.parametrize("batchnorm", ["shift", "scale"])
+def test_own_residual_model_is_described_with_its_options(batchnorm):
+    net = _own_residual_network(batchnorm)
+    norm = True if batchnorm == "shift" else "scale"
     spec = json.loads(json.dumps(sl.models.describe(net, (2, 16, 16))))  # JSON-ready
     layers = [layer for stage in spec["stages"] for layer in stage["layers"]]
     stem, blocks = layers[0]["layers"][0], layers[1:]
-    assert stem["type"] == "Conv" and stem["norm"] == "scale" and stem["delay_shift"] is True
+    assert stem["type"] == "Conv" and stem["norm"] == norm and stem["delay_shift"] is True
     assert [b["type"] for b in blocks] == ["ResidualBlock"] * 4
-    assert {b["norm"] for b in blocks} == {"scale"} and {b["delay_shift"] for b in blocks} == {True}
+    assert {b["norm"] for b in blocks} == {norm} and {b["delay_shift"] for b in blocks} == {True}
+    assert spec["resets_at_arrival"] is True
     assert blocks[0]["cin"] == blocks[0]["cout"] == 8 and blocks[0]["stride"] == 1  # identity
     assert blocks[0]["identity_weight"] == 84 / 64
     rebuilt = build_custom(spec).eval()
-    rebuilt.load_state_dict(net.state_dict())  # strict: no BatchNorm shift on either side
+    rebuilt.load_state_dict(net.state_dict())  # strict: the same BatchNorm form on both sides
     assert rebuilt.timing == "loihi" and rebuilt.latency == net.latency
+    resets = [m.reset_step for m in net.modules() if hasattr(m, "reset_step")]
+    assert [m.reset_step for m in rebuilt.modules() if hasattr(m, "reset_step")] == resets
+    assert (max(resets) == net.latency) == (batchnorm == "shift")
     x = torch.rand(2, 6, 2, 16, 16, generator=torch.Generator().manual_seed(1)).lt(0.3).float()
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))
@@ -237,9 +246,10 @@ def test_loihi_residual_run_trained_in_python_verifies_on_nir_and_lava(tmp_path)
     # 8 steps: every layer spikes on the 8 test samples (coverage 55-90%, measured)
     run = sl.train(config, tmp_path / "run", max_steps=8, progress=False,
                    cache_dir=tmp_path / "cache")
-    assert run.config.timing == "loihi" and run.config.batchnorm == "scale"
+    assert run.config.timing == "loihi" and run.config.batchnorm == "shift"
     art = sl.export(run, tmp_path / "export", accuracy=False)
-    assert art.meta.model_spec["batchnorm"] == "scale"
+    assert art.meta.model_spec["batchnorm"] == "shift"
+    assert art.meta.model_spec["resets_at_arrival"] is True
     assert art.meta.model_spec["identity_weight"] == 84 / 64
     cert = sl.verify(art, "ndigits", backends=["nir", "lava"], samples=8, lava_samples=2,
                      cache_dir=tmp_path / "cache")

@@ -43,7 +43,8 @@ def _events_dir() -> pathlib.Path | None:
 
 def _planted(export, bad, fault: str, pick_delay, factor: float):
     """A copy of ``export`` whose graph carries one fault: one weight one grid step x 64 off
-    (``weight``), or the delay node ``pick_delay(graph)`` scaled by ``factor`` (``delay``).
+    (``weight``), the delay node ``pick_delay(graph)`` scaled by ``factor`` (``delay``), or the
+    first neuron's reset one step late (``reset``: it keeps one bias-only step).
     The folder is consistent (manifest rewritten): only verify can tell it is wrong."""
     bad.mkdir()
     for f in ("folded.pt", "metadata.json"):
@@ -51,6 +52,9 @@ def _planted(export, bad, fault: str, pick_delay, factor: float):
     graph = nir.read(export / "model.nir")
     if fault == "weight":
         graph.nodes[_nth(graph, nir.Conv2d, 1)].weight[0, 0, 1, 1] += 1.0  # +64 steps
+    elif fault == "reset":
+        first = _nth(graph, nir.CubaLIF, 0)
+        graph.metadata["reset_steps"][first] = int(graph.metadata["reset_steps"][first]) + 1
     else:
         delay = pick_delay(graph)
         graph.nodes[delay] = nir.Delay(delay=np.asarray(graph.nodes[delay].delay) * factor)
@@ -140,8 +144,11 @@ def test_old_specs_build_ideal_models_unchanged():
     assert ideal.timing == "ideal" and ideal.input_pad_steps == ideal.readout_start == 0
     loihi = build_model("resnet20", input_size=SIZE, width=8, timing="loihi", batchnorm="shift")
     assert set(ideal.state_dict()) == set(loihi.state_dict())
-    # the default under loihi is scale-only BatchNorm: the same model less every shift
-    scale = build_model("resnet20", input_size=SIZE, width=8, timing="loihi")
+    # the default under loihi is the shifting BatchNorm, as under ideal; scale-only is the
+    # same model less every shift
+    assert set(build_model("resnet20", input_size=SIZE, width=8, timing="loihi").state_dict()) \
+        == set(ideal.state_dict())
+    scale = build_model("resnet20", input_size=SIZE, width=8, timing="loihi", batchnorm="scale")
     assert set(scale.state_dict()) == {k for k in ideal.state_dict()
                                        if not k.endswith("norm.shift")}
     with pytest.raises(ValueError, match="timing"):
@@ -163,6 +170,34 @@ def test_export_metadata_prices_the_latency(tmp_path):
     assert delays and all(np.allclose(np.asarray(d.delay) / DT, np.round(np.asarray(d.delay) / DT))
                           for d in delays)
     assert int(graph.metadata["readout_start"]) == 10
+
+
+def test_biased_loihi_graph_records_each_neurons_reset_and_bad_ones_are_refused():
+    """Each neuron restarts at its input's arrival: the metadata's ``reset_steps`` holds every
+    neuron node's step (the readout's is ``readout_start``), our simulator and the Lava
+    lowering read them, and a reset naming no neuron, or not an integer, is refused."""
+    torch.manual_seed(0)
+    folded = fold_model(_with_biases(build_model("resnet18", input_size=SIZE, timing="loihi",
+                                                 **_options("resnet18"))))
+    graph = model_to_nir(folded, (2, *SIZE)).graph
+    resets = graph.metadata["reset_steps"]
+    neurons = [n for n, node in graph.nodes.items() if isinstance(node, (nir.CubaLIF, nir.CubaLI))]
+    assert sorted(resets) == sorted(neurons) and min(resets.values()) == 1
+    assert resets[_nth(graph, nir.CubaLI, 0)] == graph.metadata["readout_start"]
+    net = lower(graph)
+    assert {n: lif.reset_step for n, lif in net.lifs.items()} == resets
+    x = folded.network_input(_frames(n=2))
+    with torch.no_grad():
+        logits = folded(_frames(n=2))
+    sim = simulate(graph, x, mode="loihi")
+    start = graph.metadata["readout_start"]
+    out = sim.outputs[graph.metadata["output_node"]][start:].mean(0)
+    assert torch.equal(out, logits)
+    for bad, match in (({"0_input": 1}, "not a CubaLIF"), ({neurons[0]: -1}, "integer >= 0"),
+                       ({neurons[0]: 1.5}, "integer")):
+        graph.metadata["reset_steps"] = bad
+        with pytest.raises(BadInput, match=match):
+            simulate(graph, x, mode="loihi")
 
 
 def test_lava_lowering_refuses_what_lava_cannot_run_and_names_the_node():
@@ -193,7 +228,7 @@ def test_verify_refuses_to_certify_nothing(tmp_path):
             if hasattr(m, "running_var"):
                 m.weight.fill_(3.0)
     spec = {"name": "resnet18", "input_size": list(SIZE), "width": 8, "depths": [1, 1, 1, 1],
-            "timing": "loihi"}
+            "timing": "loihi", "resets_at_arrival": True}
     export_model(model, spec, tmp_path, config={"T": 4})
     with pytest.raises(BadInput, match="no backend"):
         verify_export(tmp_path, _frames().transpose(0, 1), backends=())
@@ -222,21 +257,22 @@ def _loihi_export(tmp_path, name, seed=0):
     model = _with_biases(build_model(name, input_size=EXPORT_SIZE, timing="loihi",
                                      batchnorm="shift", **_options(name)))
     spec = {"name": name, "input_size": list(EXPORT_SIZE), "width": 8, "depths": [1, 1, 1, 1],
-            "timing": "loihi", "batchnorm": "shift"}
+            "timing": "loihi", "batchnorm": "shift", "resets_at_arrival": True}
     export_model(model, spec, tmp_path, config={"T": 4})
     return tmp_path
 
 
 def test_planted_faults_fail_verify_with_exit_1(tmp_path):
-    """One weight changed by one step of its grid, or one hop delayed by one more step, in
-    model.nir: the certificate must fail (exit 1), and say so per layer."""
+    """One weight changed by one step of its grid, one hop delayed by one more step, or one
+    neuron reset a step late, in model.nir: the certificate must fail (exit 1), and say so per
+    layer."""
     export = _loihi_export(tmp_path / "good", "resnet18")
     x = _frames(n=1, t=4, size=EXPORT_SIZE).transpose(0, 1).numpy()
     np.save(tmp_path / "x.npy", x[:, 0])
     ok = _cli("verify", export, "--backends", "nir", "--input", tmp_path / "x.npy")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "spikes match the trained network on nir (0 mismatches)" in ok.stdout
-    for fault in ("weight", "delay"):
+    for fault in ("weight", "delay", "reset"):
         bad = _planted(export, tmp_path / fault, fault,
                        lambda graph: _nth(graph, nir.Delay, 3), factor=2)
         res = _cli("verify", bad, "--backends", "nir", "--input", tmp_path / "x.npy")
@@ -295,10 +331,11 @@ def test_trained_loihi_resnets_verify_on_lava_on_real_recordings(tmp_path):
     assert events is not None, "the real recordings ship in tests/data/events"
     files = [events / f for f in ("davis346_street.aedat4", "nmnist_sample.bin",
                                   "prophesee_evt2.raw")]
-    # resnet18 with the loihi default (scale-only BatchNorm, no bias); sew_resnet18 with the
-    # opt-in shifting BatchNorm, whose voltage biases Lava must run from step 0 (with scale-only
-    # BatchNorm, this 64-sample run leaves its downsampling shortcut's neurons (36_cubalif) silent
-    # on these three recordings, and verify refuses to certify a silent layer)
+    # resnet18 with the opt-in scale-only BatchNorm (no bias); sew_resnet18 with the default
+    # shifting BatchNorm, whose voltage biases Lava runs from step 0 and whose neurons restart at
+    # their input's arrival (LIFReset) (with scale-only BatchNorm, this 64-sample run leaves its
+    # downsampling shortcut's neurons (36_cubalif) silent on these three recordings, and verify
+    # refuses to certify a silent layer)
     for name, norm in (("resnet18", "scale"), ("sew_resnet18", "shift")):
         run, exp = tmp_path / f"{name}_run", tmp_path / f"{name}_exp"
         # lr 0.01, evolutionary heads: every layer spikes (verify refuses a silent layer)

@@ -1,9 +1,11 @@
-"""Scale-only BatchNorm: a loihi-timed network is exactly the ideal one shifted in time.
+"""A loihi-timed network is exactly the ideal one shifted in time, with either BatchNorm.
 
-Without a voltage bias no layer moves before its input arrives, so with the BatchNorm
-statistics taken over each layer's own window ``[arrival, arrival + T)`` the same weights give
-the same logits (and the same running statistics) under both timings.  The shifting
-BatchNorm, kept as ``batchnorm="shift"``, does not: its bias drives every layer from step 0.
+Scale-only: without a voltage bias no layer moves before its input arrives.  Shifting (the
+default): the bias drives every layer from step 0, and each neuron restarts at its input's
+arrival (``LIF.reset_step``, Lava's ``LIFReset``), so the bias-only steps leave no trace.  With
+the BatchNorm statistics over each layer's own window ``[arrival, arrival + T)`` the same
+weights give the same logits (and the same running statistics) under both timings.  Without
+the reset (checkpoints written before it) they do not.
 """
 import numpy as np
 import nir
@@ -13,7 +15,7 @@ import torch
 from spikeline.deploy.fold import fold_model
 from spikeline.deploy.simulate import simulate
 from spikeline.deploy.to_nir import model_to_nir
-from spikeline.pipeline.blocks import BiasNorm, recalibrate_norms
+from spikeline.pipeline.blocks import LIF, Affine, BiasNorm, recalibrate_norms
 from spikeline.pipeline.checkpoint import build_from_spec
 from spikeline.pipeline.config import TrainConfig, resolve
 from spikeline.pipeline.heads import ShortcutHeads
@@ -50,10 +52,11 @@ def _recalibrate(model):
     assert recalibrate_norms(model, batches, torch.device("cpu"), 2) == 2
 
 
+@pytest.mark.parametrize("batchnorm", ["scale", "shift"])
 @pytest.mark.parametrize("name,options", [("resnet18", RESNET), ("sew_resnet18", RESNET),
                                           ("vgg11", {"width": 8})])
-def test_scale_only_norm_gives_identical_logits_under_both_timings(name, options):
-    ideal, loihi = _trained_pair(name, "scale", **options)
+def test_either_norm_gives_identical_logits_under_both_timings(name, options, batchnorm):
+    ideal, loihi = _trained_pair(name, batchnorm, **options)
     assert loihi.latency > 0
     x = _frames(seed=99)
     with torch.no_grad():
@@ -73,8 +76,10 @@ def test_scale_only_norm_gives_identical_logits_under_both_timings(name, options
         # the folded, quantized nets too, and neither writes a voltage bias
         fi, fl = fold_model(ideal), fold_model(loihi)
         assert torch.equal(fi(x), fl(x))
-    assert not any(getattr(m, "bias", None) is not None for m in fl.modules()
-                   if hasattr(m, "weight") and not isinstance(m, torch.nn.Linear))
+    # scale-only writes no voltage bias, the shifting form does
+    biased = any(getattr(m, "bias", None) is not None for m in fl.modules()
+                 if hasattr(m, "weight") and not isinstance(m, torch.nn.Linear))
+    assert biased == (batchnorm == "shift")
 
 
 def test_heads_see_the_same_windows_under_both_timings():
@@ -90,15 +95,33 @@ def test_heads_see_the_same_windows_under_both_timings():
     assert loihi.stage_starts == (4, 6, 8, 10) and ideal.stage_starts == (0, 0, 0, 0)
 
 
-def test_shifting_norm_under_loihi_is_not_the_ideal_net_and_the_check_can_fail():
-    ideal, loihi = _trained_pair("resnet18", "shift", **RESNET)
+def test_without_the_reset_the_shifting_norm_is_not_the_ideal_net():
+    """The check above can fail: checkpoints trained before the reset rebuild without it
+    (``resets_at_arrival`` absent from their spec), and their biases act before arrival."""
+    ideal, _ = _trained_pair("resnet18", "shift", **RESNET)
+    spec = {"name": "resnet18", "input_size": list(SIZE), "width": 8, "depths": [1, 1, 1, 1],
+            "timing": "loihi", "batchnorm": "shift"}
+    old = build_from_spec(spec)
+    old.load_state_dict(ideal.state_dict())
+    assert not old.resets_at_arrival
+    assert all(m.reset_step == 0 for m in old.modules() if hasattr(m, "reset_step"))
+    new = build_from_spec({**spec, "resets_at_arrival": True})
+    assert [m.reset_step for m in new.modules() if isinstance(m, LIF)][:3] == [1, 2, 3]
+    assert next(m for m in new.modules() if isinstance(m, Affine)).reset_step == new.latency
     x = _frames(seed=99)
     with torch.no_grad():
         _recalibrate(ideal)
-        _recalibrate(loihi)
-        assert not torch.equal(ideal.eval()(x), loihi.eval()(x))
-    # the fold writes voltage biases for the shifting form
-    assert any(getattr(m, "bias", None) is not None for m in fold_model(loihi).modules())
+        _recalibrate(old)
+        assert not torch.equal(ideal.eval()(x), old.eval()(x))
+
+
+def test_resets_are_left_out_where_nothing_precedes_the_arrival():
+    """Without any voltage bias (scale-only) every layer is silent before its arrival, so no
+    neuron restarts (and the export writes no ``reset_steps``); under ideal timing none do."""
+    scale = build_model("resnet18", input_size=SIZE, timing="loihi", batchnorm="scale", **RESNET)
+    ideal = build_model("resnet18", input_size=SIZE, **RESNET)
+    for model in (scale, ideal):
+        assert all(m.reset_step == 0 for m in model.modules() if hasattr(m, "reset_step"))
 
 
 def test_scale_only_loihi_export_has_no_voltage_bias_and_runs_as_trained():
@@ -130,10 +153,10 @@ def test_specs_without_batchnorm_rebuild_the_shifting_form():
         build_model("resnet18", batchnorm="center")
 
 
-def test_config_default_batchnorm_follows_the_timing():
-    assert resolve(TrainConfig(timing="loihi"), 4, 34).batchnorm == "scale"
+def test_config_default_batchnorm_is_the_shifting_one_under_both_timings():
+    assert resolve(TrainConfig(timing="loihi"), 4, 34).batchnorm == "shift"
     assert resolve(TrainConfig(timing="ideal"), 4, 34).batchnorm == "shift"
-    assert resolve(TrainConfig(timing="loihi", batchnorm="shift"), 4, 34).batchnorm == "shift"
+    assert resolve(TrainConfig(timing="loihi", batchnorm="scale"), 4, 34).batchnorm == "scale"
 
 
 # --- the identity shortcut relays a lone spike ----------------------------------------------
@@ -176,15 +199,20 @@ def test_old_specs_keep_the_identity_of_weight_one():
 
 # --- detectors ---------------------------------------------------------------------------
 
-def test_scale_only_detector_gives_identical_outputs_under_both_timings():
+@pytest.mark.parametrize("batchnorm", ["scale", "shift"])
+def test_either_norm_detector_gives_identical_outputs_under_both_timings(batchnorm):
     from spikeline.pipeline.ems import ems_detector, detector_neuron
 
     torch.manual_seed(0)
     kw = {"in_channels": 2, "num_classes": 3, "neuron": detector_neuron(), "width": 8,
-          "deployable": True}
-    ideal = ems_detector(18, batchnorm="scale", **kw)
+          "deployable": True, "batchnorm": batchnorm}
+    ideal = ems_detector(18, **kw)
     loihi = ems_detector(18, timing="loihi", **kw)
-    assert all(m.shift is None for m in loihi.modules() if isinstance(m, BiasNorm))
+    if batchnorm == "shift":  # random shifts, so that every bias differs from 0
+        with torch.no_grad():
+            for m in ideal.modules():
+                if isinstance(m, BiasNorm):
+                    m.shift.uniform_(-0.3, 0.3)
     loihi.load_state_dict(ideal.state_dict())
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(2, 3, 2, 64, 64, generator=g) < 0.3).float()
@@ -194,7 +222,7 @@ def test_scale_only_detector_gives_identical_outputs_under_both_timings():
         for a, b in zip(ideal.eval()(x), loihi.eval()(x), strict=True):
             assert a.abs().sum() > 0 and torch.equal(a, b)
     with pytest.raises(Exception, match="deployable"):
-        ems_detector(10, batchnorm="scale", **{**kw, "deployable": False})
+        ems_detector(10, **{**kw, "batchnorm": "scale", "deployable": False})
 
 
 def test_detector_spec_defaults_to_the_wider_surrogate():
@@ -204,7 +232,8 @@ def test_detector_spec_defaults_to_the_wider_surrogate():
                          timing="loihi")
     sample = torch.zeros(3, 2, 64, 64)
     spec = detection_spec(resolve(config, 3, 64), sample, 10)
-    assert spec["neuron"]["tau_grad"] == 0.02 and spec["batchnorm"] == "scale"
+    assert spec["neuron"]["tau_grad"] == 0.02 and spec["batchnorm"] == "shift"
+    assert spec["resets_at_arrival"]
     assert spec["identity_weight"] == 84 / 64
     spec = detection_spec(resolve(TrainConfig(task="detection", dataset="ndigits-detect",
                                               model="ems_res10", tau_grad=0.004), 3, 64),

@@ -16,7 +16,7 @@ from ..checkpoint import build_from_spec
 from ..config import TrainConfig, neuron_params
 from ..ems import DETECTORS
 from ..heads import HEAD_MODES, ShortcutHeads
-from ..models import DEFAULT_NEURON, MODELS, relay_weight_for
+from ..models import DEFAULT_BATCHNORM, DEFAULT_NEURON, MODELS, relay_weight_for
 from ..neuron import CubaParams
 from ..precision import exact_fp32
 
@@ -39,7 +39,9 @@ def model_spec_for(config: TrainConfig, sample: torch.Tensor, num_classes: int) 
         spec["timing"] = config.timing
     # always stored (specs without it predate scale-only BatchNorm: build_from_spec reads
     # them as "shift")
-    spec["batchnorm"] = config.batchnorm or ("scale" if config.timing == "loihi" else "shift")
+    spec["batchnorm"] = config.batchnorm or DEFAULT_BATCHNORM
+    # likewise (absent: False, loihi-timed biases acting before their layer's input arrived)
+    spec["resets_at_arrival"] = True
     # likewise (absent: 1.0, the identity shortcut before it was weighted)
     spec["identity_weight"] = relay_weight_for(CubaParams(**spec["neuron"]))
     return spec
