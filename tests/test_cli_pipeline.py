@@ -133,7 +133,9 @@ def test_the_resnet18_repro_learns_well_above_chance(tmp_path):
     evolutionary heads leaves chance (10%) within 2 epochs, and its deployed accuracy is
     measured next to the trained one.  It stayed at 11% while every residual branch started
     at full gain (models.BRANCH_GAMMA says why); measured after the fix: trained 34.0%,
-    deployed 29.5%."""
+    deployed 29.5%; with the ResNets' default lr 3e-3 (2026-12-07): 47.9% and 47.9% (seeds
+    1-2: 52.9%, 40.7%; a different thread count changes float sums as a seed would, hence the
+    margin under issue 17's 40% / 38%)."""
     out = tmp_path / "repro"
     code = main(["run", "--dataset", "ndigits", "--model", "resnet18", "--width", "16",
                  "--heads", "evolutionary", "--epochs", "2", "--T", "6", "--backends", "nir",
@@ -141,8 +143,8 @@ def test_the_resnet18_repro_learns_well_above_chance(tmp_path):
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-progress"])
     assert code == 0
     summary = json.loads((out / "pipeline.json").read_text())
-    assert summary["trained_test_acc"] >= 0.2, summary["trained_test_acc"]
-    assert summary["deployed_test_acc"] >= 0.2, summary["deployed_test_acc"]
+    assert summary["trained_test_acc"] >= 0.35, summary["trained_test_acc"]
+    assert summary["deployed_test_acc"] >= 0.35, summary["deployed_test_acc"]
     assert summary["verify"]["nir"]["mismatches"] == 0
 
 

@@ -284,3 +284,21 @@ def test_models_without_batchnorm_are_the_registry_models_without_batchnorm():
         net = build_model(name, in_channels=2, num_classes=10, input_size=(34, 34), width=4)
         has_norm = any(isinstance(m, Synapse) and m.norm is not None for m in net.modules())
         assert has_norm == (name not in MODELS_WITHOUT_BATCHNORM), name
+
+
+def test_resnets_are_the_registry_models_with_residual_blocks_and_default_to_lr_3e_3():
+    """config.RESNETS (torch-free, for the default learning rate) matches the models; Adam on a
+    ResNet classifier starts at 3e-3, anything else at the optimizer's default, and an
+    explicit --lr is kept."""
+    from spikeline.pipeline.config import RESNETS, TrainConfig, resolve
+    from spikeline.pipeline.models import MODELS, ResidualBlock, build_model
+
+    for name in MODELS:
+        net = build_model(name, in_channels=2, num_classes=10, input_size=(34, 34), width=4)
+        assert any(isinstance(m, ResidualBlock) for m in net.modules()) == (name in RESNETS)
+    lr = lambda **kw: resolve(TrainConfig(**kw), 4, 34).lr  # noqa: E731
+    assert lr(model="resnet18") == lr(model="sew_resnet34") == 3e-3
+    assert lr(model="cnn") == lr(model="vgg11") == 1e-3
+    assert lr(model="resnet18", optimizer="sgd") == 0.1
+    assert lr(model="resnet18", lr=0.01) == 0.01
+    assert lr(task="detection", dataset="ndigits-detect", model="ems_res10") == 1e-3
