@@ -11,6 +11,10 @@ after two warm-up steps; it repeats steps until ``--seconds`` have passed (at le
    without heads and with evolutionary shortcut heads (the training-only overhead).
    ``--modes eager,compile,compile_bf16`` instead times the main network alone (no heads) in
    each execution mode, with the peak device memory of the timed steps (CUDA only).
+   ``--timings`` instead times it (no heads, ``--width``, ``--depths``) under ``ideal`` timing
+   and under ``loihi`` timing with the shifting BatchNorm (each neuron restarts at its
+   input's arrival) and with scale-only BatchNorm (no bias, no restart): the cost of the
+   chip's timing next to the ``(T + latency) / T`` more steps it runs.
 2. ``conv_stack``: the same SLAYER CUBA conv stack built from lava-dl 0.6.0's
    ``slayer.block.cuba`` blocks and from ``pipeline/blocks.py`` (spike-identical, see
    tests/test_pipeline_lava_equivalence.py), same weights, same input.
@@ -126,6 +130,40 @@ def bench_resnet18_modes(args, device) -> list[dict]:
     return rows
 
 
+def bench_resnet18_timings(args, device) -> list[dict]:
+    """Spiking ResNet-18 training steps under each timing (``pipeline/timing.py``)."""
+    from spikeline.pipeline.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (args.batch, args.T, 2, args.size, args.size), generator=g)
+    x, y = x.float().to(device), torch.randint(0, 10, (args.batch,), generator=g).to(device)
+    depths = tuple(int(v) for v in args.depths.split(",")) if args.depths else None
+    rows = []
+    for timing, batchnorm in (("ideal", "shift"), ("loihi", "shift"), ("loihi", "scale")):
+        torch.manual_seed(0)
+        model = build_model("resnet18", in_channels=2, num_classes=10, timing=timing,
+                            batchnorm=batchnorm, input_size=(args.size, args.size),
+                            width=args.width, depths=depths).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        sec, n = measure(step, args.seconds, args.min_steps, device)
+        rows.append({"bench": "resnet18_timings", "timing": timing, "batchnorm": batchnorm,
+                     "restarts": any(getattr(m, "reset_step", 0) for m in model.modules()),
+                     "device": str(device), "batch": args.batch, "T": args.T,
+                     "steps_run": args.T + model.input_pad_steps, "size": args.size,
+                     "width": args.width, "depths": args.depths, "steps": n,
+                     "s_per_step": round(sec, 4)})
+    for r in rows:
+        r["time_vs_ideal"] = round(r["s_per_step"] / rows[0]["s_per_step"], 3)
+        r["steps_vs_ideal"] = round(r["steps_run"] / rows[0]["steps_run"], 3)
+    return rows
+
+
 def _lava_arch_fix() -> None:
     """lava-dl 0.6.0 JIT-builds its CUDA kernels for TORCH_CUDA_ARCH_LIST = '8.0' on every
     capability >= 8 (``slayer/jitconfig.py``); Hopper (9.0) then has no kernel image.  Ask for
@@ -231,7 +269,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-stack", action="store_true")
     ap.add_argument("--modes", default=None,
                     help="time ResNet-18 in these modes instead (eager,compile,compile_bf16)")
-    ap.add_argument("--width", type=int, default=64, help="ResNet-18 channel scale (--modes)")
+    ap.add_argument("--width", type=int, default=64,
+                    help="ResNet-18 channel scale (--modes, --timings)")
+    ap.add_argument("--timings", action="store_true",
+                    help="time ResNet-18 under ideal and loihi timing instead")
+    ap.add_argument("--depths", default=None, help="ResNet-18 blocks per stage (--timings)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
     if args.threads:
@@ -242,6 +284,10 @@ def main(argv=None) -> int:
                       "threads": torch.get_num_threads(), "python": platform.python_version(),
                       "cpu": platform.processor() or platform.machine(),
                       "loadavg_1min": round(os.getloadavg()[0], 2)}), flush=True)
+    if args.timings:
+        for row in bench_resnet18_timings(args, device):
+            print(json.dumps(row), flush=True)
+        return 0
     if args.modes:
         for row in bench_resnet18_modes(args, device):
             print(json.dumps(row), flush=True)
