@@ -415,6 +415,8 @@ class Flatten(nn.Module):
 class Affine(nn.Module):
     """lava-dl ``block.cuba.Affine``: dense synapse + non-spiking CUBA; returns the voltage."""
 
+    reset_step = 0  # as ``LIF.reset_step``: the readout restarts when its input arrives
+
     def __init__(self, neuron: CubaParams, in_neurons: int, out_neurons: int,
                  weight_scale: float = 1):
         super().__init__()
@@ -424,8 +426,6 @@ class Affine(nn.Module):
     @property
     def weight(self) -> nn.Parameter:
         return self.synapse.weight
-
-    reset_step = 0  # as ``LIF.reset_step``: the readout restarts when its input arrives
 
     def forward(self, x):
         return restarted(lambda part: cuba_voltage(part, self.neuron), self.synapse(x)[0],
