@@ -117,6 +117,16 @@ def train(config: TrainConfig | None, runtime: Runtime,
                       loader_factory(config), on_epoch=on_epoch)
 
 
+def as_trained(model, ckpt: dict):
+    """``model`` (rebuilt from ``ckpt``) in the form it was trained in at that checkpoint: its
+    folded form when the checkpoint comes from a ``--fold-finetune-epochs`` epoch."""
+    config = ckpt.get("config") or {}
+    tuned = int(config.get("fold_finetune_epochs") or 0)
+    if tuned and int(ckpt["epoch"]) > int(config["epochs"]) - tuned:
+        set_fold_aware(model, True)
+    return model
+
+
 def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=None,
                  cache_dir=None, batch_size: int | None = None, limit_test: int | None = None,
                  workers: int = 0) -> dict:
@@ -130,9 +140,7 @@ def evaluate_run(run_dir, which: str = "best", device: str = "auto", data_dir=No
     test = load_data(config, data_dir, cache_dir).test
     loader = loader_factory(config)(test, batch_size or config.batch_size, shuffle=False,
                                     workers=workers, seed=config.seed)
-    if config.fold_finetune_epochs and int(ckpt["epoch"]) > \
-            config.epochs - config.fold_finetune_epochs:
-        set_fold_aware(model, True)  # trained in its folded form: evaluate it so
+    as_trained(model, ckpt)
     model.to(dev)
     about = {"run_dir": str(run_dir), "checkpoint": which, "epoch": int(ckpt["epoch"]),
              "dataset": config.dataset, "model": config.model}
@@ -194,10 +202,12 @@ def deployed_map(run_dir, export_dir, data_dir=None, cache_dir=None, limit: int 
                  batch_size: int = 50) -> dict:
     """A detector's mAP on the run's test split, deployed (``model.nir`` in the fixed-point
     simulator + the off-chip ``readout.npz``, decode, NMS, pycocotools) next to the trained
-    network's (``best.pt``, float, unfolded, the same decode / NMS / scorer), both written
+    network's (``best.pt`` as trained: float, folded only if it comes from a fold-aware epoch;
+    the same decode / NMS / scorer), both written
     into the run's ``summary.json`` (created when absent).  ``limit``: the first K scenes."""
     run_dir, export_dir = Path(run_dir), Path(export_dir)
     model, ckpt = load_run_model(run_dir)
+    as_trained(model, ckpt)
     config, spec = ckpt.get("config") or {}, ckpt["model_spec"]
     if not config.get("dataset") or not config.get("T"):
         raise BadInput(f"{run_dir / 'best.pt'}: the training config names no dataset or T")

@@ -302,3 +302,21 @@ def test_resnets_are_the_registry_models_with_residual_blocks_and_default_to_lr_
     assert lr(model="resnet18", optimizer="sgd") == 0.1
     assert lr(model="resnet18", lr=0.01) == 0.01
     assert lr(task="detection", dataset="ndigits-detect", model="ems_res10") == 1e-3
+
+
+def test_a_checkpoint_from_a_fold_aware_epoch_is_scored_in_its_folded_form():
+    """workflow.as_trained: what a run's summary calls "trained" (classifiers and detectors
+    alike) is the network as that checkpoint trained it, folded when it comes from one of the
+    last --fold-finetune-epochs epochs; before them, and without them, unfolded."""
+    from spikeline.pipeline.blocks import Synapse
+    from spikeline.pipeline.models import build_model
+    from spikeline.workflow import as_trained
+
+    def folded_synapses(epoch, tuned):
+        net = build_model("resnet18", input_size=(16, 16), width=8, depths=(1, 1, 1, 1))
+        ckpt = {"epoch": epoch, "config": {"epochs": 3, "fold_finetune_epochs": tuned}}
+        return {m.fold_aware for m in as_trained(net, ckpt).modules()
+                if isinstance(m, Synapse) and m.norm is not None}
+
+    assert folded_synapses(3, 1) == {True}
+    assert folded_synapses(2, 1) == folded_synapses(3, 0) == folded_synapses(3, None) == {False}
