@@ -23,9 +23,9 @@ netx runs for a bias-free sequential net once its output is re-aligned.
 Each layer's own ``T`` steps are ``[arrival, arrival + T)``, ``arrival`` the step its synaptic
 input first carries input step 0 (``arrival``, set on every BatchNorm by ``set_timing`` as its
 ``window``): BatchNorm statistics and shortcut heads use those steps only.  Without voltage
-biases (scale-only BatchNorm, the default under ``loihi``) every layer is exactly silent before
-its arrival, so a loihi-timed network is the ideal one shifted in time: same weights, same
-logits.  With biases (shifting BatchNorm) the reset at arrival gives the same: before it a
+biases (scale-only BatchNorm) every layer is exactly silent before its arrival, so a
+loihi-timed network is the ideal one shifted in time: same weights, same logits.  With biases
+(the shifting BatchNorm, the default) the reset at arrival gives the same: before it a
 layer's spikes come from its bias alone, and they reach every later layer, skip edges included
 (delayed to match), before that layer's own reset; the readout restarts at ``readout_start``.
 
