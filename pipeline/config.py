@@ -296,6 +296,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def folded_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (counted from 1) trains in the deployed, folded form: one of
+        the last ``fold_finetune_epochs``."""
+        return bool(self.fold_finetune_epochs) and epoch > self.epochs - self.fold_finetune_epochs
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -431,8 +436,8 @@ def default_lr(c: TrainConfig) -> float:
 
     Measured on ndigits, 2-epoch runs, seeds 0-2 (docs/training.md): validation accuracy rose
     from 1e-3 to 3e-3 in every paired run, by 8 to 26 points (resnet18 d1,1,1,1 w8, the repro:
-    w16, evolutionary heads, T=6, and sew_resnet18 d1,1,1,1 w8, seed 0).  The cnn keeps 1e-3 (its demo figures); detectors'
-    recipes set their own."""
+    w16, evolutionary heads, T=6, and sew_resnet18 d1,1,1,1 w8, seed 0).  The cnn keeps 1e-3
+    (its demo figures); detectors' recipes set their own."""
     if c.optimizer == "adam" and c.task == "classify" and c.model in RESNETS:
         return RESNET_ADAM_LR
     return DEFAULT_LR[c.optimizer]

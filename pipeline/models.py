@@ -30,10 +30,9 @@ from .timing import (arrival, check_timing, has_voltage_bias, hops, keep_resets,
                      set_window, shift)
 
 ENCODINGS = ("binary", "counts")
-# BatchNorm forms (``build_model(batchnorm=...)``): ``scale`` multiplies only, so the folded net
-# has no voltage bias; ``shift`` is the full BatchNorm, whose shift becomes each neuron's bias
-
-
+# BatchNorm forms (``build_model(batchnorm=...)``, ``config.BATCHNORMS``): ``scale`` multiplies
+# only, so the folded net has no voltage bias; ``shift`` is the full BatchNorm, whose shift
+# becomes each neuron's bias
 
 
 def encode_frames(frames: torch.Tensor, encoding: str) -> torch.Tensor:

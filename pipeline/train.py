@@ -272,7 +272,7 @@ def train_epoch(state: _State, epoch: int, data, make_loader: LoaderFactory,
     epoch early."""
     c, device = state.config, ranks.device
     if c.fold_finetune_epochs:
-        set_fold_aware(state.heads.model, epoch >= c.epochs - c.fold_finetune_epochs)
+        set_fold_aware(state.heads.model, c.folded_epoch(epoch + 1))  # epoch counts from 0
     seed_everything(derive_seed(c.seed, epoch, ranks.rank))
     sampler = DistributedSampler(data.train, num_replicas=ranks.world, rank=ranks.rank,
                                  shuffle=True, seed=c.seed, drop_last=False)
@@ -336,7 +336,7 @@ def update_best(state: _State, record: dict) -> bool:
     c = state.config
     # with fold-aware fine-tuning only the folded epochs compete: best.pt is then exactly the
     # network that was validated and will be deployed
-    eligible = not c.fold_finetune_epochs or record["epoch"] > c.epochs - c.fold_finetune_epochs
+    eligible = not c.fold_finetune_epochs or c.folded_epoch(record["epoch"])
     metric = state.task.metric
     is_best = eligible and record[metric] > state.best[metric]
     if is_best:
@@ -378,7 +378,7 @@ def test_best(run_dir: Path, state: _State, data, make_loader: LoaderFactory,
     best = load_checkpoint(run_dir / "best.pt") if ranks.world == 1 or ranks.is_main else None
     model = build_from_spec(state.spec).to(ranks.device)
     c = state.config
-    if c.fold_finetune_epochs and state.best["epoch"] > c.epochs - c.fold_finetune_epochs:
+    if c.folded_epoch(state.best["epoch"]):
         set_fold_aware(model, True)
     if ranks.world > 1:
         model.load_state_dict(state.heads.model.state_dict())  # replaced by rank 0's below

@@ -120,9 +120,7 @@ def train(config: TrainConfig | None, runtime: Runtime,
 def as_trained(model, ckpt: dict):
     """``model`` (rebuilt from ``ckpt``) in the form it was trained in at that checkpoint: its
     folded form when the checkpoint comes from a ``--fold-finetune-epochs`` epoch."""
-    config = ckpt.get("config") or {}
-    tuned = int(config.get("fold_finetune_epochs") or 0)
-    if tuned and int(ckpt["epoch"]) > int(config["epochs"]) - tuned:
+    if TrainConfig.from_dict(ckpt.get("config") or {}).folded_epoch(int(ckpt["epoch"])):
         set_fold_aware(model, True)
     return model
 
